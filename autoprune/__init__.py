@@ -1,0 +1,19 @@
+"""autoprune: automated structured-pruning search for PyTorch.
+
+Public API:
+    prune(model, example_inputs, ratios=..., scorer=...) -> a structurally pruned copy
+    measure(model, example_inputs) -> {"macs", "params", "latency_ms"}
+    load_pruned(path, model) -> a pruned model rebuilt from its saved history and weights
+    load_study(path) -> a validated study
+"""
+
+from __future__ import annotations
+
+from autoprune.config import load_study
+from autoprune.errors import AutopruneError, ConfigError
+from autoprune.measure import measure
+from autoprune.pruning import prune
+from autoprune.saving import load_pruned
+
+__all__ = ["AutopruneError", "ConfigError", "load_pruned", "load_study", "measure", "prune"]
+__version__ = "0.1.0"

@@ -1,0 +1,241 @@
+"""The ``autoprune`` command: search, status, pareto, evaluate.
+
+Exit codes: 0 success, 2 bad input (one line naming what was wrong), 1 other failure, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shlex
+import sys
+import time
+import warnings
+from typing import Any, Callable
+
+import click
+
+from autoprune.errors import AutopruneError
+
+warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
+
+
+def _fail(msg: str, code: int) -> None:
+    click.echo(f"autoprune: error: {msg}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, debug: bool = False, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except AutopruneError as exc:
+            if debug:
+                raise
+            _fail(exc.one_line(), 2)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except Exception as exc:  # a bug or an environment problem: one line unless --debug
+            if debug:
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            _fail(f"{type(exc).__name__}: {first} (run with --debug for the traceback)", 1)
+
+    return wrapper
+
+
+def study_options(fn: Callable) -> Callable:
+    for opt in reversed([
+        click.argument("study_file", type=click.Path(dir_okay=False)),
+        click.option("--storage", help="Optuna storage URL (default: SQLite file in the study's folder)."),
+        click.option("--study-name", help="Study name in the storage (default: the study file's name)."),
+        click.option("--checkpoint", type=click.Path(dir_okay=False), help="Base model state_dict (overrides the study)."),
+        click.option("--data-root", type=click.Path(), help="Data folder (overrides the study)."),
+        click.option("--debug", is_flag=True, help="Show tracebacks."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _load(study_file: str, checkpoint: str | None, data_root: str | None, storage: str | None = None):
+    from autoprune.config import load_study
+
+    return load_study(study_file, {"model.checkpoint": checkpoint, "data.root": data_root, "storage.url": storage})
+
+
+@click.group()
+@click.version_option(package_name="autoprune")
+def main() -> None:
+    """Automated structured-pruning search for PyTorch image classifiers."""
+
+
+# ---------------------------------------------------------------------------------------------------- search
+@main.command()
+@study_options
+@click.option("--n-trials", type=click.IntRange(min=1), help="Budget: COMPLETE trials the study should hold.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Stop starting trials after S seconds.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--seed", type=int, help="Sampler and trial seed (default: the study's).")
+@handle_errors
+def search(study_file, storage, study_name, checkpoint, data_root, n_trials, timeout, device, seed) -> None:
+    """Search per-group pruning ratios and scorers; print the Pareto front. Running it again resumes."""
+    from autoprune.backends.optuna_backend import run_search
+    from autoprune.context import prepare
+    from autoprune.display import console, metrics_table, search_progress, steps_progress
+    from autoprune.storage import counts, front
+
+    study = _load(study_file, checkpoint, data_root, storage)
+    cfg = study.config
+    budget = n_trials or cfg.budget.n_trials
+    timeout = timeout or cfg.budget.timeout
+    console.print(f"[bold]autoprune[/] study [cyan]{study.study_name}[/] ({study_file}), storage {study.storage_url}")
+    t0 = time.perf_counter()
+    with steps_progress() as bar:
+        task = bar.add_task("training the base model", total=None, visible=False)
+
+        def on_base_step(step: int, total: int) -> None:
+            bar.update(task, completed=step, total=total, visible=True)
+
+        ctx = prepare(study, device, on_base_step=on_base_step, log=console.print)
+    ref = ctx.reference
+    console.print(f"base: {ref['source']}; val accuracy {ref['accuracy']:.4f}, MACs {ref['macs']:,}, "
+                  f"params {ref['params']:,}, latency {ref['latency_ms']:.3f} ms (batch {cfg.measure.latency_batch_size})")
+    console.print(f"data: {ref['data']['note']} (seed {ref['data']['seed']}, sizes {ref['data']['sizes']}); "
+                  f"{len(ctx.groups)} pruning groups by {study.space.groups.by}")
+    if ctx.reference.get("trained_here") is False and "cached" not in ref["source"]:
+        pass
+    from autoprune.models import resolve_model
+
+    note = resolve_model(cfg.model.name).note
+    if note:
+        console.print(f"[dim]{note}[/]")
+
+    with search_progress() as bar:
+        task = bar.add_task("search", total=budget, front=0, last="")
+
+        def on_trial(ost, number: int) -> None:
+            c = counts(ost)
+            t = ost.trials[-1] if ost.trials else None
+            last = ""
+            if t is not None and t.user_attrs.get("metrics"):
+                m = t.user_attrs["metrics"]
+                last = f"last: acc {m['accuracy']:.3f}, {ref['macs'] / max(1, m['macs']):.2f}x fewer MACs"
+            bar.update(task, completed=min(budget, c["COMPLETE"]), front=len(ost.best_trials), last=last)
+
+        from autoprune.storage import create_or_load  # noqa: F401  (storage errors surface before the bar moves)
+
+        outcome = run_search(ctx, n_trials=budget, timeout=timeout, storage_url=study.storage_url,
+                             study_name=study.study_name, seed=seed, on_trial=on_trial, log=console.print)
+        bar.update(task, completed=min(budget, outcome.completed), front=len(outcome.study.best_trials))
+    ost = outcome.study
+    c = counts(ost)
+    console.print(metrics_table(f"Pareto front: {len(ost.best_trials)} of {c['COMPLETE']} complete trials "
+                                f"(accuracy on the validation split)", ref, front(ost)))
+    console.print(f"trials: {c}; this run: {outcome.ran_here} ran, {outcome.failed_here} failed, "
+                  f"{time.perf_counter() - t0:.1f} s")
+    resume = "autoprune search " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    if outcome.interrupted:
+        console.print(f"[yellow]interrupted[/]: completed trials are kept; resume with: {resume}")
+        sys.exit(130)
+    if outcome.completed < budget:
+        console.print(f"stopped at {outcome.completed}/{budget} complete trials (timeout); resume with: {resume}")
+
+
+# ---------------------------------------------------------------------------------------------------- status
+@main.command()
+@study_options
+@click.option("--json", "as_json", is_flag=True, help="Print {\"trials\": {STATE: n}} as JSON.")
+@handle_errors
+def status(study_file, storage, study_name, checkpoint, data_root, as_json) -> None:
+    """Trials by state, and where the study's time went."""
+    from autoprune.display import console
+    from autoprune.storage import counts, load_optuna_study
+
+    study = _load(study_file, checkpoint, data_root, storage)
+    ost = load_optuna_study(study, study.storage_url, study_name)
+    c = counts(ost)
+    totals: dict[str, float] = {}
+    for t in ost.get_trials(deepcopy=False):
+        for k, v in t.user_attrs.get("timings", {}).items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    if as_json:
+        click.echo(json.dumps({"trials": c, "time_s": {k: round(v, 3) for k, v in totals.items()}}))
+        return
+    console.print(f"study {ost.study_name}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+    if totals:
+        console.print("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in totals.items()))
+
+
+# ---------------------------------------------------------------------------------------------------- pareto
+@main.command()
+@study_options
+@click.option("--json", "as_json", is_flag=True, help="Print {objectives, base, front} as JSON.")
+@handle_errors
+def pareto(study_file, storage, study_name, checkpoint, data_root, as_json) -> None:
+    """The non-dominated completed trials."""
+    from autoprune.config import DIRECTIONS
+    from autoprune.display import console, metrics_table
+    from autoprune.storage import front, load_optuna_study
+
+    study = _load(study_file, checkpoint, data_root, storage)
+    ost = load_optuna_study(study, study.storage_url, study_name)
+    base = ost.user_attrs.get("base", {})
+    entries = front(ost)
+    if as_json:
+        objectives = {o: DIRECTIONS[o] for o in ost.user_attrs.get("objectives", study.config.objectives)}
+        base_out = {k: base.get(k) for k in ("accuracy", "macs", "params", "latency_ms", "split", "source", "data")}
+        click.echo(json.dumps({"objectives": objectives, "base": base_out, "front": entries}, default=str))
+        return
+    console.print(metrics_table(f"Pareto front of {ost.study_name}", base, entries,
+                                caption=base.get("data", {}).get("note", "")))
+
+
+# ---------------------------------------------------------------------------------------------------- evaluate
+@main.command()
+@study_options
+@click.option("--base", "use_base", is_flag=True, help="Evaluate the base model.")
+@click.option("--trial", type=int, help="Evaluate this trial's pruned model.")
+@click.option("--split", type=click.Choice(["val", "test", "test-full"]), default="val", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def evaluate(study_file, storage, study_name, checkpoint, data_root, use_base, trial, split, device, as_json) -> None:
+    """Accuracy, MACs, params and latency of the base model or a trial's model on a split."""
+    from autoprune.context import prepare
+    from autoprune.display import console
+    from autoprune.measure import accuracy, measure
+    from autoprune.saving import load_pruned
+    from autoprune.storage import get_trial, load_optuna_study
+
+    if use_base == (trial is not None):
+        raise AutopruneError("give exactly one of --base or --trial N", field="evaluate")
+    study = _load(study_file, checkpoint, data_root, storage)
+    ost = None
+    if trial is not None:  # check the trial exists before loading data
+        ost = load_optuna_study(study, study.storage_url, study_name)
+        frozen = get_trial(ost, trial)
+    ctx = prepare(study, device, measure_reference=False)
+    if trial is None:
+        model, label = ctx.base, "base"
+    else:
+        path = frozen.user_attrs.get("model_file")
+        if not path:
+            raise AutopruneError(f"trial {trial} has no saved model", field="--trial")
+        model, label = load_pruned(path, ctx.fresh_model()).to(ctx.device), f"trial {trial}"
+    data_split = ctx.data.get(split)
+    m = study.config.measure
+    out = {"model": label, "split": split, "accuracy": accuracy(model, data_split, study.config.data.batch_size)}
+    out.update(measure(model, ctx.example, latency_batch_size=m.latency_batch_size, repeats=m.latency_repeats,
+                       warmup=m.latency_warmup))
+    out["images"] = len(data_split)
+    out["data"] = ctx.data.info
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    console.print(f"{label} on {split} ({len(data_split)} images): accuracy {out['accuracy']:.4f}, "
+                  f"MACs {out['macs']:,}, params {out['params']:,}, latency {out['latency_ms']:.3f} ms")
+
+
+if __name__ == "__main__":
+    main()

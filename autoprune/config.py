@@ -1,0 +1,346 @@
+"""Validated study and search-space models, and their YAML loading.
+
+A study file names the model, the data, the search space (a separate YAML file), the objectives, the recovery
+settings, the budget and the storage. Every model forbids unknown keys; a failed validation becomes one
+:class:`~autoprune.errors.ConfigError` naming the file and the dotted field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from autoprune.errors import ConfigError
+
+METRICS = ("accuracy", "macs", "params", "latency_ms")
+DIRECTIONS = {"accuracy": "maximize", "macs": "minimize", "params": "minimize", "latency_ms": "minimize"}
+RECOVERY_SEARCHABLE = ("lr", "temperature", "alpha", "steps")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------- model and data
+class BaseTrainingConfig(_Strict):
+    """How the base model is trained when the study names no checkpoint."""
+
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(0.05, gt=0)
+    batch_size: int = Field(64, ge=1)
+    weight_decay: float = Field(5e-4, ge=0)
+
+
+class ModelConfig(_Strict):
+    name: str = Field(..., min_length=1)
+    num_classes: int | None = Field(None, ge=2)
+    checkpoint: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    base_training: BaseTrainingConfig = Field(default_factory=BaseTrainingConfig)
+
+
+class DataConfig(_Strict):
+    name: Literal["digits", "cifar10", "cifar100", "imagefolder"]
+    root: str | None = None
+    val_source: Literal["train", "test"] = "train"
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)  # only for data sets without an official test split
+    seed: int = 0
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    augment: bool = False
+    image_size: int = Field(224, ge=8)  # ImageFolder images are resized to this
+    train_subset: int | None = Field(None, ge=1)  # use at most this many training images (seeded)
+    batch_size: int = Field(256, ge=1)  # evaluation batch size
+
+    @model_validator(mode="after")
+    def _stats(self) -> "DataConfig":
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ValueError("std values must be > 0")
+        if self.name == "imagefolder" and not self.root:
+            raise ValueError("data.root is required for imagefolder")
+        return self
+
+
+# ------------------------------------------------------------------------------------------------ search space
+class RangeParam(_Strict):
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> "RangeParam":
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        if self.log and self.step is not None:
+            raise ValueError("a log range cannot have a step")
+        return self
+
+
+class ChoiceParam(_Strict):
+    choices: list[Union[float, int, str]] = Field(..., min_length=1)
+
+
+Param = Union[float, int, RangeParam, ChoiceParam]
+
+
+class GroupsConfig(_Strict):
+    """How layers share pruning ratios.
+
+    ``by``: ``dependency`` (one ratio per torch-pruning dependency group), ``stage`` (the model's named stages),
+    ``named`` (the groups given in ``named``: name -> module-name patterns) or ``global`` (one ratio for all).
+    """
+
+    by: Literal["dependency", "stage", "named", "global"] = "dependency"
+    named: dict[str, list[str]] | None = None
+
+    @model_validator(mode="after")
+    def _named(self) -> "GroupsConfig":
+        if self.by == "named" and not self.named:
+            raise ValueError("by: named needs a non-empty 'named' mapping of group name -> module patterns")
+        if self.named is not None and any(len(v) == 0 for v in self.named.values()):
+            raise ValueError("every named group needs at least one module pattern")
+        return self
+
+
+class SearchSpaceConfig(_Strict):
+    groups: GroupsConfig = Field(default_factory=GroupsConfig)
+    prunable: list[str] | None = None  # module-name patterns whose output channels may be pruned (None: model default)
+    ignore: list[str] = Field(default_factory=list)  # module-name patterns never pruned
+    ratio: RangeParam = Field(default_factory=lambda: RangeParam(low=0.0, high=0.5, step=0.05))
+    scorers: list[str] = Field(default_factory=lambda: ["l1"], min_length=1)
+    round_to: int | None = Field(None, ge=1)
+    recovery: dict[str, Param] = Field(default_factory=dict)
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio_range(cls, v: RangeParam) -> RangeParam:
+        if v.low < 0 or v.high >= 1:
+            raise ValueError(f"pruning ratios must lie in [0, 1); got low={v.low}, high={v.high}")
+        return v
+
+    @field_validator("scorers")
+    @classmethod
+    def _known_scorers(cls, v: list[str]) -> list[str]:
+        from autoprune.errors import AutopruneError
+        from autoprune.scorers import SCORERS
+
+        for name in v:
+            try:
+                SCORERS.get(name)
+            except AutopruneError as err:
+                raise ValueError(err.message) from None
+        if len(set(v)) != len(v):
+            raise ValueError(f"scorers repeat a name: {v}")
+        return v
+
+    @field_validator("recovery")
+    @classmethod
+    def _recovery_keys(cls, v: dict[str, Param]) -> dict[str, Param]:
+        for key in v:
+            if key not in RECOVERY_SEARCHABLE:
+                raise ValueError(f"unknown recovery parameter {key!r}; expected one of {list(RECOVERY_SEARCHABLE)}")
+        return v
+
+
+# ------------------------------------------------------------------------------------------------ the study
+class RecoveryConfig(_Strict):
+    """Fixed recovery settings; the search space may make lr, temperature, alpha and steps searchable."""
+
+    bn_recalibration_batches: int = Field(10, ge=0)
+    steps: int = Field(50, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0, le=1)
+
+
+class MeasureConfig(_Strict):
+    latency_batch_size: int = Field(1, ge=1)
+    latency_repeats: int = Field(20, ge=1)
+    latency_warmup: int = Field(5, ge=0)
+    threads: int | None = Field(None, ge=1)  # torch threads for measurement and training (None: torch default)
+
+
+class ConstraintsConfig(_Strict):
+    min_accuracy: float | None = Field(None, ge=0, le=1)
+    max_macs: float | None = Field(None, gt=0)
+    max_latency_ms: float | None = Field(None, gt=0)
+
+
+class BudgetConfig(_Strict):
+    n_trials: int = Field(20, ge=1)
+    timeout: float | None = Field(None, gt=0)
+
+
+class StorageConfig(_Strict):
+    url: str | None = None  # default: sqlite file in the study's folder
+    study_name: str | None = None  # default: the study's name
+
+
+class SamplerConfig(_Strict):
+    name: Literal["tpe", "nsga2", "random"] = "tpe"
+    n_startup_trials: int = Field(10, ge=0)
+
+
+class StudyConfig(_Strict):
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    workdir: str | None = None  # default: runs/<name>
+    seed: int = 0
+    model: ModelConfig
+    data: DataConfig
+    search_space: str
+    objectives: list[Literal["accuracy", "macs", "params", "latency_ms"]] = Field(
+        default_factory=lambda: ["accuracy", "macs"], min_length=2
+    )
+    constraints: ConstraintsConfig = Field(default_factory=ConstraintsConfig)
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+    measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"objectives repeat a metric: {v}")
+        if "accuracy" not in v:
+            raise ValueError("objectives must include accuracy")
+        return v
+
+
+class Study:
+    """A loaded study: the validated config, its search space and where its files live.
+
+    Example:
+        >>> study = load_study("studies/quickstart.yaml")  # doctest: +SKIP
+        >>> study.config.budget.n_trials  # doctest: +SKIP
+        24
+    """
+
+    def __init__(self, config: StudyConfig, space: SearchSpaceConfig, path: Path | None, space_path: Path | None):
+        self.config = config
+        self.space = space
+        self.path = path
+        self.space_path = space_path
+
+    @property
+    def workdir(self) -> Path:
+        return Path(self.config.workdir or f"runs/{self.config.name}")
+
+    @property
+    def study_name(self) -> str:
+        return self.config.storage.study_name or self.config.name
+
+    @property
+    def storage_url(self) -> str:
+        if self.config.storage.url:
+            return self.config.storage.url
+        return f"sqlite:///{(self.workdir / 'study.db').as_posix()}"
+
+    @property
+    def directions(self) -> list[str]:
+        return [DIRECTIONS[m] for m in self.config.objectives]
+
+    def fingerprint(self) -> str:
+        """A hash of everything that defines what a trial means (not the budget or the storage)."""
+        blob = {
+            "model": self.config.model.model_dump(exclude={"checkpoint"}),
+            "data": self.config.data.model_dump(exclude={"root"}),
+            "space": self.space.model_dump(),
+            "objectives": self.config.objectives,
+            "recovery": self.config.recovery.model_dump(),
+        }
+        return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _format_validation(err: ValidationError) -> tuple[str, str]:
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "required field is missing"
+    elif "input" in first and first["type"] not in ("value_error",):
+        msg = f"{msg} (got {first['input']!r})"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    return field, msg
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError("file not found", source=str(path))
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"not valid YAML{where}", source=str(path)) from None
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping at the top level", source=str(path))
+    return data
+
+
+def parse_search_space(data: dict[str, Any], source: str = "<search space>") -> SearchSpaceConfig:
+    try:
+        return SearchSpaceConfig.model_validate(data)
+    except ValidationError as err:
+        field, msg = _format_validation(err)
+        raise ConfigError(msg, source=source, field=field) from None
+
+
+def load_search_space(path: str | Path) -> SearchSpaceConfig:
+    path = Path(path)
+    return parse_search_space(_read_yaml(path), source=str(path))
+
+
+def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Study:
+    """Load and validate a study file and the search space it names.
+
+    Args:
+        path: the study YAML.
+        overrides: dotted keys to set before validation, e.g. ``{"model.checkpoint": "w.pt"}`` (CLI flags).
+
+    Raises:
+        ConfigError: naming the file and field of the first problem.
+    """
+    path = Path(path)
+    data = _read_yaml(path)
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
+        node[leaf] = value
+    try:
+        config = StudyConfig.model_validate(data)
+    except ValidationError as err:
+        field, msg = _format_validation(err)
+        raise ConfigError(msg, source=str(path), field=field) from None
+    space_path = Path(config.search_space)
+    if not space_path.is_absolute():
+        candidate = path.parent / space_path
+        space_path = candidate if candidate.is_file() else space_path
+    if not space_path.is_file():
+        raise ConfigError(f"search space file {config.search_space!r} not found", source=str(path), field="search_space")
+    space = load_search_space(space_path)
+    return Study(config, space, path, space_path)

@@ -1,0 +1,153 @@
+"""Everything a trial needs that does not change between trials, prepared once per worker.
+
+The data splits (on the trial device), the base model (loaded from a checkpoint, or trained once and cached in
+the study's folder keyed by its config), the group layout, and the base model's reference measurements.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from autoprune.config import Study
+from autoprune.data import DataSplits, load_splits
+from autoprune.distill import finetune
+from autoprune.errors import AutopruneError
+from autoprune.measure import accuracy, count_macs, count_params, latency_ms
+from autoprune.models import create_model, load_checkpoint, resolve_model
+from autoprune.pruning import GroupLayout, build_layout
+from autoprune.saving import atomic_save
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AutopruneError("--device cuda was asked for but CUDA is not available here", field="device")
+    if name not in ("cpu", "cuda"):
+        raise AutopruneError(f"unknown device {name!r}; expected cpu or cuda", field="device")
+    return torch.device(name)
+
+
+@dataclass
+class StudyContext:
+    study: Study
+    device: torch.device
+    data: DataSplits
+    base: nn.Module
+    layout: GroupLayout
+    example: torch.Tensor  # one preprocessed image, on the device
+    reference: dict[str, Any] = field(default_factory=dict)
+    calibration: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+    @property
+    def groups(self) -> list[str]:
+        return self.layout.names
+
+    def fresh_model(self) -> nn.Module:
+        cfg = self.study.config.model
+        return create_model(cfg.name, num_classes=self.data.num_classes, **cfg.kwargs)
+
+
+def _base_cache_path(study: Study, num_classes: int) -> Path:
+    cfg = study.config
+    blob = json.dumps({"model": cfg.model.model_dump(exclude={"checkpoint"}), "data": cfg.data.model_dump(exclude={"root"}),
+                       "num_classes": num_classes, "seed": cfg.seed}, sort_keys=True, default=str)
+    return study.workdir / f"base-{hashlib.sha256(blob.encode()).hexdigest()[:12]}.pt"
+
+
+def train_base(study: Study, model: nn.Module, data: DataSplits, device: torch.device,
+               on_step: Callable[[int, int], None] | None = None) -> nn.Module:
+    """Train the base model with plain cross-entropy (used when the study names no checkpoint)."""
+    bt = study.config.model.base_training
+    steps_per_epoch = max(1, len(data.train) // bt.batch_size)
+    total = bt.epochs * steps_per_epoch
+    gen = torch.Generator().manual_seed(study.config.seed)
+    finetune(model, data.train, steps=total, batch_size=bt.batch_size, lr=bt.lr, weight_decay=bt.weight_decay,
+             augment=study.config.data.augment, generator=gen,
+             on_step=(lambda s, _loss: on_step(s + 1, total)) if on_step else None)
+    return model
+
+
+def prepare(study: Study, device: str | torch.device = "cpu", *, measure_reference: bool = True,
+            on_base_step: Callable[[int, int], None] | None = None, log: Callable[[str], None] = lambda s: None) -> StudyContext:
+    """Load data and the base model, build the group layout and measure the reference (once per worker)."""
+    cfg = study.config
+    device = resolve_device(device) if isinstance(device, str) else device
+    if cfg.measure.threads:
+        torch.set_num_threads(cfg.measure.threads)
+    resolve_model(cfg.model.name)  # fail on an unknown model before loading data
+    data = load_splits(cfg.data)
+    num_classes = cfg.model.num_classes or data.num_classes
+    if num_classes != data.num_classes:
+        raise AutopruneError(f"model has {num_classes} classes but {cfg.data.name} has {data.num_classes}",
+                             source=str(study.path), field="model.num_classes")
+    data = data.to(device)
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model.name, num_classes=num_classes, **cfg.model.kwargs)
+    trained_here = False
+    if cfg.model.checkpoint:
+        load_checkpoint(model, cfg.model.checkpoint)
+        source = str(cfg.model.checkpoint)
+    else:
+        cache = _base_cache_path(study, num_classes)
+        if cache.is_file():
+            try:
+                load_checkpoint(model, cache)
+                source = f"cached {cache}"
+            except AutopruneError:
+                log(f"cached base model {cache} is unreadable; retraining it")
+                cache.unlink()
+        if not cache.is_file():
+            t0 = time.perf_counter()
+            model = train_base(study, model.to(device), data, device, on_step=on_base_step)
+            atomic_save(model.state_dict(), cache)
+            trained_here = True
+            source = f"trained here in {time.perf_counter() - t0:.1f} s, cached at {cache}"
+    model = model.to(device).eval()  # parameters keep requires_grad: torch-pruning traces through autograd
+    example = data.val.example(1)
+    layout = build_layout(model, example, by=study.space.groups.by,
+                          named=_named_groups(study), prunable=_prunable(study), ignore=study.space.ignore)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    calib = [b for _, b in zip(range(2), data.train.batches(min(64, len(data.train)), shuffle=True, generator=gen))]
+    ctx = StudyContext(study, device, data, model, layout, example, calibration=calib)
+    if measure_reference:
+        m = cfg.measure
+        lat_x = example.expand(m.latency_batch_size, *example.shape[1:]).contiguous()
+        ctx.reference = {
+            "accuracy": accuracy(model, data.val, cfg.data.batch_size),
+            "macs": count_macs(model, example),
+            "params": count_params(model),
+            "latency_ms": latency_ms(model, lat_x, m.latency_repeats, m.latency_warmup),
+            "source": source,
+            "trained_here": trained_here,
+            "split": "val",
+            "data": data.info,
+            "groups": {g: {"roots": r, "channels": layout.channels.get(g, 0)} for g, r in layout.roots.items()},
+            "device": str(device),
+        }
+    return ctx
+
+
+def _named_groups(study: Study) -> dict[str, list[str]] | None:
+    g = study.space.groups
+    if g.by == "named":
+        return g.named
+    if g.by == "stage":
+        stages = resolve_model(study.config.model.name).stages
+        if not stages:
+            raise AutopruneError(f"model {study.config.model.name!r} defines no stages; use groups.by: dependency "
+                                 "or named", source=str(study.space_path), field="groups.by")
+        return stages
+    return None
+
+
+def _prunable(study: Study) -> list[str] | None:
+    if study.space.prunable is not None:
+        return study.space.prunable
+    return resolve_model(study.config.model.name).prunable

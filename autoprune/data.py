@@ -1,0 +1,213 @@
+"""Data sets as in-memory tensors, and the seeded train / validation / test splits a study uses.
+
+Sources: scikit-learn's digits (embedded, no download), CIFAR-10/100 (a folder with train.npz/test.npz, or a
+torchvision download), and an ImageFolder directory (``train/`` and ``val/`` or ``test/`` under the root).
+The search scores trials on ``val``; ``test`` (held out) and ``test_full`` (the official test split) are used
+only by explicit evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from autoprune.config import DataConfig
+from autoprune.errors import AutopruneError
+
+CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+               "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@dataclass
+class Split:
+    """Images (uint8 NCHW, or float NCHW already in [0, 1]) and labels, normalised batch by batch."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def to(self, device: torch.device | str) -> "Split":
+        return Split(self.x.to(device), self.y.to(device), self.mean.to(device), self.std.to(device))
+
+    def subset(self, idx: torch.Tensor | np.ndarray) -> "Split":
+        idx = torch.as_tensor(idx, device=self.x.device)
+        return Split(self.x[idx], self.y[idx], self.mean, self.std)
+
+    def prepare(self, x: torch.Tensor, augment: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        if augment:
+            x = random_crop_flip(x, generator=generator)
+        return (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        augment: bool = False,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self)
+        order = torch.randperm(n, generator=generator).to(self.x.device) if shuffle else None
+        stop = n - n % batch_size if drop_last and n >= batch_size else n
+        for start in range(0, stop, batch_size):
+            idx = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
+            yield self.prepare(self.x[idx], augment, generator), self.y[idx]
+
+    def example(self, batch_size: int = 1) -> torch.Tensor:
+        return self.prepare(self.x[:batch_size])
+
+
+@dataclass
+class DataSplits:
+    train: Split
+    val: Split
+    test: Split
+    test_full: Split
+    num_classes: int
+    info: dict = field(default_factory=dict)
+
+    def get(self, name: str) -> Split:
+        names = {"train": self.train, "val": self.val, "test": self.test, "test-full": self.test_full}
+        if name not in names:
+            raise AutopruneError(f"unknown split {name!r}; valid: {', '.join(names)}")
+        return names[name]
+
+    def to(self, device: torch.device | str) -> "DataSplits":
+        return DataSplits(self.train.to(device), self.val.to(device), self.test.to(device), self.test_full.to(device),
+                          self.num_classes, self.info)
+
+
+def random_crop_flip(x: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-image random crop (zero padding ``pad``) and horizontal flip, on a float NCHW batch."""
+    n, _, h, w = x.shape
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    rows = (oy[:, None] + torch.arange(h, device=x.device)[None, :])[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w, device=x.device)[None, :])[:, None, None, :]
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    cols = torch.where(flip[:, None, None, None], cols.flip(-1), cols)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return xp[batch, chan, rows, cols]
+
+
+# ----------------------------------------------------------------------------------------------------- sources
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[:, None, :, :]
+    return x, d.target.astype(np.int64)
+
+
+def _cifar(name: str, root: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    if root and (Path(root) / "train.npz").is_file() and (Path(root) / "test.npz").is_file():
+        tr, te = np.load(Path(root) / "train.npz"), np.load(Path(root) / "test.npz")
+        return (tr["x"].transpose(0, 3, 1, 2), tr["y"].astype(np.int64),
+                te["x"].transpose(0, 3, 1, 2), te["y"].astype(np.int64))
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    where = root or "data"
+    try:
+        tr = cls(where, train=True, download=True)
+        te = cls(where, train=False, download=True)
+    except Exception as exc:  # no network, bad folder
+        raise AutopruneError(
+            f"cannot load {name} from {where!r} (no train.npz/test.npz there and download failed: "
+            f"{str(exc).splitlines()[0]})", field="data.root") from None
+    return (tr.data.transpose(0, 3, 1, 2), np.asarray(tr.targets, dtype=np.int64),
+            te.data.transpose(0, 3, 1, 2), np.asarray(te.targets, dtype=np.int64))
+
+
+def _image_folder(root: str, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    import torchvision
+    from torchvision import transforms
+
+    base = Path(root)
+    test_dir = next((base / d for d in ("val", "test") if (base / d).is_dir()), None)
+    if not (base / "train").is_dir() or test_dir is None:
+        raise AutopruneError(f"{root} must hold train/ and val/ (or test/) class folders", field="data.root")
+    tf = transforms.Compose([transforms.Resize(int(size * 1.14)), transforms.CenterCrop(size), transforms.PILToTensor()])
+
+    def load(d: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        ds = torchvision.datasets.ImageFolder(str(d), transform=tf)
+        xs = [ds[i][0] for i in range(len(ds))]
+        x = torch.stack([t.expand(3, -1, -1) if t.shape[0] == 1 else t[:3] for t in xs]).numpy()
+        return x, np.asarray(ds.targets, dtype=np.int64), ds.classes
+
+    xtr, ytr, classes = load(base / "train")
+    xte, yte, classes_te = load(test_dir)
+    if classes != classes_te:
+        raise AutopruneError(f"train/ and {test_dir.name}/ hold different class folders", field="data.root")
+    return xtr, ytr, xte, yte, len(classes)
+
+
+def load_splits(cfg: DataConfig) -> DataSplits:
+    """Load the data set named in ``cfg`` and carve its seeded splits.
+
+    Example:
+        >>> from autoprune.config import DataConfig
+        >>> s = load_splits(DataConfig(name="digits"))
+        >>> s.info["val_source"], len(s.val) > 0
+        ('train', True)
+    """
+    rng = np.random.default_rng(cfg.seed)
+    official_test = True
+    if cfg.name == "digits":
+        x, y = _digits()
+        perm = rng.permutation(len(y))
+        n_test = int(round(cfg.test_fraction * len(y)))
+        xte, yte, xtr, ytr = x[perm[:n_test]], y[perm[:n_test]], x[perm[n_test:]], y[perm[n_test:]]
+        num_classes, official_test = 10, False
+        default_stats = ((0.0,), (1.0,))
+    elif cfg.name in ("cifar10", "cifar100"):
+        xtr, ytr, xte, yte = _cifar(cfg.name, cfg.root)
+        num_classes = 10 if cfg.name == "cifar10" else 100
+        default_stats = CIFAR_STATS[cfg.name]
+    else:
+        xtr, ytr, xte, yte, num_classes = _image_folder(cfg.root or "", cfg.image_size)
+        default_stats = IMAGENET_STATS
+    mean = torch.tensor(cfg.mean if cfg.mean is not None else default_stats[0], dtype=torch.float32)
+    std = torch.tensor(cfg.std if cfg.std is not None else default_stats[1], dtype=torch.float32)
+    if mean.numel() != xtr.shape[1]:
+        raise AutopruneError(f"mean/std have {mean.numel()} values but the images have {xtr.shape[1]} channels",
+                             field="data.mean")
+
+    def mk(x: np.ndarray, y: np.ndarray) -> Split:
+        return Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), mean, std)
+
+    if cfg.val_source == "train":
+        perm = rng.permutation(len(ytr))
+        n_val = int(round(cfg.val_fraction * len(ytr)))
+        val, train = mk(xtr[perm[:n_val]], ytr[perm[:n_val]]), mk(xtr[perm[n_val:]], ytr[perm[n_val:]])
+        test = mk(xte, yte)
+    else:
+        perm = rng.permutation(len(yte))
+        n_val = int(round(cfg.val_fraction * len(yte)))
+        val, test = mk(xte[perm[:n_val]], yte[perm[:n_val]]), mk(xte[perm[n_val:]], yte[perm[n_val:]])
+        train = mk(xtr, ytr)
+    if cfg.train_subset is not None and cfg.train_subset < len(train):
+        train = train.subset(torch.from_numpy(rng.permutation(len(train))[: cfg.train_subset]))
+    info = {
+        "dataset": cfg.name,
+        "val_source": cfg.val_source,
+        "val_fraction": cfg.val_fraction,
+        "seed": cfg.seed,
+        "sizes": {"train": len(train), "val": len(val), "test": len(test), "test_full": len(yte)},
+        "test_is_official": official_test,
+        "note": ("validation carved from the test split; test = the other part"
+                 if cfg.val_source == "test" else "validation carved from the training split"),
+    }
+    return DataSplits(train, val, test, mk(xte, yte), num_classes, info)

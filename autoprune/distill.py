@@ -1,0 +1,110 @@
+"""Recovery: the distillation loss, BatchNorm re-calibration, and the fine-tune loops."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autoprune.data import Split
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+            temperature: float = 4.0, alpha: float = 0.9) -> torch.Tensor:
+    """``alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, labels)``.
+
+    The KL term is averaged over the batch (``batchmean``), as in Hinton et al. (2015).
+    """
+    t = temperature
+    kl = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                  reduction="batchmean", log_target=True)
+    return alpha * t * t * kl + (1.0 - alpha) * F.cross_entropy(student_logits, labels)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, split: Split, batches: int, batch_size: int,
+                   generator: torch.Generator | None = None) -> None:
+    """Re-estimate BatchNorm running statistics on ``batches`` training batches (cumulative average, no gradients)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or batches <= 0:
+        return
+    saved = [(m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the calibration batches
+    model.train()
+    for i, (x, _) in enumerate(split.batches(batch_size, shuffle=True, generator=generator, drop_last=True)):
+        if i >= batches:
+            break
+        model(x)
+    for m, (momentum, _) in zip(bns, saved):
+        m.momentum = momentum
+    model.eval()
+
+
+def _cycle(split: Split, batch_size: int, augment: bool, generator: torch.Generator | None):
+    while True:
+        yielded = False
+        for batch in split.batches(batch_size, shuffle=True, augment=augment, generator=generator, drop_last=True):
+            yielded = True
+            yield batch
+        if not yielded:
+            raise ValueError(f"the training split ({len(split)} images) is smaller than one batch ({batch_size})")
+
+
+def finetune(
+    student: nn.Module,
+    split: Split,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    teacher: nn.Module | None = None,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+    augment: bool = False,
+    generator: torch.Generator | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> float:
+    """SGD with a cosine schedule for ``steps`` steps; distillation from ``teacher`` if given, else plain CE.
+
+    Returns the mean loss over the last tenth of the steps. Raises FloatingPointError on a non-finite loss.
+    """
+    if steps <= 0:
+        return float("nan")
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    if teacher is not None:
+        teacher.eval()
+    student.train()
+    tail, tail_n = 0.0, 0
+    batches = _cycle(split, batch_size, augment, generator)
+    for step in range(steps):
+        x, y = next(batches)
+        logits = student(x)
+        if teacher is not None:
+            with torch.no_grad():
+                t_logits = teacher(x)
+            loss = kd_loss(logits, t_logits, y, temperature, alpha)
+        else:
+            loss = F.cross_entropy(logits, y)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"non-finite loss {loss_value} at fine-tune step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step >= steps - max(1, steps // 10):
+            tail += loss_value
+            tail_n += 1
+        if on_step is not None:
+            on_step(step, loss_value)
+    student.eval()
+    return tail / max(1, tail_n)

@@ -1,0 +1,33 @@
+"""One exception type for mistakes a user can fix; the CLI turns it into one line and exit code 2."""
+
+from __future__ import annotations
+
+
+class AutopruneError(Exception):
+    """A user-facing error: bad input, a missing file, an unreachable storage.
+
+    Args:
+        message: what was wrong and what was expected.
+        source: the file (or other input) the mistake is in, if any.
+        field: the dotted field inside that file, if any.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, field: str | None = None) -> None:
+        self.message = message
+        self.source = source
+        self.field = field
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        where = ""
+        if self.source and self.field:
+            where = f"{self.source}: {self.field}: "
+        elif self.source:
+            where = f"{self.source}: "
+        elif self.field:
+            where = f"{self.field}: "
+        return (where + self.message).replace("\n", " ")
+
+
+class ConfigError(AutopruneError):
+    """A study or search-space file that does not validate."""

@@ -1,0 +1,154 @@
+"""Model registry: torchvision classifiers, CIFAR ResNets, the quickstart CNN, and user "module:factory" models.
+
+Each registered model carries what the pruner needs to know about it: its input size, its named stages (for
+per-stage ratios) and which layers' output channels may be pruned.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from autoprune.cifar_resnet import cifar_resnet
+from autoprune.errors import AutopruneError
+from autoprune.registry import Registry
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model.
+
+    Attributes:
+        factory: ``factory(num_classes, **kwargs) -> nn.Module``.
+        stages: stage name -> module-name patterns (fnmatch) of the layers whose output channels form the stage.
+        prunable: module-name patterns of layers whose output channels may be pruned; None means every conv and
+            linear layer but the output layer.
+        note: shown to users where the spec restricts pruning.
+    """
+
+    factory: Callable[..., nn.Module]
+    stages: dict[str, list[str]] = field(default_factory=dict)
+    prunable: list[str] | None = None
+    note: str = ""
+
+
+class QuickstartCNN(nn.Module):
+    """A small CNN for 8x8 grayscale digits: three conv blocks and a linear classifier."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1),
+        )
+        self.classifier = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def _torchvision(name: str) -> Callable[..., nn.Module]:
+    def factory(num_classes: int = 1000, **kwargs) -> nn.Module:
+        import torchvision
+
+        kwargs.setdefault("weights", None)
+        return getattr(torchvision.models, name)(num_classes=num_classes, **kwargs)
+
+    factory.__name__ = name
+    return factory
+
+
+_CIFAR_NOTE = (
+    "CIFAR ResNets (option-A shortcuts): only each block's inner channels (conv1) are pruned; the residual "
+    "channels are coupled to the stem through the zero-padding shortcut and are kept."
+)
+
+MODELS: Registry[ModelSpec] = Registry("model")
+MODELS.register(
+    "quickstart_cnn",
+    ModelSpec(QuickstartCNN, stages={"block1": ["features.0"], "block2": ["features.3"], "block3": ["features.7"]}),
+)
+for _depth in (20, 32, 44, 56):
+    MODELS.register(
+        f"resnet{_depth}",
+        ModelSpec(
+            (lambda d: lambda num_classes=10, **kw: cifar_resnet(d, num_classes=num_classes, **kw))(_depth),
+            stages={f"layer{i}": [f"layer{i}.*.conv1"] for i in (1, 2, 3)},
+            prunable=["layer*.*.conv1"],
+            note=_CIFAR_NOTE,
+        ),
+    )
+for _name in ("resnet18", "resnet34", "resnet50"):
+    MODELS.register(_name, ModelSpec(_torchvision(_name), stages={f"layer{i}": [f"layer{i}.*"] for i in (1, 2, 3, 4)}))
+for _name in ("mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "densenet121", "vgg11_bn", "vit_b_16"):
+    MODELS.register(_name, ModelSpec(_torchvision(_name)))
+
+
+def resolve_model(name: str) -> ModelSpec:
+    """The spec for a registered name or a ``package.module:factory`` path (imported only when named so)."""
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise AutopruneError(f"cannot import model module {module_name!r}: {exc}") from None
+        factory = getattr(module, attr, None)
+        if not callable(factory):
+            raise AutopruneError(f"{module_name!r} has no callable {attr!r}")
+        return ModelSpec(factory)
+    return MODELS.get(name)
+
+
+def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
+    """Build a model by registered name or ``module:factory``.
+
+    Example:
+        >>> model = create_model("resnet20", num_classes=10)
+        >>> sum(p.numel() for p in model.parameters())
+        269722
+    """
+    spec = resolve_model(name)
+    try:
+        model = spec.factory(num_classes=num_classes, **kwargs)
+    except TypeError as exc:
+        raise AutopruneError(f"model {name!r} rejected its arguments: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise AutopruneError(f"model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a state_dict file (weights_only=True) into ``model``; a mismatch is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise AutopruneError(f"checkpoint not found: {path}", field="model.checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types
+        raise AutopruneError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}", field="model.checkpoint") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise AutopruneError(f"checkpoint {path} does not hold a state_dict", field="model.checkpoint")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise AutopruneError(f"checkpoint {path} does not fit the model: {detail[:300]}", field="model.checkpoint") from None
+    return model

@@ -1,0 +1,68 @@
+"""Saving and loading pruned models safely: pruning history + state_dict, read with weights_only=True."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from autoprune.errors import AutopruneError
+from autoprune.pruning import replay
+
+FORMAT = "autoprune.pruned/1"
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: a kill leaves the old file or the new."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_pruned(model: nn.Module, history: list, path: str | Path, meta: Mapping[str, Any]) -> None:
+    """Save a pruned model: its torch-pruning history, its state_dict and ``meta`` (must hold ``input_shape``)."""
+    if "input_shape" not in meta:
+        raise ValueError("meta must hold input_shape (the tracing input's shape)")
+    atomic_save({"format": FORMAT, "history": history,
+                 "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": dict(meta)}, path)
+
+
+def load_pruned(path: str | Path, model: nn.Module) -> nn.Module:
+    """Rebuild a pruned model saved by :func:`save_pruned` from its unpruned architecture.
+
+    Args:
+        path: the saved file.
+        model: a fresh, unpruned instance of the architecture (modified in place and returned).
+
+    Example:
+        >>> from autoprune.models import create_model
+        >>> pruned = load_pruned("runs/quickstart/models/abc.pt", create_model("quickstart_cnn", 10))  # doctest: +SKIP
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AutopruneError(f"pruned model file not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise AutopruneError(f"cannot read pruned model {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise AutopruneError(f"{path} is not an autoprune pruned-model file")
+    example = torch.randn(*blob["meta"]["input_shape"])
+    model.eval()
+    replay(model, example, blob["history"])
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except RuntimeError as exc:
+        raise AutopruneError(f"{path} does not fit the rebuilt structure: {str(exc).splitlines()[0]}") from None
+    return model

@@ -1,0 +1,60 @@
+"""The search space as Optuna distributions, and sampled parameters decoded into a trial plan.
+
+Parameter names: ``ratio.<group>`` for each pruning group, ``scorer``, ``recovery.<name>`` for searchable
+recovery settings. The same dict of distributions serves Optuna's ``ask`` and Ray's ``OptunaSearch``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+from autoprune.config import ChoiceParam, RangeParam, RecoveryConfig, SearchSpaceConfig
+from autoprune.errors import AutopruneError
+
+INT_RECOVERY = {"steps"}
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    ratios: dict[str, float]
+    scorer: str
+    recovery: RecoveryConfig
+
+
+def _range(p: RangeParam, as_int: bool) -> BaseDistribution:
+    if as_int:
+        return IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+    return FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+
+
+def distributions(space: SearchSpaceConfig, groups: list[str]) -> dict[str, BaseDistribution]:
+    """Optuna distributions for every searchable parameter (fixed values are not parameters)."""
+    out: dict[str, BaseDistribution] = {f"ratio.{g}": _range(space.ratio, False) for g in groups}
+    if len(space.scorers) > 1:
+        out["scorer"] = CategoricalDistribution(space.scorers)
+    for name, p in space.recovery.items():
+        if isinstance(p, RangeParam):
+            out[f"recovery.{name}"] = _range(p, name in INT_RECOVERY)
+        elif isinstance(p, ChoiceParam):
+            out[f"recovery.{name}"] = CategoricalDistribution(p.choices)
+    return out
+
+
+def decode(params: Mapping[str, Any], space: SearchSpaceConfig, groups: list[str], recovery: RecoveryConfig) -> TrialPlan:
+    """Sampled parameters -> the plan a trial runs; fixed search-space values fill in the rest."""
+    missing = [g for g in groups if f"ratio.{g}" not in params]
+    if missing:
+        raise AutopruneError(f"parameters lack ratios for groups {missing}")
+    ratios = {g: float(params[f"ratio.{g}"]) for g in groups}
+    scorer = str(params.get("scorer", space.scorers[0]))
+    overrides: dict[str, Any] = {}
+    for name, p in space.recovery.items():
+        if isinstance(p, (RangeParam, ChoiceParam)):
+            overrides[name] = params[f"recovery.{name}"]
+        else:
+            overrides[name] = p
+    rec = recovery.model_copy(update={k: (int(v) if k in INT_RECOVERY else float(v)) for k, v in overrides.items()})
+    return TrialPlan(ratios, scorer, RecoveryConfig.model_validate(rec.model_dump()))

@@ -1,0 +1,103 @@
+"""Opening a study's Optuna storage and study, and reading trials back in autoprune's terms."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autoprune.config import Study
+from autoprune.errors import AutopruneError
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url``; an unreachable or malformed URL is a one-line error."""
+    if url.startswith("sqlite:///"):
+        from pathlib import Path
+
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("sqlalchemy").setLevel(logging.ERROR)
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AutopruneError(f"cannot open storage {url!r}: {msg}", field="storage.url") from None
+
+
+def load_optuna_study(study: Study, storage_url: str | None = None, study_name: str | None = None) -> optuna.Study:
+    """The existing Optuna study behind ``study`` (an error if it has not been created by ``search``)."""
+    url = storage_url or study.storage_url
+    name = study_name or study.study_name
+    storage = open_storage(url)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise AutopruneError(f"no study named {name!r} in {url}; run `autoprune search` first") from None
+
+
+def create_or_load(study: Study, storage_url: str | None, study_name: str | None, sampler: optuna.samplers.BaseSampler,
+                   reference: dict[str, Any]) -> optuna.Study:
+    """Create the Optuna study, or load it and check it means the same thing (objectives, search space)."""
+    url = storage_url or study.storage_url
+    name = study_name or study.study_name
+    storage = open_storage(url)
+    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if name in existing:
+        ost = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        attrs = ost.user_attrs
+        if attrs.get("objectives") != list(study.config.objectives):
+            raise AutopruneError(f"study {name!r} in {url} has objectives {attrs.get('objectives')}, "
+                                 f"the study file asks for {study.config.objectives}; use another --study-name",
+                                 source=str(study.path), field="objectives")
+        if attrs.get("fingerprint") not in (None, study.fingerprint()):
+            raise AutopruneError(f"study {name!r} in {url} was created with a different model, data, search space "
+                                 "or recovery; use another --study-name", source=str(study.path))
+        return ost
+    ost = optuna.create_study(study_name=name, storage=storage, sampler=sampler, directions=study.directions,
+                              load_if_exists=True)
+    ost.set_user_attr("objectives", list(study.config.objectives))
+    ost.set_user_attr("fingerprint", study.fingerprint())
+    ost.set_user_attr("base", reference)
+    return ost
+
+
+def counts(ost: optuna.Study) -> dict[str, int]:
+    out = {s: 0 for s in ("COMPLETE", "FAIL", "RUNNING", "PRUNED", "WAITING")}
+    for t in ost.get_trials(deepcopy=False):
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def trial_entry(t: FrozenTrial) -> dict[str, Any]:
+    """A completed trial as a front entry: trial, accuracy, macs, params, latency_ms, config, plan, timings."""
+    m = t.user_attrs.get("metrics", {})
+    return {
+        "trial": t.number,
+        "accuracy": float(m.get("accuracy", float("nan"))),
+        "macs": int(m.get("macs", 0)),
+        "params": int(m.get("params", 0)),
+        "latency_ms": float(m.get("latency_ms", float("nan"))),
+        "config": dict(t.params),
+        "plan": t.user_attrs.get("plan", {}),
+        "timings": t.user_attrs.get("timings", {}),
+    }
+
+
+def front(ost: optuna.Study) -> list[dict[str, Any]]:
+    """The non-dominated feasible completed trials, sorted by MACs."""
+    return sorted((trial_entry(t) for t in ost.best_trials), key=lambda e: (e["macs"], -e["accuracy"]))
+
+
+def get_trial(ost: optuna.Study, number: int) -> FrozenTrial:
+    trials = ost.get_trials(deepcopy=False)
+    match = [t for t in trials if t.number == number]
+    if not match:
+        raise AutopruneError(f"no trial {number} in study {ost.study_name!r} (it has {len(trials)} trials)", field="--trial")
+    t = match[0]
+    if t.state != TrialState.COMPLETE:
+        raise AutopruneError(f"trial {number} is {t.state.name}, not COMPLETE", field="--trial")
+    return t

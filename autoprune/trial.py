@@ -1,0 +1,86 @@
+"""One trial: sampled parameters -> prune a copy -> recover -> measure. Knows nothing of Optuna or Ray."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from autoprune.context import StudyContext
+from autoprune.saving import save_pruned
+from autoprune.distill import finetune, recalibrate_bn
+from autoprune.measure import accuracy, count_macs, count_params, latency_ms
+from autoprune.pruning import prune_with_plan
+from autoprune.space import TrialPlan, decode
+
+
+@dataclass
+class TrialResult:
+    metrics: dict[str, float]  # accuracy (val, 0..1), macs, params, latency_ms
+    timings: dict[str, float]  # seconds per phase: prune, bn_calibration, finetune, evaluate, measure, total
+    plan: dict[str, Any]  # scorer, ratios, recovery settings, fine-tune budget
+    model_file: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_trial(ctx: StudyContext, params: Mapping[str, Any], seed: int = 0, save_dir: Path | None = None) -> TrialResult:
+    """Run one trial with sampled ``params`` (see :mod:`autoprune.space`).
+
+    Raises FloatingPointError on a non-finite fine-tune loss and AutopruneError where the plan cannot apply;
+    backends record either as a failed trial.
+    """
+    cfg = ctx.study.config
+    plan: TrialPlan = decode(params, ctx.study.space, ctx.groups, cfg.recovery)
+    rec = plan.recovery
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+
+    t = time.perf_counter()
+    base = ctx.base
+    model, pplan = prune_with_plan(base, ctx.example, plan.ratios, plan.scorer, layout=ctx.layout,
+                                   round_to=ctx.study.space.round_to, calibration=ctx.calibration)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    timings["prune"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    recalibrate_bn(model, ctx.data.train, rec.bn_recalibration_batches, rec.batch_size, generator=gen)
+    timings["bn_calibration"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    finetune(model, ctx.data.train, steps=rec.steps, batch_size=rec.batch_size, lr=rec.lr, momentum=rec.momentum,
+             weight_decay=rec.weight_decay, teacher=base, temperature=rec.temperature, alpha=rec.alpha,
+             augment=cfg.data.augment, generator=gen)
+    timings["finetune"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    acc = accuracy(model, ctx.data.val, cfg.data.batch_size)
+    timings["evaluate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    m = cfg.measure
+    lat_x = ctx.example.expand(m.latency_batch_size, *ctx.example.shape[1:]).contiguous()
+    metrics = {
+        "accuracy": acc,
+        "macs": count_macs(model, ctx.example),
+        "params": count_params(model),
+        "latency_ms": latency_ms(model, lat_x, m.latency_repeats, m.latency_warmup),
+    }
+    timings["measure"] = time.perf_counter() - t
+
+    model_file = None
+    if save_dir is not None:
+        path = Path(save_dir) / f"{uuid.uuid4().hex}.pt"
+        save_pruned(model, pplan.to_dict()["history"], path, {"input_shape": list(ctx.example.shape),
+                                                               "ratios": pplan.ratios, "scorer": pplan.scorer})
+        model_file = str(path)
+    timings["total"] = time.perf_counter() - t_start
+    plan_record = {"scorer": pplan.scorer, "ratios": pplan.ratios, "round_to": pplan.round_to,
+                   "recovery": rec.model_dump(), "finetune_images": rec.steps * rec.batch_size, "seed": seed}
+    return TrialResult(metrics, timings, plan_record, model_file)
