@@ -52,16 +52,32 @@ def study_options(fn: Callable) -> Callable:
         click.option("--study-name", help="Study name in the storage (default: the study file's name)."),
         click.option("--checkpoint", type=click.Path(dir_okay=False), help="Base model state_dict (overrides the study)."),
         click.option("--data-root", type=click.Path(), help="Data folder (overrides the study)."),
+        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                     help="Override a study field, e.g. --set recovery.steps=20 (repeatable)."),
         click.option("--debug", is_flag=True, help="Show tracebacks."),
     ]):
         fn = opt(fn)
     return fn
 
 
-def _load(study_file: str, checkpoint: str | None, data_root: str | None, storage: str | None = None):
+def _load(study_file: str, checkpoint: str | None, data_root: str | None, storage: str | None = None,
+          sets: tuple[str, ...] = (), study_name: str | None = None):
+    import yaml
+
     from autoprune.config import load_study
 
-    return load_study(study_file, {"model.checkpoint": checkpoint, "data.root": data_root, "storage.url": storage})
+    overrides: dict[str, Any] = {}
+    for item in sets:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise AutopruneError(f"--set expects KEY=VALUE, got {item!r}", field="--set")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise AutopruneError(f"--set {key}: value {value!r} is not a YAML scalar", field="--set") from None
+    overrides.update({"model.checkpoint": checkpoint, "data.root": data_root, "storage.url": storage,
+                      "storage.study_name": study_name})
+    return load_study(study_file, overrides)
 
 
 @click.group()
@@ -78,14 +94,14 @@ def main() -> None:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--seed", type=int, help="Sampler and trial seed (default: the study's).")
 @handle_errors
-def search(study_file, storage, study_name, checkpoint, data_root, n_trials, timeout, device, seed) -> None:
+def search(study_file, storage, study_name, checkpoint, data_root, sets, n_trials, timeout, device, seed) -> None:
     """Search per-group pruning ratios and scorers; print the Pareto front. Running it again resumes."""
     from autoprune.backends.optuna_backend import run_search
     from autoprune.context import prepare
     from autoprune.display import console, metrics_table, search_progress, steps_progress
     from autoprune.storage import counts, front
 
-    study = _load(study_file, checkpoint, data_root, storage)
+    study = _load(study_file, checkpoint, data_root, storage, sets, study_name)
     cfg = study.config
     budget = n_trials or cfg.budget.n_trials
     timeout = timeout or cfg.budget.timeout
@@ -103,8 +119,6 @@ def search(study_file, storage, study_name, checkpoint, data_root, n_trials, tim
                   f"params {ref['params']:,}, latency {ref['latency_ms']:.3f} ms (batch {cfg.measure.latency_batch_size})")
     console.print(f"data: {ref['data']['note']} (seed {ref['data']['seed']}, sizes {ref['data']['sizes']}); "
                   f"{len(ctx.groups)} pruning groups by {study.space.groups.by}")
-    if ctx.reference.get("trained_here") is False and "cached" not in ref["source"]:
-        pass
     from autoprune.models import resolve_model
 
     note = resolve_model(cfg.model.name).note
@@ -122,8 +136,9 @@ def search(study_file, storage, study_name, checkpoint, data_root, n_trials, tim
                 m = t.user_attrs["metrics"]
                 last = f"last: acc {m['accuracy']:.3f}, {ref['macs'] / max(1, m['macs']):.2f}x fewer MACs"
             bar.update(task, completed=min(budget, c["COMPLETE"]), front=len(ost.best_trials), last=last)
-
-        from autoprune.storage import create_or_load  # noqa: F401  (storage errors surface before the bar moves)
+            if not console.is_terminal:  # logs and CI: one line per trial instead of a live bar
+                console.print(f"trial {number}: {t.state.name if t else ''} {last} "
+                              f"({c['COMPLETE']}/{budget} complete)")
 
         outcome = run_search(ctx, n_trials=budget, timeout=timeout, storage_url=study.storage_url,
                              study_name=study.study_name, seed=seed, on_trial=on_trial, log=console.print)
@@ -147,13 +162,13 @@ def search(study_file, storage, study_name, checkpoint, data_root, n_trials, tim
 @study_options
 @click.option("--json", "as_json", is_flag=True, help="Print {\"trials\": {STATE: n}} as JSON.")
 @handle_errors
-def status(study_file, storage, study_name, checkpoint, data_root, as_json) -> None:
+def status(study_file, storage, study_name, checkpoint, data_root, sets, as_json) -> None:
     """Trials by state, and where the study's time went."""
     from autoprune.display import console
     from autoprune.storage import counts, load_optuna_study
 
-    study = _load(study_file, checkpoint, data_root, storage)
-    ost = load_optuna_study(study, study.storage_url, study_name)
+    study = _load(study_file, checkpoint, data_root, storage, sets, study_name)
+    ost = load_optuna_study(study)
     c = counts(ost)
     totals: dict[str, float] = {}
     for t in ost.get_trials(deepcopy=False):
@@ -172,14 +187,14 @@ def status(study_file, storage, study_name, checkpoint, data_root, as_json) -> N
 @study_options
 @click.option("--json", "as_json", is_flag=True, help="Print {objectives, base, front} as JSON.")
 @handle_errors
-def pareto(study_file, storage, study_name, checkpoint, data_root, as_json) -> None:
+def pareto(study_file, storage, study_name, checkpoint, data_root, sets, as_json) -> None:
     """The non-dominated completed trials."""
     from autoprune.config import DIRECTIONS
     from autoprune.display import console, metrics_table
     from autoprune.storage import front, load_optuna_study
 
-    study = _load(study_file, checkpoint, data_root, storage)
-    ost = load_optuna_study(study, study.storage_url, study_name)
+    study = _load(study_file, checkpoint, data_root, storage, sets, study_name)
+    ost = load_optuna_study(study)
     base = ost.user_attrs.get("base", {})
     entries = front(ost)
     if as_json:
@@ -200,7 +215,7 @@ def pareto(study_file, storage, study_name, checkpoint, data_root, as_json) -> N
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def evaluate(study_file, storage, study_name, checkpoint, data_root, use_base, trial, split, device, as_json) -> None:
+def evaluate(study_file, storage, study_name, checkpoint, data_root, sets, use_base, trial, split, device, as_json) -> None:
     """Accuracy, MACs, params and latency of the base model or a trial's model on a split."""
     from autoprune.context import prepare
     from autoprune.display import console
@@ -210,10 +225,10 @@ def evaluate(study_file, storage, study_name, checkpoint, data_root, use_base, t
 
     if use_base == (trial is not None):
         raise AutopruneError("give exactly one of --base or --trial N", field="evaluate")
-    study = _load(study_file, checkpoint, data_root, storage)
+    study = _load(study_file, checkpoint, data_root, storage, sets, study_name)
     ost = None
     if trial is not None:  # check the trial exists before loading data
-        ost = load_optuna_study(study, study.storage_url, study_name)
+        ost = load_optuna_study(study)
         frozen = get_trial(ost, trial)
     ctx = prepare(study, device, measure_reference=False)
     if trial is None:

@@ -327,8 +327,10 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
         node = data
         *parents, leaf = dotted.split(".")
         for key in parents:
-            if not isinstance(node.get(key), dict):
+            if node.get(key) is None:
                 node[key] = {}
+            if not isinstance(node[key], dict):
+                raise ConfigError(f"cannot set {dotted!r}: {key!r} is not a mapping", source=str(path), field=dotted)
             node = node[key]
         node[leaf] = value
     try:

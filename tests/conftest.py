@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+CIFAR = SHARED / "datasets" / "cifar10"
+WEIGHTS = SHARED / "weights" / "cifar10-resnet"
+
+
+def need_shared(*paths: Path) -> None:
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        pytest.skip(f"needs the shared data/weights, missing: {', '.join(missing)}")
+
+
+TINY_STUDY = {
+    "name": "tiny",
+    "seed": 0,
+    "model": {"name": "quickstart_cnn", "kwargs": {"width": 8}, "base_training": {"epochs": 4, "lr": 0.05, "batch_size": 64}},
+    "data": {"name": "digits", "val_fraction": 0.2, "test_fraction": 0.2},
+    "search_space": "space.yaml",
+    "objectives": ["accuracy", "macs"],
+    "recovery": {"bn_recalibration_batches": 2, "steps": 5, "batch_size": 64},
+    "measure": {"latency_batch_size": 1, "latency_repeats": 2, "latency_warmup": 1},
+    "budget": {"n_trials": 4},
+    "sampler": {"name": "tpe", "n_startup_trials": 2},
+}
+TINY_SPACE = {"groups": {"by": "dependency"}, "ratio": {"low": 0.0, "high": 0.7, "step": 0.1},
+              "scorers": ["l1", "bn_scale"]}
+
+
+@pytest.fixture
+def write_study(tmp_path):
+    """Write a tiny digits study (and its search space) into tmp_path; returns the study file's path."""
+
+    def write(study_overrides: dict | None = None, space_overrides: dict | None = None, name: str = "study.yaml") -> Path:
+        study = yaml.safe_load(yaml.safe_dump(TINY_STUDY))
+        study["workdir"] = str(tmp_path / "run")
+        for k, v in (study_overrides or {}).items():
+            study[k] = v
+        space = dict(TINY_SPACE, **(space_overrides or {}))
+        (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(study))
+        return path
+
+    return write

@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+from click.testing import CliRunner
+
+from autoprune.cli import main
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """A tiny digits study searched to 4 complete trials (shared by the tests below)."""
+    from tests.conftest import TINY_SPACE, TINY_STUDY
+    import yaml
+
+    d = tmp_path_factory.mktemp("cli")
+    study = dict(TINY_STUDY, workdir=str(d / "run"))
+    (d / "space.yaml").write_text(yaml.safe_dump(TINY_SPACE))
+    path = d / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    result = run("search", path)
+    assert result.exit_code == 0, result.output
+    return path, result
+
+
+def test_search_prints_front_table(searched):
+    _, result = searched
+    assert "Pareto front" in result.stderr
+    assert "base" in result.stderr
+
+
+def test_status_json_shape(searched):
+    path, _ = searched
+    result = run("status", path, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data["trials"]) == {"COMPLETE", "FAIL", "RUNNING", "PRUNED", "WAITING"}
+    assert data["trials"]["COMPLETE"] == 4
+    assert data["time_s"]["finetune"] > 0
+
+
+def test_pareto_json_shape(searched):
+    path, _ = searched
+    result = run("pareto", path, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["objectives"] == {"accuracy": "maximize", "macs": "minimize"}
+    for entry in [data["base"], *data["front"]]:
+        assert 0.0 <= entry["accuracy"] <= 1.0
+        assert isinstance(entry["macs"], int) and isinstance(entry["params"], int)
+        assert isinstance(entry["latency_ms"], float)
+    assert data["front"], "a front of at least one trial"
+    for entry in data["front"]:
+        assert isinstance(entry["trial"], int)
+        assert set(entry["config"]) >= {"ratio.features.0", "ratio.features.3", "ratio.features.7"}
+    # non-dominated: no front entry is dominated by another
+    front = data["front"]
+    for a in front:
+        assert not any(b["accuracy"] >= a["accuracy"] and b["macs"] <= a["macs"] and
+                       (b["accuracy"] > a["accuracy"] or b["macs"] < a["macs"]) for b in front)
+
+
+def test_evaluate_base_and_trial_json(searched):
+    path, _ = searched
+    base = json.loads(run("evaluate", path, "--base", "--json").stdout)
+    assert base["model"] == "base" and base["split"] == "val"
+    front = json.loads(run("pareto", path, "--json").stdout)["front"]
+    entry = front[0]
+    result = run("evaluate", path, "--trial", entry["trial"], "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["macs"] == entry["macs"] and out["params"] == entry["params"]
+    assert out["accuracy"] == pytest.approx(entry["accuracy"], abs=1e-9)  # the saved model is the trial's model
+    test = json.loads(run("evaluate", path, "--trial", entry["trial"], "--split", "test", "--json").stdout)
+    assert test["split"] == "test" and test["images"] == base["data"]["sizes"]["test"]
+
+
+def test_evaluate_needs_exactly_one_target(searched):
+    path, _ = searched
+    result = run("evaluate", path, "--base", "--trial", "0")
+    assert result.exit_code == 2
+    assert "exactly one of --base or --trial" in result.stderr
+
+
+def test_evaluate_unknown_trial_is_exit_2(searched):
+    path, _ = searched
+    result = run("evaluate", path, "--trial", "999")
+    assert result.exit_code == 2 and "no trial 999" in result.stderr
+
+
+def test_resume_keeps_trials_and_reaches_new_budget(write_study):
+    path = write_study({"budget": {"n_trials": 2}})
+    assert run("search", path).exit_code == 0
+    storage = f"sqlite:///{path.parent / 'run' / 'study.db'}"
+    before = {t.number: t.values for t in optuna.load_study(study_name="tiny", storage=storage).trials}
+    result = run("search", path, "--n-trials", "4")
+    assert result.exit_code == 0, result.output
+    trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4
+    for number, values in before.items():
+        assert trials[number].values == values  # earlier trials kept, not recomputed
+    # A third run with the same budget runs nothing.
+    result = run("search", path, "--n-trials", "4")
+    assert result.exit_code == 0 and "this run: 0 ran" in result.stderr
+
+
+def test_config_error_is_one_line_exit_2_and_writes_nothing(write_study, tmp_path):
+    path = write_study({"recovery": {"stepz": 3}})
+    result = run("search", path)
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "recovery.stepz" in lines[0] and str(path) in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_unreachable_storage_is_exit_2(write_study):
+    path = write_study()
+    result = run("status", path, "--storage", "postgresql://nobody@127.0.0.1:1/none")
+    assert result.exit_code == 2
+    assert "cannot open storage" in result.stderr
+
+
+def test_bad_set_override_is_exit_2(write_study):
+    result = run("status", write_study(), "--set", "recovery")
+    assert result.exit_code == 2 and "--set expects KEY=VALUE" in result.stderr
+
+
+def test_study_with_different_objectives_is_refused(write_study):
+    path = write_study({"budget": {"n_trials": 1}})
+    assert run("search", path).exit_code == 0
+    other = write_study({"budget": {"n_trials": 1}, "objectives": ["accuracy", "params"]})
+    result = run("search", other)
+    assert result.exit_code == 2 and "objectives" in result.stderr
+
+
+def test_study_name_flag_selects_the_study_everywhere(write_study):
+    path = write_study({"budget": {"n_trials": 1}})
+    assert run("search", path, "--study-name", "other").exit_code == 0
+    data = json.loads(run("status", path, "--study-name", "other", "--json").stdout)
+    assert data["trials"]["COMPLETE"] == 1
+    result = run("status", path, "--json")
+    assert result.exit_code == 2 and "no study named 'tiny'" in result.stderr

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import re
+
+from tests.conftest import ROOT
+
+
+def _commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    return [line for block in blocks[:2] for line in block.splitlines() if line and not line.startswith("#")]
+
+
+def test_readme_opens_with_main_job_and_test_commands():
+    main_job, tests = _commands()
+    assert main_job.endswith("autoprune search studies/quickstart.yaml")
+    assert "pip install -e ." in main_job
+    assert "pip install -e '.[test]'" in tests and "pytest" in tests
+
+
+def test_ci_runs_the_readme_test_command():
+    _, tests = _commands()
+    assert tests in (ROOT / ".ci" / "run").read_text()
