@@ -40,6 +40,10 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
+    # Layers whose output channels autoprune may prune by default: the residual channels are coupled to the stem
+    # through the zero-padding shortcut, which torch-pruning's tracer reads as element-wise, so they stay whole.
+    autoprune_prunable = ["layer*.*.conv1"]
+
     def __init__(self, depth: int = 20, num_classes: int = 10) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0:

@@ -52,7 +52,7 @@ def _cycle(split: Split, batch_size: int, augment: bool, generator: torch.Genera
             yielded = True
             yield batch
         if not yielded:
-            raise ValueError(f"the training split ({len(split)} images) is smaller than one batch ({batch_size})")
+            raise ValueError("the training split is empty: nothing to fine-tune on")
 
 
 def finetune(

@@ -88,7 +88,6 @@ for _depth in (20, 32, 44, 56):
         ModelSpec(
             (lambda d: lambda num_classes=10, **kw: cifar_resnet(d, num_classes=num_classes, **kw))(_depth),
             stages={f"layer{i}": [f"layer{i}.*.conv1"] for i in (1, 2, 3)},
-            prunable=["layer*.*.conv1"],
             note=_CIFAR_NOTE,
         ),
     )

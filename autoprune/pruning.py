@@ -81,13 +81,16 @@ def build_layout(
         by: ``dependency`` | ``stage``/``named`` (groups given in ``named``) | ``global``.
         named: group name -> module-name patterns (fnmatch); a dependency group joins the first named group any
             of its out-channel layers matches; groups matching none are not pruned.
-        prunable: module-name patterns of layers whose output channels may be pruned (None: all).
+        prunable: module-name patterns of layers whose output channels may be pruned (None: the model's own
+            ``autoprune_prunable`` attribute if it has one, else all).
         ignore: module-name patterns never pruned.
 
     Raises:
         AutopruneError: when nothing is left to prune, naming why.
     """
     output_layer = find_output_layer(model, example_inputs)
+    if prunable is None:
+        prunable = getattr(model, "autoprune_prunable", None)
     modules = dict(model.named_modules())
     names_of = {m: n for n, m in modules.items()}
     ignored = [output_layer]
@@ -220,7 +223,23 @@ def prune_with_plan(
             if hasattr(m, "_importance"):
                 del m._importance
     plan.history = list(pruner.pruning_history())
+    _check_forward(target, example_inputs)
     return target, plan
+
+
+def _check_forward(model: nn.Module, example_inputs: torch.Tensor) -> None:
+    """A pruned model must still run: a tracer that mis-grouped channels leaves mismatched widths behind."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_inputs)
+    except RuntimeError as exc:
+        raise AutopruneError(
+            "the pruned model fails on forward, so torch-pruning mis-grouped some coupled channels "
+            f"({str(exc).splitlines()[0][:160]}); keep those layers whole with 'ignore' or narrow 'prunable'") from None
+    finally:
+        model.train(was_training)
 
 
 def prune(

@@ -17,6 +17,17 @@ def need_shared(*paths: Path) -> None:
         pytest.skip(f"needs the shared data/weights, missing: {', '.join(missing)}")
 
 
+@pytest.fixture(scope="module")
+def one_intra_op_thread():
+    """Tiny inputs: intra-op threading only adds overhead, and on a busy 2-core machine it makes spin-waits slow."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 TINY_STUDY = {
     "name": "tiny",
     "seed": 0,

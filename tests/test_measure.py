@@ -12,13 +12,7 @@ from autoprune.measure import accuracy, count_macs, count_params, latency_ms, me
 from autoprune.models import create_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """Small inputs: intra-op threading only adds overhead, and on a busy 2-core machine it makes spin-waits slow."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def test_resnet18_macs_match_torch_flop_counter_and_the_published_figure() -> None:

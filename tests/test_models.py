@@ -27,13 +27,7 @@ CIFAR_RESNETS = {"resnet20", "resnet32", "resnet44", "resnet56"}
 CONTRACT_MODELS = [n for n in MODELS.names() if n != "vit_b_16"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """Tiny inputs: intra-op threading only adds overhead, and on a busy 2-core machine it makes spin-waits slow."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def _input_shape(name: str) -> tuple[int, ...]:

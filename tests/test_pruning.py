@@ -21,13 +21,7 @@ BLOCKS = [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3)]  # resnet20: 3 s
 WIDTH = {"layer1": 16, "layer2": 32, "layer3": 64}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """Tiny inputs: intra-op threading only adds overhead, and on a busy 2-core machine it makes spin-waits slow."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def _randomise_batchnorm(model: nn.Module, generator: torch.Generator) -> None:
@@ -140,10 +134,6 @@ def test_resnet20_l1_removes_the_lowest_l1_filters_of_each_block(resnet20_pruned
         assert idxs == sorted(l1.argsort()[: len(idxs)].tolist()), conv_name
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "package bug: prune()/prune_with_plan() with the default layout (prunable=None) on a CIFAR ResNet lets "
-    "torch-pruning prune residual channels it cannot map through the option-A F.pad shortcut; the returned model "
-    "fails at forward (mat1 and mat2 shapes cannot be multiplied) instead of AutopruneError being raised"))
 def test_prune_never_returns_a_model_that_cannot_run_forward() -> None:
     model = _resnet20()
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))

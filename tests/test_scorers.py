@@ -13,13 +13,7 @@ from autoprune.pruning import build_layout, prune, prune_with_plan
 from autoprune.scorers import SCORERS, CombinedImportance, resolve_scorer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """Tiny inputs: intra-op threading only adds overhead, and on a busy 2-core machine it makes spin-waits slow."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 @pytest.mark.parametrize("name", SCORERS.names())
