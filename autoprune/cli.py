@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shlex
 import sys
 import time
@@ -87,24 +88,57 @@ def main() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- search
+def _sigterm_as_interrupt() -> None:
+    import signal
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _resume_hint() -> str:
+    return "autoprune " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a)
+
+
 @main.command()
 @study_options
 @click.option("--n-trials", type=click.IntRange(min=1), help="Budget: COMPLETE trials the study should hold.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Stop starting trials after S seconds.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--seed", type=int, help="Sampler and trial seed (default: the study's).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes on this machine, all against the study's storage.")
+@click.option("--worker-index", type=int, hidden=True)
 @handle_errors
-def search(study_file, storage, study_name, checkpoint, data_root, sets, n_trials, timeout, device, seed) -> None:
+def search(study_file, storage, study_name, checkpoint, data_root, sets, n_trials, timeout, device, seed, workers,
+           worker_index) -> None:
     """Search per-group pruning ratios and scorers; print the Pareto front. Running it again resumes."""
     from autoprune.backends.optuna_backend import run_search
     from autoprune.context import prepare
     from autoprune.display import console, metrics_table, search_progress, steps_progress
-    from autoprune.storage import counts, front
+    from autoprune.storage import counts, front, preflight
 
+    _sigterm_as_interrupt()
     study = _load(study_file, checkpoint, data_root, storage, sets, study_name)
+    preflight(study)
     cfg = study.config
     budget = n_trials or cfg.budget.n_trials
     timeout = timeout or cfg.budget.timeout
+
+    if worker_index is not None:  # a worker started by --workers: plain log lines, no table
+        ctx = prepare(study, device, measure_reference=False)
+        ctx.share_device()
+
+        def log_trial(ost, number: int) -> None:
+            t = ost.trials[number]
+            click.echo(f"worker {worker_index}: trial {number} {t.state.name} {t.user_attrs.get('metrics', '')}")
+
+        outcome = run_search(ctx, n_trials=budget, timeout=timeout, seed=seed, on_trial=log_trial, log=click.echo,
+                             worker=worker_index)
+        click.echo(f"worker {worker_index}: done, {outcome.ran_here} ran, {outcome.failed_here} failed")
+        sys.exit(130 if outcome.interrupted else 0)
+
     console.print(f"[bold]autoprune[/] study [cyan]{study.study_name}[/] ({study_file}), storage {study.storage_url}")
     t0 = time.perf_counter()
     with steps_progress() as bar:
@@ -127,34 +161,70 @@ def search(study_file, storage, study_name, checkpoint, data_root, sets, n_trial
 
     with search_progress() as bar:
         task = bar.add_task("search", total=budget, front=0, last="")
+        seen: set[int] = set()
 
-        def on_trial(ost, number: int) -> None:
+        def on_trial(ost, number: int | None = None) -> None:
             c = counts(ost)
-            t = ost.trials[-1] if ost.trials else None
+            trials = ost.get_trials(deepcopy=False)
+            done = [t for t in trials if t.state.is_finished() and t.number not in seen and "skipped" not in t.user_attrs]
             last = ""
-            if t is not None and t.user_attrs.get("metrics"):
-                m = t.user_attrs["metrics"]
-                last = f"last: acc {m['accuracy']:.3f}, {ref['macs'] / max(1, m['macs']):.2f}x fewer MACs"
-            bar.update(task, completed=min(budget, c["COMPLETE"]), front=len(ost.best_trials), last=last)
-            if not console.is_terminal:  # logs and CI: one line per trial instead of a live bar
-                console.print(f"trial {number}: {t.state.name if t else ''} {last} "
-                              f"({c['COMPLETE']}/{budget} complete)")
+            for t in done:
+                seen.add(t.number)
+                m = t.user_attrs.get("metrics")
+                last = (f"last: acc {m['accuracy']:.3f}, {ref['macs'] / max(1, m['macs']):.2f}x fewer MACs" if m
+                        else f"trial {t.number} {t.state.name}: {t.user_attrs.get('fail_reason', '')}")
+                if not console.is_terminal:  # logs and CI: one line per trial instead of a live bar
+                    console.print(f"trial {t.number}: {t.state.name} {last} ({c['COMPLETE']}/{budget} complete)")
+            update = {"completed": min(budget, c["COMPLETE"]), "front": len(ost.best_trials)}
+            bar.update(task, **update, **({"last": last} if last else {}))
 
-        outcome = run_search(ctx, n_trials=budget, timeout=timeout, storage_url=study.storage_url,
-                             study_name=study.study_name, seed=seed, on_trial=on_trial, log=console.print)
-        bar.update(task, completed=min(budget, outcome.completed), front=len(outcome.study.best_trials))
-    ost = outcome.study
+        if workers == 1:
+            outcome = run_search(ctx, n_trials=budget, timeout=timeout, seed=seed, on_trial=on_trial, log=console.print)
+            ost, interrupted, ran, failed = outcome.study, outcome.interrupted, outcome.ran_here, outcome.failed_here
+        else:
+            ost, interrupted, ran, failed = _run_workers(study, ctx, study_file, workers, budget, dict(
+                storage=storage, study_name=study_name, checkpoint=checkpoint, data_root=data_root, sets=sets,
+                n_trials=budget, timeout=timeout, device=device, seed=seed), on_trial)
+        on_trial(ost)
     c = counts(ost)
     console.print(metrics_table(f"Pareto front: {len(ost.best_trials)} of {c['COMPLETE']} complete trials "
                                 f"(accuracy on the validation split)", ref, front(ost)))
-    console.print(f"trials: {c}; this run: {outcome.ran_here} ran, {outcome.failed_here} failed, "
-                  f"{time.perf_counter() - t0:.1f} s")
-    resume = "autoprune search " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-    if outcome.interrupted:
-        console.print(f"[yellow]interrupted[/]: completed trials are kept; resume with: {resume}")
+    console.print(f"trials: {c}; this run: {ran} ran, {failed} failed, {time.perf_counter() - t0:.1f} s")
+    if interrupted:
+        console.print(f"[yellow]interrupted[/]: completed trials are kept; resume with: {_resume_hint()}")
         sys.exit(130)
-    if outcome.completed < budget:
-        console.print(f"stopped at {outcome.completed}/{budget} complete trials (timeout); resume with: {resume}")
+    if c["COMPLETE"] < budget:
+        console.print(f"stopped at {c['COMPLETE']}/{budget} complete trials (timeout); resume with: {_resume_hint()}")
+
+
+def _run_workers(study, ctx, study_file, workers, budget, opts, on_trial):
+    """Start ``workers`` local worker processes against the study's storage and wait for them."""
+    from autoprune.backends.optuna_backend import make_sampler
+    from autoprune.backends.workers import start_workers
+    from autoprune.storage import create_or_load, register_host
+
+    ost = create_or_load(study, None, None, make_sampler(ctx, study.config.seed), ctx.reference)
+    register_host(ost, study.storage_url)
+    before = {t.number for t in ost.get_trials(deepcopy=False)}
+    command = ["search", str(study_file)]
+    for key, flag in (("storage", "--storage"), ("study_name", "--study-name"), ("checkpoint", "--checkpoint"),
+                      ("data_root", "--data-root"), ("n_trials", "--n-trials"), ("timeout", "--timeout"),
+                      ("device", "--device"), ("seed", "--seed")):
+        if opts.get(key) is not None:
+            command += [flag, str(opts[key])]
+    for item in opts.get("sets") or ():
+        command += ["--set", item]
+    threads = study.config.measure.threads or max(1, (os.cpu_count() or 1) // workers)
+    pool = start_workers(workers, command, study.workdir / "logs", threads)
+    codes = pool.wait(lambda: on_trial(ost))
+    trials = [t for t in ost.get_trials(deepcopy=False) if t.number not in before]
+    ran = sum(1 for t in trials if "skipped" not in t.user_attrs and t.state.is_finished())
+    failed = sum(1 for t in trials if t.state.name == "FAIL")
+    bad = [(i, c) for i, c in enumerate(codes) if c not in (0, 130)]
+    if bad:
+        i, code = bad[0]
+        raise AutopruneError(f"worker {i} exited with code {code}: {pool.last_line(i)} (log: {pool.logs[i]})")
+    return ost, any(c == 130 for c in codes), ran, failed
 
 
 # ---------------------------------------------------------------------------------------------------- status

@@ -188,6 +188,9 @@ class BudgetConfig(_Strict):
 class StorageConfig(_Strict):
     url: str | None = None  # default: sqlite file in the study's folder
     study_name: str | None = None  # default: the study's name
+    heartbeat_interval: int = Field(10, ge=1)  # seconds between a running trial's heartbeats
+    grace_period: int = Field(60, ge=2)  # a RUNNING trial silent this long is stale: failed and retried
+    max_retry: int = Field(2, ge=0)  # times a stale trial's parameters are retried
 
 
 class SamplerConfig(_Strict):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from torch import nn
 
 from autoprune.config import Study
 from autoprune.data import DataSplits, load_splits
+from autoprune.devicelock import DeviceLock, NoLock
 from autoprune.distill import finetune
 from autoprune.errors import AutopruneError
 from autoprune.measure import accuracy, count_macs, count_params, latency_ms
@@ -44,6 +46,13 @@ class StudyContext:
     example: torch.Tensor  # one preprocessed image, on the device
     reference: dict[str, Any] = field(default_factory=dict)
     calibration: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    lock: Any = field(default_factory=NoLock)  # DeviceLock when several workers share this machine's device
+    latency_method: str = "single worker: latency measured in the trial's process"
+
+    def share_device(self) -> None:
+        """Serialise latency measurements with the other workers on this machine (see :mod:`autoprune.devicelock`)."""
+        self.lock = DeviceLock(self.device.type if self.device.index is None else f"{self.device.type}{self.device.index}")
+        self.latency_method = "exclusive: device lock held, other workers on this machine paused"
 
     @property
     def groups(self) -> list[str]:
@@ -79,8 +88,9 @@ def prepare(study: Study, device: str | torch.device = "cpu", *, measure_referen
     """Load data and the base model, build the group layout and measure the reference (once per worker)."""
     cfg = study.config
     device = resolve_device(device) if isinstance(device, str) else device
-    if cfg.measure.threads:
-        torch.set_num_threads(cfg.measure.threads)
+    threads = cfg.measure.threads or int(os.environ.get("AUTOPRUNE_THREADS", "0") or 0)
+    if threads:
+        torch.set_num_threads(threads)
     resolve_model(cfg.model.name)  # fail on an unknown model before loading data
     data = load_splits(cfg.data)
     num_classes = cfg.model.num_classes or data.num_classes

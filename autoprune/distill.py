@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable
+from typing import Callable, ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -70,10 +71,12 @@ def finetune(
     augment: bool = False,
     generator: torch.Generator | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    step_guard: Callable[[], ContextManager] = contextlib.nullcontext,
 ) -> float:
     """SGD with a cosine schedule for ``steps`` steps; distillation from ``teacher`` if given, else plain CE.
 
     Returns the mean loss over the last tenth of the steps. Raises FloatingPointError on a non-finite loss.
+    ``step_guard`` is entered around every step (the device lock's shared side, when workers share a device).
     """
     if steps <= 0:
         return float("nan")
@@ -87,20 +90,21 @@ def finetune(
     batches = _cycle(split, batch_size, augment, generator)
     for step in range(steps):
         x, y = next(batches)
-        logits = student(x)
-        if teacher is not None:
-            with torch.no_grad():
-                t_logits = teacher(x)
-            loss = kd_loss(logits, t_logits, y, temperature, alpha)
-        else:
-            loss = F.cross_entropy(logits, y)
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"non-finite loss {loss_value} at fine-tune step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        with step_guard():
+            logits = student(x)
+            if teacher is not None:
+                with torch.no_grad():
+                    t_logits = teacher(x)
+                loss = kd_loss(logits, t_logits, y, temperature, alpha)
+            else:
+                loss = F.cross_entropy(logits, y)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"non-finite loss {loss_value} at fine-tune step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
         if step >= steps - max(1, steps // 10):
             tail += loss_value
             tail_n += 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import warnings
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -11,18 +13,32 @@ from optuna.trial import FrozenTrial, TrialState
 from autoprune.config import Study
 from autoprune.errors import AutopruneError
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+optuna.logging.set_verbosity(optuna.logging.ERROR)  # autoprune reports failed trials itself
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``url``; an unreachable or malformed URL is a one-line error."""
+def open_storage(url: str, heartbeat: tuple[int, int, int] | None = None) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url``; an unreachable or malformed URL is a one-line error.
+
+    Args:
+        heartbeat: ``(interval, grace_period, max_retry)``: running trials send heartbeats; one silent for the
+            grace period is failed and its parameters are retried (Optuna's RetryHeartbeatStaleTrialCallback).
+    """
     if url.startswith("sqlite:///"):
-        from pathlib import Path
-
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger("sqlalchemy").setLevel(logging.ERROR)
+    kwargs: dict[str, Any] = {}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if heartbeat is not None:
+                interval, grace, retries = heartbeat
+                kwargs = {"heartbeat_interval": interval, "grace_period": grace,
+                          "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(retries)}
+            if url.startswith("sqlite"):
+                kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+            else:
+                kwargs["engine_kwargs"] = {"pool_pre_ping": True}
+            return optuna.storages.RDBStorage(url, **kwargs)
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AutopruneError(f"cannot open storage {url!r}: {msg}", field="storage.url") from None
@@ -39,23 +55,21 @@ def load_optuna_study(study: Study, storage_url: str | None = None, study_name: 
         raise AutopruneError(f"no study named {name!r} in {url}; run `autoprune search` first") from None
 
 
+def heartbeat_settings(study: Study) -> tuple[int, int, int]:
+    s = study.config.storage
+    return s.heartbeat_interval, s.grace_period, s.max_retry
+
+
 def create_or_load(study: Study, storage_url: str | None, study_name: str | None, sampler: optuna.samplers.BaseSampler,
                    reference: dict[str, Any]) -> optuna.Study:
     """Create the Optuna study, or load it and check it means the same thing (objectives, search space)."""
     url = storage_url or study.storage_url
     name = study_name or study.study_name
-    storage = open_storage(url)
+    storage = open_storage(url, heartbeat_settings(study))
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     if name in existing:
         ost = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
-        attrs = ost.user_attrs
-        if attrs.get("objectives") != list(study.config.objectives):
-            raise AutopruneError(f"study {name!r} in {url} has objectives {attrs.get('objectives')}, "
-                                 f"the study file asks for {study.config.objectives}; use another --study-name",
-                                 source=str(study.path), field="objectives")
-        if attrs.get("fingerprint") not in (None, study.fingerprint()):
-            raise AutopruneError(f"study {name!r} in {url} was created with a different model, data, search space "
-                                 "or recovery; use another --study-name", source=str(study.path))
+        _check_same_study(study, ost, url)
         return ost
     ost = optuna.create_study(study_name=name, storage=storage, sampler=sampler, directions=study.directions,
                               load_if_exists=True)
@@ -63,6 +77,54 @@ def create_or_load(study: Study, storage_url: str | None, study_name: str | None
     ost.set_user_attr("fingerprint", study.fingerprint())
     ost.set_user_attr("base", reference)
     return ost
+
+
+def _check_same_study(study: Study, ost: optuna.Study, url: str) -> None:
+    attrs = ost.user_attrs
+    if attrs.get("objectives") != list(study.config.objectives):
+        raise AutopruneError(f"study {ost.study_name!r} in {url} has objectives {attrs.get('objectives')}, "
+                             f"the study file asks for {study.config.objectives}; use another --study-name",
+                             source=str(study.path), field="objectives")
+    if attrs.get("fingerprint") not in (None, study.fingerprint()):
+        raise AutopruneError(f"study {ost.study_name!r} in {url} was created with a different model, data, search "
+                             "space or recovery; use another --study-name", source=str(study.path))
+
+
+def _check_host(ost: optuna.Study, url: str) -> list[str] | None:
+    """The study's hosts plus this one, or None if this host is already registered; raises for SQLite across hosts."""
+    import socket
+
+    host = socket.gethostname()
+    hosts = list(ost.user_attrs.get("hosts", []))
+    if host in hosts:
+        return None
+    if url.startswith("sqlite") and hosts:
+        raise AutopruneError(
+            f"this SQLite study already has workers on {hosts}; SQLite cannot serve workers on several machines "
+            "(file locking over network file systems is unreliable): use PostgreSQL (--storage postgresql://...) "
+            "or Optuna's JournalStorage on a shared file system", field="storage.url")
+    return hosts + [host]
+
+
+def register_host(ost: optuna.Study, url: str) -> None:
+    """Record this machine among the study's workers; refuse SQLite once workers span machines."""
+    hosts = _check_host(ost, url)
+    if hosts is not None:
+        ost.set_user_attr("hosts", hosts)
+
+
+def preflight(study: Study) -> None:
+    """Before any compute: the storage answers, and an existing study of that name is this study and may take
+    workers from this machine. Writes nothing (a SQLite file's folder aside)."""
+    url = study.storage_url
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        return  # a new local study: nothing to check, and nothing should be created yet
+    storage = open_storage(url)
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if study.study_name in names:
+        ost = optuna.load_study(study_name=study.study_name, storage=storage)
+        _check_same_study(study, ost, url)
+        _check_host(ost, url)
 
 
 def counts(ost: optuna.Study) -> dict[str, int]:

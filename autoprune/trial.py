@@ -50,28 +50,27 @@ def run_trial(ctx: StudyContext, params: Mapping[str, Any], seed: int = 0, save_
     timings["prune"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    recalibrate_bn(model, ctx.data.train, rec.bn_recalibration_batches, rec.batch_size, generator=gen)
+    with ctx.lock.shared():
+        recalibrate_bn(model, ctx.data.train, rec.bn_recalibration_batches, rec.batch_size, generator=gen)
     timings["bn_calibration"] = time.perf_counter() - t
 
     t = time.perf_counter()
     finetune(model, ctx.data.train, steps=rec.steps, batch_size=rec.batch_size, lr=rec.lr, momentum=rec.momentum,
              weight_decay=rec.weight_decay, teacher=base, temperature=rec.temperature, alpha=rec.alpha,
-             augment=cfg.data.augment, generator=gen)
+             augment=cfg.data.augment, generator=gen, step_guard=ctx.lock.shared)
     timings["finetune"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    acc = accuracy(model, ctx.data.val, cfg.data.batch_size)
+    with ctx.lock.shared():
+        acc = accuracy(model, ctx.data.val, cfg.data.batch_size)
     timings["evaluate"] = time.perf_counter() - t
 
     t = time.perf_counter()
     m = cfg.measure
     lat_x = ctx.example.expand(m.latency_batch_size, *ctx.example.shape[1:]).contiguous()
-    metrics = {
-        "accuracy": acc,
-        "macs": count_macs(model, ctx.example),
-        "params": count_params(model),
-        "latency_ms": latency_ms(model, lat_x, m.latency_repeats, m.latency_warmup),
-    }
+    with ctx.lock.exclusive():
+        lat = latency_ms(model, lat_x, m.latency_repeats, m.latency_warmup)
+    metrics = {"accuracy": acc, "macs": count_macs(model, ctx.example), "params": count_params(model), "latency_ms": lat}
     timings["measure"] = time.perf_counter() - t
 
     model_file = None
@@ -82,5 +81,6 @@ def run_trial(ctx: StudyContext, params: Mapping[str, Any], seed: int = 0, save_
         model_file = str(path)
     timings["total"] = time.perf_counter() - t_start
     plan_record = {"scorer": pplan.scorer, "ratios": pplan.ratios, "round_to": pplan.round_to,
-                   "recovery": rec.model_dump(), "finetune_images": rec.steps * rec.batch_size, "seed": seed}
+                   "recovery": rec.model_dump(), "finetune_images": rec.steps * rec.batch_size, "seed": seed,
+                   "latency_method": ctx.latency_method}
     return TrialResult(metrics, timings, plan_record, model_file)

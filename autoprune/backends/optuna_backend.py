@@ -1,20 +1,30 @@
-"""The Optuna backend: an ask/tell loop in this process over the study's storage."""
+"""The Optuna backend: ``study.optimize`` in this process over the study's storage.
+
+Several processes (``--workers N``, or the same command on other machines against one PostgreSQL URL) run this
+same loop against one study. Optuna gives each trial a distinct number, heartbeats mark a killed worker's trial
+FAIL and re-enqueue its parameters, and the budget is shared: a trial runs only while the COMPLETE trials plus
+the RUNNING trials numbered before it are fewer than the budget, so the study ends with exactly the budget.
+"""
 
 from __future__ import annotations
 
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from autoprune.context import StudyContext
 from autoprune.errors import AutopruneError
 from autoprune.space import distributions
-from autoprune.storage import counts, create_or_load
+from autoprune.storage import create_or_load, register_host
 from autoprune.trial import TrialResult, run_trial
+
+TRIAL_ERRORS = (AutopruneError, FloatingPointError, RuntimeError, ValueError)
 
 
 def make_sampler(ctx: StudyContext, seed: int) -> optuna.samplers.BaseSampler:
@@ -24,6 +34,20 @@ def make_sampler(ctx: StudyContext, seed: int) -> optuna.samplers.BaseSampler:
     if s.name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)
+
+
+def suggest_all(trial: optuna.Trial, dists: dict[str, BaseDistribution]) -> dict[str, Any]:
+    """Sample every parameter (an enqueued retry gets its fixed values back)."""
+    for name, d in dists.items():
+        if isinstance(d, FloatDistribution):
+            trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
+        elif isinstance(d, IntDistribution):
+            trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
+        elif isinstance(d, CategoricalDistribution):
+            trial.suggest_categorical(name, d.choices)
+        else:
+            raise TypeError(f"unsupported distribution {type(d).__name__} for {name}")
+    return dict(trial.params)
 
 
 def record(trial: optuna.Trial, result: TrialResult, objectives: list[str], constraints) -> list[float]:
@@ -52,6 +76,24 @@ class SearchOutcome:
     interrupted: bool = False
 
 
+def _states(ost: optuna.Study) -> list[tuple[int, TrialState]]:
+    return [(t.number, t.state) for t in ost.get_trials(deepcopy=False)]
+
+
+def wait_for_slot(ost: optuna.Study, number: int, budget: int, poll_s: float = 1.0) -> bool:
+    """True when trial ``number`` may run; False once the budget is reached. Waits while earlier trials run."""
+    while True:
+        states = _states(ost)
+        complete = sum(1 for _, s in states if s == TrialState.COMPLETE)
+        if complete >= budget:
+            return False
+        ahead = sum(1 for n, s in states if s == TrialState.RUNNING and n < number)
+        if complete + ahead < budget:
+            return True
+        optuna.storages.fail_stale_trials(ost)  # a dead worker's trial must not block the budget forever
+        time.sleep(poll_s)
+
+
 def run_search(
     ctx: StudyContext,
     *,
@@ -63,49 +105,68 @@ def run_search(
     on_trial: Callable[[optuna.Study, int], None] | None = None,
     log: Callable[[str], None] = lambda s: None,
     max_failures: int = 5,
+    worker: int = 0,
 ) -> SearchOutcome:
-    """Run trials until the study holds ``n_trials`` COMPLETE trials (resume counts earlier ones) or time runs out."""
-    import time
+    """Run trials until the study holds ``n_trials`` COMPLETE trials (resume counts earlier ones) or time runs out.
 
+    Returns with ``interrupted`` set on Ctrl-C / SIGTERM (the running trial is recorded FAIL, nothing completed is
+    lost). Raises AutopruneError when the first ``max_failures`` trials of this run all fail.
+    """
     cfg = ctx.study.config
     seed = cfg.seed if seed is None else seed
-    # Derive this run's sampler seed from how far the study already is, so a resumed run does not replay the
-    # random start-up points of the first run.
-    probe = create_or_load(ctx.study, storage_url, study_name, optuna.samplers.RandomSampler(), ctx.reference)
+    url = storage_url or ctx.study.storage_url
+    probe = create_or_load(ctx.study, url, study_name, optuna.samplers.RandomSampler(), ctx.reference)
+    register_host(probe, url)
+    # Seed this process's sampler from how far the study already is, so that a resumed run or a second worker
+    # does not replay the random start-up points of the first.
     done_before = len(probe.get_trials(deepcopy=False))
-    ost = create_or_load(ctx.study, storage_url, study_name, make_sampler(ctx, seed + done_before), ctx.reference)
+    ost = create_or_load(ctx.study, url, study_name, make_sampler(ctx, seed + 7919 * worker + done_before), ctx.reference)
     dists = distributions(ctx.study.space, ctx.groups)
     save_dir = Path(ctx.study.workdir) / "models"
-    start = time.monotonic()
-    ran = failed = 0
-    while True:
-        completed = counts(ost)["COMPLETE"]
-        if completed >= n_trials or (timeout is not None and time.monotonic() - start >= timeout):
-            break
-        trial = ost.ask(dists)
+    tally = {"ran": 0, "failed": 0, "last_reason": ""}
+
+    def objective(trial: optuna.Trial) -> list[float]:
+        if not wait_for_slot(ost, trial.number, n_trials):
+            trial.set_user_attr("skipped", "budget reached by other workers")
+            ost.stop()
+            raise optuna.TrialPruned("budget reached by other workers")
+        params = suggest_all(trial, dists)
+        tally["ran"] += 1
         try:
-            result = run_trial(ctx, trial.params, seed=seed + trial.number, save_dir=save_dir)
-            values = record(trial, result, list(cfg.objectives), cfg.constraints)
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted (SIGINT)")
-            ost.tell(trial, state=TrialState.FAIL)
-            return SearchOutcome(ost, counts(ost)["COMPLETE"], failed, ran, interrupted=True)
-        except (AutopruneError, FloatingPointError, RuntimeError, ValueError) as exc:
+            result = run_trial(ctx, params, seed=seed + trial.number, save_dir=save_dir)
+        except TRIAL_ERRORS as exc:
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             trial.set_user_attr("fail_reason", reason)
             trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
-            ost.tell(trial, state=TrialState.FAIL)
-            failed += 1
-            ran += 1
+            tally["failed"] += 1
+            tally["last_reason"] = reason
             log(f"trial {trial.number} failed: {reason}")
-            if failed == ran and failed >= max_failures:
-                raise AutopruneError(f"the first {failed} trials of this run all failed (last: {reason}); "
-                                     "stopping instead of burning the budget")
-            if on_trial:
-                on_trial(ost, trial.number)
-            continue
-        ost.tell(trial, values)
-        ran += 1
-        if on_trial:
-            on_trial(ost, trial.number)
-    return SearchOutcome(ost, counts(ost)["COMPLETE"], failed, ran)
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted")
+            raise
+        return record(trial, result, list(cfg.objectives), cfg.constraints)
+
+    def after_trial(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        if frozen.state != TrialState.PRUNED and on_trial:
+            on_trial(study, frozen.number)
+        states = [s for _, s in _states(study)]
+        complete, running = states.count(TrialState.COMPLETE), states.count(TrialState.RUNNING)
+        if tally["failed"] == tally["ran"] and tally["failed"] >= max_failures:
+            study.stop()
+        elif complete + running >= n_trials:  # the budget is reached, or other workers' running trials fill it
+            study.stop()
+
+    outcome = SearchOutcome(ost, 0, 0, 0)
+    if sum(1 for _, s in _states(ost) if s == TrialState.COMPLETE) < n_trials:
+        try:
+            ost.optimize(objective, timeout=timeout, catch=TRIAL_ERRORS, callbacks=[after_trial],
+                         gc_after_trial=False, show_progress_bar=False)
+        except KeyboardInterrupt:
+            outcome.interrupted = True
+    outcome.completed = sum(1 for _, s in _states(ost) if s == TrialState.COMPLETE)
+    outcome.failed_here, outcome.ran_here = tally["failed"], tally["ran"]
+    if not outcome.interrupted and tally["failed"] == tally["ran"] and tally["failed"] >= max_failures:
+        raise AutopruneError(f"the first {tally['failed']} trials of this run all failed (last: {tally['last_reason']}); "
+                             "stopping instead of burning the budget")
+    return outcome
