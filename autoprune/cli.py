@@ -109,10 +109,15 @@ def _resume_hint() -> str:
 @click.option("--seed", type=int, help="Sampler and trial seed (default: the study's).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes on this machine, all against the study's storage.")
+@click.option("--backend", type=click.Choice(["optuna", "ray"]), default="optuna", show_default=True,
+              help="optuna: worker processes on this machine; ray: Ray Tune trials on a local or existing cluster.")
+@click.option("--ray-address", help="Join this Ray cluster (ray start --head ...) instead of starting a local one.")
+@click.option("--cpus-per-trial", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--gpus-per-trial", type=click.FloatRange(min=0), default=0.0, show_default=True)
 @click.option("--worker-index", type=int, hidden=True)
 @handle_errors
 def search(study_file, storage, study_name, checkpoint, data_root, sets, n_trials, timeout, device, seed, workers,
-           worker_index) -> None:
+           backend, ray_address, cpus_per_trial, gpus_per_trial, worker_index) -> None:
     """Search per-group pruning ratios and scorers; print the Pareto front. Running it again resumes."""
     from autoprune.backends.optuna_backend import run_search
     from autoprune.context import prepare
@@ -178,7 +183,16 @@ def search(study_file, storage, study_name, checkpoint, data_root, sets, n_trial
             update = {"completed": min(budget, c["COMPLETE"]), "front": len(ost.best_trials)}
             bar.update(task, **update, **({"last": last} if last else {}))
 
-        if workers == 1:
+        if backend == "ray":
+            from autoprune.backends.ray_backend import run_ray_search
+
+            rout = run_ray_search(ctx, n_trials=budget, address=ray_address, workers=workers,
+                                  cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, timeout=timeout,
+                                  seed=seed, device=device, log=console.print, on_trial=on_trial)
+            ost, interrupted, ran, failed = rout.study, rout.interrupted, rout.ran_here, rout.errors
+            for msg in rout.error_messages:
+                console.print(f"[red]errored Ray trial[/]: {msg}")
+        elif workers == 1:
             outcome = run_search(ctx, n_trials=budget, timeout=timeout, seed=seed, on_trial=on_trial, log=console.print)
             ost, interrupted, ran, failed = outcome.study, outcome.interrupted, outcome.ran_here, outcome.failed_here
         else:
@@ -193,6 +207,9 @@ def search(study_file, storage, study_name, checkpoint, data_root, sets, n_trial
     if interrupted:
         console.print(f"[yellow]interrupted[/]: completed trials are kept; resume with: {_resume_hint()}")
         sys.exit(130)
+    if backend == "ray" and failed:
+        _fail(f"{failed} Ray trial(s) errored (listed above); completed trials are kept, resume with: "
+              f"{_resume_hint()}", 1)
     if c["COMPLETE"] < budget:
         console.print(f"stopped at {c['COMPLETE']}/{budget} complete trials (timeout); resume with: {_resume_hint()}")
 

@@ -1,0 +1,73 @@
+"""The Ray backend on a real two-node Ray cluster started on this machine (no mocks)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+pytest.importorskip("ray", reason="the Ray backend's tests need ray[tune] (pip install -e '.[test]')")
+
+RAY = str(Path(sys.executable).parent / "ray")
+ENV = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "autoprune.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=400, env=ENV)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """``ray start --head`` on a free port (Redis holds 6379) plus a second node joining it, one CPU each."""
+    temp = tempfile.mkdtemp(prefix="apray", dir="/tmp")  # short: Ray's unix socket paths have a length limit
+    port = free_port()
+    head = subprocess.run([RAY, "start", "--head", "--port", str(port), "--num-cpus", "1", "--temp-dir", temp,
+                           "--include-dashboard=false", "--disable-usage-stats"], capture_output=True, text=True,
+                          env=ENV, timeout=120)
+    assert head.returncode == 0, head.stderr[-2000:]
+    try:
+        node = subprocess.run([RAY, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1"],
+                              capture_output=True, text=True, env=ENV, timeout=120)
+        assert node.returncode == 0, node.stderr[-2000:]
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, env=ENV, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_two_node_cluster_runs_trials_on_both_nodes_into_optuna_storage(write_study, tmp_path, cluster):
+    path = write_study({"budget": {"n_trials": 4}, "recovery": {"steps": 40, "batch_size": 64}})
+    result = cli("search", path, "--backend", "ray", "--ray-address", cluster, "--workers", 2, "--cpus-per-trial", 1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}").trials
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({t.user_attrs["ray"]["node"] for t in trials}) == 2, "trials ran on both nodes"
+    assert all(t.user_attrs["metrics"]["macs"] > 0 and t.user_attrs["timings"]["finetune"] > 0 for t in trials)
+    # status and pareto read the same storage as with the Optuna backend
+    status = cli("status", path, "--json")
+    assert status.returncode == 0 and '"COMPLETE": 4' in status.stdout
+
+
+def test_errored_ray_trials_are_reported_and_recorded(write_study, tmp_path, cluster):
+    path = write_study({"budget": {"n_trials": 2}, "recovery": {"steps": 30, "batch_size": 64, "lr": 1.0e6}})
+    result = cli("search", path, "--backend", "ray", "--ray-address", cluster, "--workers", 2)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Ray trial(s) errored" in result.stderr and "non-finite loss" in result.stderr
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}").trials
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed and all("non-finite loss" in t.user_attrs["fail_reason"] for t in failed)
