@@ -121,7 +121,7 @@ def search(study_file, storage, study_name, checkpoint, data_root, sets, n_trial
     """Search per-group pruning ratios and scorers; print the Pareto front. Running it again resumes."""
     from autoprune.backends.optuna_backend import run_search
     from autoprune.context import prepare
-    from autoprune.display import console, metrics_table, search_progress, steps_progress
+    from autoprune.display import SearchMonitor, console, metrics_table, search_progress, steps_progress
     from autoprune.storage import counts, front, preflight
 
     _sigterm_as_interrupt()
@@ -135,9 +135,9 @@ def search(study_file, storage, study_name, checkpoint, data_root, sets, n_trial
         ctx = prepare(study, device, measure_reference=False)
         ctx.share_device()
 
-        def log_trial(ost, number: int) -> None:
-            t = ost.trials[number]
-            click.echo(f"worker {worker_index}: trial {number} {t.state.name} {t.user_attrs.get('metrics', '')}")
+        def log_trial(ost, frozen) -> None:  # noqa: ARG001
+            click.echo(f"worker {worker_index}: trial {frozen.number} {frozen.state.name} "
+                       f"{frozen.user_attrs.get('metrics', frozen.user_attrs.get('fail_reason', ''))}")
 
         outcome = run_search(ctx, n_trials=budget, timeout=timeout, seed=seed, on_trial=log_trial, log=click.echo,
                              worker=worker_index)
@@ -153,6 +153,7 @@ def search(study_file, storage, study_name, checkpoint, data_root, sets, n_trial
             bar.update(task, completed=step, total=total, visible=True)
 
         ctx = prepare(study, device, on_base_step=on_base_step, log=console.print)
+    ctx.share_device()  # latency is measured while other autoprune workers on this device pause
     ref = ctx.reference
     console.print(f"base: {ref['source']}; val accuracy {ref['accuracy']:.4f}, MACs {ref['macs']:,}, "
                   f"params {ref['params']:,}, latency {ref['latency_ms']:.3f} ms (batch {cfg.measure.latency_batch_size})")
@@ -165,23 +166,10 @@ def search(study_file, storage, study_name, checkpoint, data_root, sets, n_trial
         console.print(f"[dim]{note}[/]")
 
     with search_progress() as bar:
-        task = bar.add_task("search", total=budget, front=0, last="")
-        seen: set[int] = set()
+        monitor = SearchMonitor(bar, budget, ref["macs"], study.directions, list(cfg.objectives))
 
-        def on_trial(ost, number: int | None = None) -> None:
-            c = counts(ost)
-            trials = ost.get_trials(deepcopy=False)
-            done = [t for t in trials if t.state.is_finished() and t.number not in seen and "skipped" not in t.user_attrs]
-            last = ""
-            for t in done:
-                seen.add(t.number)
-                m = t.user_attrs.get("metrics")
-                last = (f"last: acc {m['accuracy']:.3f}, {ref['macs'] / max(1, m['macs']):.2f}x fewer MACs" if m
-                        else f"trial {t.number} {t.state.name}: {t.user_attrs.get('fail_reason', '')}")
-                if not console.is_terminal:  # logs and CI: one line per trial instead of a live bar
-                    console.print(f"trial {t.number}: {t.state.name} {last} ({c['COMPLETE']}/{budget} complete)")
-            update = {"completed": min(budget, c["COMPLETE"]), "front": len(ost.best_trials)}
-            bar.update(task, **update, **({"last": last} if last else {}))
+        def on_trial(ost, frozen=None) -> None:  # noqa: ARG001
+            monitor.refresh(ost)
 
         if backend == "ray":
             from autoprune.backends.ray_backend import run_ray_search
@@ -199,7 +187,7 @@ def search(study_file, storage, study_name, checkpoint, data_root, sets, n_trial
             ost, interrupted, ran, failed = _run_workers(study, ctx, study_file, workers, budget, dict(
                 storage=storage, study_name=study_name, checkpoint=checkpoint, data_root=data_root, sets=sets,
                 n_trials=budget, timeout=timeout, device=device, seed=seed), on_trial)
-        on_trial(ost)
+        monitor.refresh(ost, force=True)
     c = counts(ost)
     console.print(metrics_table(f"Pareto front: {len(ost.best_trials)} of {c['COMPLETE']} complete trials "
                                 f"(accuracy on the validation split)", ref, front(ost)))
@@ -233,7 +221,7 @@ def _run_workers(study, ctx, study_file, workers, budget, opts, on_trial):
         command += ["--set", item]
     threads = study.config.measure.threads or max(1, (os.cpu_count() or 1) // workers)
     pool = start_workers(workers, command, study.workdir / "logs", threads)
-    codes = pool.wait(lambda: on_trial(ost))
+    codes = pool.wait(lambda: on_trial(ost))  # polls the storage about once a second
     trials = [t for t in ost.get_trials(deepcopy=False) if t.number not in before]
     ran = sum(1 for t in trials if "skipped" not in t.user_attrs and t.state.is_finished())
     failed = sum(1 for t in trials if t.state.name == "FAIL")

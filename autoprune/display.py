@@ -44,3 +44,46 @@ def metrics_table(title: str, base: dict[str, Any], rows: Iterable[dict[str, Any
             f"{r['latency_ms']:.3f}", str(r.get("plan", {}).get("scorer", r.get("config", {}).get("scorer", ""))),
         )
     return table
+
+
+class SearchMonitor:
+    """Keeps a search progress bar in step with the study's storage (one trial listing per refresh)."""
+
+    def __init__(self, bar: Progress, budget: int, base_macs: int, directions: list[str], objectives: list[str],
+                 min_interval: float = 0.5) -> None:
+        self.bar, self.budget, self.base_macs = bar, budget, base_macs
+        self.directions, self.objectives = directions, objectives
+        self.task = bar.add_task("search", total=budget, front=0, last="")
+        self.seen: set[int] = set()
+        self.min_interval = min_interval
+        self._last_refresh = 0.0
+
+    def describe(self, t) -> str:
+        m = t.user_attrs.get("metrics")
+        if m:
+            return f"acc {m['accuracy']:.3f}, {self.base_macs / max(1, m['macs']):.2f}x fewer MACs"
+        return f"{t.state.name}: {t.user_attrs.get('fail_reason', '')}"
+
+    def refresh(self, ost, force: bool = False) -> None:
+        import time
+
+        from autoprune.pareto import non_dominated
+
+        now = time.monotonic()
+        if not force and now - self._last_refresh < self.min_interval:
+            return
+        self._last_refresh = now
+        trials = ost.get_trials(deepcopy=False)
+        complete = [t for t in trials if t.state.name == "COMPLETE"]
+        feasible = [t for t in complete if all(c <= 0 for c in t.system_attrs.get("constraints", []) or [])]
+        front = non_dominated([t.values for t in feasible], self.directions)
+        last = ""
+        for t in trials:
+            if t.state.is_finished() and t.number not in self.seen and "skipped" not in t.user_attrs:
+                self.seen.add(t.number)
+                last = f"last: {self.describe(t)}"
+                if not console.is_terminal:  # logs and CI: one line per trial instead of a live bar
+                    console.print(f"trial {t.number}: {t.state.name} {self.describe(t)} "
+                                  f"({len(complete)}/{self.budget} complete)")
+        self.bar.update(self.task, completed=min(self.budget, len(complete)), front=len(front),
+                        **({"last": last} if last else {}))

@@ -61,11 +61,11 @@ def heartbeat_settings(study: Study) -> tuple[int, int, int]:
 
 
 def create_or_load(study: Study, storage_url: str | None, study_name: str | None, sampler: optuna.samplers.BaseSampler,
-                   reference: dict[str, Any]) -> optuna.Study:
+                   reference: dict[str, Any], storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
     """Create the Optuna study, or load it and check it means the same thing (objectives, search space)."""
     url = storage_url or study.storage_url
     name = study_name or study.study_name
-    storage = open_storage(url, heartbeat_settings(study))
+    storage = storage or open_storage(url, heartbeat_settings(study))
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     if name in existing:
         ost = optuna.load_study(study_name=name, storage=storage, sampler=sampler)

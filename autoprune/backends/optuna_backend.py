@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from autoprune.context import StudyContext
 from autoprune.errors import AutopruneError
 from autoprune.space import distributions
-from autoprune.storage import create_or_load, register_host
+from autoprune.storage import create_or_load, heartbeat_settings, open_storage, register_host
 from autoprune.trial import TrialResult, run_trial
 
 TRIAL_ERRORS = (AutopruneError, FloatingPointError, RuntimeError, ValueError)
@@ -77,7 +77,8 @@ class SearchOutcome:
 
 
 def _states(ost: optuna.Study) -> list[tuple[int, TrialState]]:
-    return [(t.number, t.state) for t in ost.get_trials(deepcopy=False)]
+    live = ost.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    return [(t.number, t.state) for t in live]
 
 
 def wait_for_slot(ost: optuna.Study, number: int, budget: int, poll_s: float = 1.0) -> bool:
@@ -102,7 +103,7 @@ def run_search(
     storage_url: str | None = None,
     study_name: str | None = None,
     seed: int | None = None,
-    on_trial: Callable[[optuna.Study, int], None] | None = None,
+    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
     log: Callable[[str], None] = lambda s: None,
     max_failures: int = 5,
     worker: int = 0,
@@ -115,12 +116,14 @@ def run_search(
     cfg = ctx.study.config
     seed = cfg.seed if seed is None else seed
     url = storage_url or ctx.study.storage_url
-    probe = create_or_load(ctx.study, url, study_name, optuna.samplers.RandomSampler(), ctx.reference)
+    storage = open_storage(url, heartbeat_settings(ctx.study))
+    probe = create_or_load(ctx.study, url, study_name, optuna.samplers.RandomSampler(), ctx.reference, storage)
     register_host(probe, url)
     # Seed this process's sampler from how far the study already is, so that a resumed run or a second worker
     # does not replay the random start-up points of the first.
     done_before = len(probe.get_trials(deepcopy=False))
-    ost = create_or_load(ctx.study, url, study_name, make_sampler(ctx, seed + 7919 * worker + done_before), ctx.reference)
+    ost = create_or_load(ctx.study, url, study_name, make_sampler(ctx, seed + 7919 * worker + done_before),
+                         ctx.reference, storage)
     dists = distributions(ctx.study.space, ctx.groups)
     save_dir = Path(ctx.study.workdir) / "models"
     tally = {"ran": 0, "failed": 0, "last_reason": ""}
@@ -149,7 +152,7 @@ def run_search(
 
     def after_trial(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         if frozen.state != TrialState.PRUNED and on_trial:
-            on_trial(study, frozen.number)
+            on_trial(study, frozen)
         states = [s for _, s in _states(study)]
         complete, running = states.count(TrialState.COMPLETE), states.count(TrialState.RUNNING)
         if tally["failed"] == tally["ran"] and tally["failed"] >= max_failures:
