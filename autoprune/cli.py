@@ -281,6 +281,144 @@ def pareto(study_file, storage, study_name, checkpoint, data_root, sets, as_json
                                 caption=base.get("data", {}).get("note", "")))
 
 
+# ---------------------------------------------------------------------------------------------------- select
+@main.command("select")
+@study_options
+@click.option("--min-accuracy", type=click.FloatRange(0, 1), help="Cheapest front trial with at least this accuracy.")
+@click.option("--max-macs", type=click.FloatRange(min=0, min_open=True), help="Most accurate with at most these MACs.")
+@click.option("--max-latency-ms", type=click.FloatRange(min=0, min_open=True), help="Most accurate under this latency.")
+@click.option("--knee", is_flag=True, help="The knee of the front (after any constraints).")
+@click.option("--json", "as_json", is_flag=True, help="Print the chosen front entry (as in pareto --json) plus reason.")
+@handle_errors
+def select_cmd(study_file, storage, study_name, checkpoint, data_root, sets, min_accuracy, max_macs, max_latency_ms,
+               knee, as_json) -> None:
+    """Pick one trial of the Pareto front and say why."""
+    from autoprune.display import console, metrics_table
+    from autoprune.pareto import select
+    from autoprune.storage import front, load_optuna_study
+
+    study = _load(study_file, checkpoint, data_root, storage, sets, study_name)
+    ost = load_optuna_study(study)
+    entries = front(ost)
+    cost = next(o for o in ost.user_attrs.get("objectives", study.config.objectives) if o != "accuracy")
+    try:
+        entry, why = select(entries, cost, min_accuracy=min_accuracy, max_macs=max_macs,
+                            max_latency_ms=max_latency_ms, knee=knee)
+    except LookupError as exc:
+        raise AutopruneError(str(exc).strip("'\""), field="select") from None
+    if as_json:
+        click.echo(json.dumps({**entry, "reason": why}, default=str))
+        return
+    console.print(metrics_table(f"Selected trial {entry['trial']}", ost.user_attrs.get("base", {}), [entry]))
+    console.print(f"why: {why}")
+    console.print(f"next: autoprune retrain {study_file} --trial {entry['trial']}")
+
+
+# --------------------------------------------------------------------------------------------------- retrain
+@main.command()
+@study_options
+@click.option("--trial", type=int, required=True, help="The trial to retrain (see select / pareto).")
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder (default runs/<study>/final-<trial>).")
+@click.option("--progressive", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Prune the same total ratios in this many steps, fine-tuning between.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate (default: the trial's).")
+@click.option("--int8", is_flag=True, help="Also measure an int8 dynamically quantised variant.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@handle_errors
+def retrain(study_file, storage, study_name, checkpoint, data_root, sets, trial, epochs, out_dir, progressive, lr, int8,
+            device) -> None:
+    """Rebuild a trial's pruned model, distil it longer on the full training data, evaluate on test, export."""
+    from pathlib import Path
+
+    from autoprune.context import prepare
+    from autoprune.display import console, steps_progress
+    from autoprune.finalize import finalize
+    from autoprune.retrain import retrain as run_retrain
+    from autoprune.storage import get_trial, load_optuna_study
+
+    _sigterm_as_interrupt()
+    study = _load(study_file, checkpoint, data_root, storage, sets, study_name)
+    ost = load_optuna_study(study)
+    frozen = get_trial(ost, trial)
+    out = Path(out_dir) if out_dir else study.workdir / f"final-{trial}"
+    ctx = prepare(study, device, measure_reference=False)
+    console.print(f"retraining trial {trial} of {study.study_name} for {epochs} epochs "
+                  f"(progressive steps: {progressive}) into {out}")
+    with steps_progress() as bar:
+        task = bar.add_task("epoch 1", total=None)
+
+        def on_step(i: int, total: int) -> None:
+            bar.update(task, completed=i, total=total)
+
+        def on_epoch(epoch: int, total: int, loss: float) -> None:
+            console.print(f"epoch {epoch}/{total}: mean distillation loss {loss:.4f} (checkpoint saved)")
+            bar.update(task, description=f"epoch {min(epoch + 1, total)}", completed=0)
+
+        try:
+            result = run_retrain(ctx, frozen, epochs=epochs, out_dir=out, progressive_steps=progressive, lr=lr,
+                                 on_epoch=on_epoch, on_step=on_step)
+        except KeyboardInterrupt:
+            console.print(f"[yellow]interrupted[/]: the last finished epoch is checkpointed in {out}; resume with: "
+                          f"{_resume_hint()}")
+            sys.exit(130)
+    if result.resumed_from_epoch:
+        console.print(f"resumed from the checkpoint after epoch {result.resumed_from_epoch}")
+    report = finalize(ctx, ost, frozen, result, out, int8=int8, log=console.print)
+    b, f, sp = report["base"], report["final"], report["speedup"]
+    console.print(f"test accuracy: base {b['test_accuracy']:.4f} -> retrained {f['test_accuracy']:.4f}; "
+                  f"MACs {b['macs']:,} -> {f['macs']:,} ({sp['macs_reduction']:.2f}x fewer); "
+                  f"latency b1 {sp['latency_speedup_b1']:.2f}x, b64 {sp['latency_speedup_b64']:.2f}x")
+    for name, e in report["exports"].items():
+        if "max_abs_diff" in e:
+            console.print(f"{name}: {e['file']} ({e['bytes']:,} bytes), max abs difference {e['max_abs_diff']:.2e}")
+        elif "error" in e:
+            console.print(f"{name}: skipped: {e['error']}")
+        else:
+            console.print(f"{name}: test accuracy {e['test_accuracy']:.4f}, latency b1 {e['latency_ms_b1']:.3f} ms")
+    console.print(f"report: {out / 'report.html'}, {out / 'report.json'}")
+
+
+# ---------------------------------------------------------------------------------------------------- report
+@main.command()
+@study_options
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder (default runs/<study>/report).")
+@handle_errors
+def report(study_file, storage, study_name, checkpoint, data_root, sets, out_dir) -> None:
+    """Front plots (PNG and interactive HTML), the table of trials and parameter importances."""
+    from pathlib import Path
+
+    from autoprune.display import console
+    from autoprune.report import study_report
+    from autoprune.storage import load_optuna_study
+
+    study = _load(study_file, checkpoint, data_root, storage, sets, study_name)
+    ost = load_optuna_study(study)
+    files = study_report(ost, Path(out_dir) if out_dir else study.workdir / "report")
+    for name, path in files.items():
+        console.print(f"{name}: {path}")
+
+
+# ------------------------------------------------------------------------------------------------- dashboard
+@main.command()
+@study_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (other hosts: say so explicitly).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@handle_errors
+def dashboard(study_file, storage, study_name, checkpoint, data_root, sets, host, port) -> None:
+    """optuna-dashboard on the study's storage."""
+    from autoprune.display import console
+    from autoprune.storage import open_storage
+
+    try:
+        from optuna_dashboard import run_server
+    except ImportError:
+        raise AutopruneError("the dashboard needs optuna-dashboard: pip install 'autoprune[report]'") from None
+    study = _load(study_file, checkpoint, data_root, storage, sets, study_name)
+    console.print(f"optuna-dashboard for {study.storage_url} on http://{host}:{port}/ (Ctrl-C stops)")
+    run_server(open_storage(study.storage_url), host=host, port=port)
+
+
 # ---------------------------------------------------------------------------------------------------- evaluate
 @main.command()
 @study_options

@@ -28,3 +28,72 @@ def non_dominated(points: Sequence[Sequence[float]], directions: Sequence[str]) 
     """Indices of the points no other point dominates (duplicates of a front point are all kept)."""
     return [i for i, p in enumerate(points)
             if not any(dominates(q, p, directions) for j, q in enumerate(points) if j != i)]
+
+
+def hypervolume_2d(points: Sequence[tuple[float, float]], ref: tuple[float, float]) -> float:
+    """Area dominated by ``points`` (accuracy to maximise, cost to minimise) and bounded by ``ref``.
+
+    ``ref`` = (lowest accuracy that counts, highest cost that counts); points outside it add nothing.
+
+    >>> hypervolume_2d([(0.9, 0.5)], ref=(0.1, 1.0))
+    0.4
+    """
+    pts = sorted((c, a) for a, c in points if a > ref[0] and c < ref[1])
+    area, best_acc = 0.0, ref[0]
+    for i, (cost, acc) in enumerate(pts):
+        next_cost = pts[i + 1][0] if i + 1 < len(pts) else ref[1]
+        best_acc = max(best_acc, acc)
+        area += (next_cost - cost) * (best_acc - ref[0])
+    return round(area, 12)
+
+
+def knee_index(accuracy: Sequence[float], cost: Sequence[float]) -> int:
+    """The knee of a front: the point farthest above the line from its cheapest to its most accurate point, with
+    both axes normalised to [0, 1] over the front. Ties go to the cheaper point.
+
+    >>> knee_index([0.5, 0.88, 0.9], [1.0, 2.0, 10.0])
+    1
+    """
+    if not accuracy:
+        raise ValueError("empty front")
+    a_lo, a_hi, c_lo, c_hi = min(accuracy), max(accuracy), min(cost), max(cost)
+    a_span, c_span = (a_hi - a_lo) or 1.0, (c_hi - c_lo) or 1.0
+    scores = [((a - a_lo) / a_span - (c - c_lo) / c_span, -c) for a, c in zip(accuracy, cost)]
+    return max(range(len(scores)), key=lambda i: scores[i])
+
+
+def select(entries: Sequence[dict], cost: str = "macs", *, min_accuracy: float | None = None,
+           max_macs: float | None = None, max_latency_ms: float | None = None, knee: bool = False) -> tuple[dict, str]:
+    """Pick one front entry and say why.
+
+    Caps (``max_macs``, ``max_latency_ms``) and the floor (``min_accuracy``) filter the front; then ``knee`` picks
+    the knee of what is left, a floor alone picks the cheapest by ``cost``, and caps alone pick the most accurate.
+
+    Raises:
+        LookupError: no entry meets the constraints (the message says which were asked).
+    """
+    asked = []
+    pool = list(entries)
+    if max_macs is not None:
+        pool = [e for e in pool if e["macs"] <= max_macs]
+        asked.append(f"MACs <= {max_macs:,.0f}")
+    if max_latency_ms is not None:
+        pool = [e for e in pool if e["latency_ms"] <= max_latency_ms]
+        asked.append(f"latency <= {max_latency_ms:g} ms")
+    if min_accuracy is not None:
+        pool = [e for e in pool if e["accuracy"] >= min_accuracy]
+        asked.append(f"accuracy >= {min_accuracy:g}")
+    if not pool:
+        raise LookupError(f"no trial on the front meets {' and '.join(asked) or 'the constraints'} "
+                          f"({len(entries)} front trials)")
+    where = f" among the {len(pool)} front trials with {' and '.join(asked)}" if asked else f" of the {len(pool)}-trial front"
+    if knee:
+        i = knee_index([e["accuracy"] for e in pool], [e[cost] for e in pool])
+        return pool[i], f"knee{where}: the largest accuracy gain per unit of {cost} over the front's extremes"
+    if min_accuracy is not None:
+        best = min(pool, key=lambda e: (e[cost], -e["accuracy"]))
+        return best, f"cheapest by {cost}{where}"
+    if asked:
+        best = max(pool, key=lambda e: (e["accuracy"], -e[cost]))
+        return best, f"most accurate{where}"
+    raise LookupError("say what to select: --knee, --min-accuracy, --max-macs or --max-latency-ms")

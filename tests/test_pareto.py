@@ -19,3 +19,52 @@ def test_non_dominated_hand_case():
 
 def test_minimise_both():
     assert non_dominated([[1, 1], [2, 0], [2, 2]], ["minimize", "minimize"]) == [0, 1]
+
+
+def test_hypervolume_two_points_hand_computed():
+    from autoprune.pareto import hypervolume_2d
+
+    # (acc, cost): strips [0.2, 0.6) at 0.7-0.1 and [0.6, 1.0) at 0.9-0.1 -> 0.4*0.6 + 0.4*0.8 = 0.56
+    assert abs(hypervolume_2d([(0.7, 0.2), (0.9, 0.6)], ref=(0.1, 1.0)) - 0.56) < 1e-12
+    # a dominated point adds nothing; points outside the reference add nothing
+    assert abs(hypervolume_2d([(0.7, 0.2), (0.9, 0.6), (0.6, 0.7), (0.05, 0.1), (0.99, 1.2)], ref=(0.1, 1.0)) - 0.56) < 1e-12
+
+
+def test_knee_picks_the_bend():
+    from autoprune.pareto import knee_index
+
+    acc = [0.60, 0.85, 0.88, 0.90]
+    cost = [1.0, 2.0, 5.0, 10.0]
+    assert knee_index(acc, cost) == 1
+
+
+FRONT = [
+    {"trial": 1, "accuracy": 0.80, "macs": 100, "latency_ms": 1.0},
+    {"trial": 2, "accuracy": 0.90, "macs": 200, "latency_ms": 2.0},
+    {"trial": 3, "accuracy": 0.92, "macs": 500, "latency_ms": 4.0},
+    {"trial": 4, "accuracy": 0.93, "macs": 1000, "latency_ms": 9.0},
+]
+
+
+def test_select_cheapest_meeting_accuracy_floor():
+    from autoprune.pareto import select
+
+    entry, why = select(FRONT, min_accuracy=0.91)
+    assert entry["trial"] == 3 and "cheapest" in why
+
+
+def test_select_most_accurate_under_caps():
+    from autoprune.pareto import select
+
+    assert select(FRONT, max_macs=600)[0]["trial"] == 3
+    assert select(FRONT, max_latency_ms=2.5)[0]["trial"] == 2
+
+
+def test_select_knee_and_nothing_meets():
+    import pytest
+
+    from autoprune.pareto import select
+
+    assert select(FRONT, knee=True)[0]["trial"] == 2
+    with pytest.raises(LookupError, match="accuracy >= 0.99"):
+        select(FRONT, min_accuracy=0.99)

@@ -1,0 +1,109 @@
+"""From a chosen trial to a deliverable: retrain, evaluate on test, export with checks, write the final report."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from autoprune.context import StudyContext
+from autoprune.export import export_onnx, export_torchscript, quantize_dynamic_int8
+from autoprune.measure import accuracy, count_macs, count_params, latency_ms
+from autoprune.retrain import RetrainResult
+from autoprune.saving import save_pruned
+
+
+def _measure(model, ctx: StudyContext, split_name: str, large_batch: int) -> dict[str, Any]:
+    split = ctx.data.get(split_name)
+    m = ctx.study.config.measure
+    x1 = ctx.example
+    xb = ctx.example.expand(large_batch, *ctx.example.shape[1:]).contiguous()
+    return {
+        "test_accuracy": accuracy(model, split, ctx.study.config.data.batch_size),
+        "macs": count_macs(model, x1),
+        "params": count_params(model),
+        "latency_ms_b1": latency_ms(model, x1, m.latency_repeats, m.latency_warmup),
+        f"latency_ms_b{large_batch}": latency_ms(model, xb, max(3, m.latency_repeats // 2), m.latency_warmup),
+    }
+
+
+def finalize(ctx: StudyContext, ost, frozen, result: RetrainResult, out_dir: Path, *, int8: bool = False,
+             large_batch: int = 64, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Evaluate base and retrained model on the held-out test split, save and export, write report.json/html."""
+    from autoprune.report import front_plotly, html_page, html_table
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = result.model.eval()
+    model_path = out_dir / "model.pt"
+    save_pruned(model, result.history, model_path, {"input_shape": list(ctx.example.shape),
+                                                     "model": ctx.study.config.model.name,
+                                                     "trial": frozen.number})
+    base_path = out_dir / "base_state_dict.pt"
+    torch.save(ctx.base.state_dict(), base_path)
+    split = "test"
+    log("measuring the base and the retrained model on the held-out test split")
+    base_m = _measure(ctx.base, ctx, split, large_batch)
+    final_m = _measure(model, ctx, split, large_batch)
+    base_m["file_bytes"], final_m["file_bytes"] = base_path.stat().st_size, model_path.stat().st_size
+    base_path.unlink()
+    cpu_model = model.cpu()
+    example = ctx.example.cpu()
+    check_x = torch.cat([ctx.data.test.example(8).cpu()])
+    exports = {"torchscript": export_torchscript(cpu_model, check_x, out_dir / "model.torchscript.pt"),
+               "onnx": export_onnx(cpu_model, check_x, out_dir / "model.onnx")}
+    if int8:
+        q = quantize_dynamic_int8(cpu_model)
+        test_cpu = ctx.data.test.to("cpu")
+        exports["int8_dynamic"] = {"test_accuracy": accuracy(q, test_cpu, ctx.study.config.data.batch_size),
+                                   "latency_ms_b1": latency_ms(q, example, 10, 2),
+                                   "note": "dynamic int8 quantisation of Linear layers (PyTorch quantises Linear, not conv)"}
+    model.to(ctx.device)
+    speed = {
+        "macs_reduction": base_m["macs"] / max(1, final_m["macs"]),
+        "params_reduction": base_m["params"] / max(1, final_m["params"]),
+        "latency_speedup_b1": base_m["latency_ms_b1"] / max(1e-9, final_m["latency_ms_b1"]),
+        f"latency_speedup_b{large_batch}": base_m[f"latency_ms_b{large_batch}"] / max(1e-9, final_m[f"latency_ms_b{large_batch}"]),
+    }
+    report = {
+        "study": ctx.study.study_name, "trial": frozen.number, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "split": split, "data": ctx.data.info, "device": str(ctx.device),
+        "base": base_m, "final": final_m, "speedup": speed,
+        "search": {"val_accuracy": frozen.user_attrs["metrics"]["accuracy"], "plan": frozen.user_attrs.get("plan", {})},
+        "finetune": {"epochs": result.epochs, "images_seen": result.images_seen, "seconds": round(result.seconds, 1),
+                     "resumed_from_epoch": result.resumed_from_epoch, "progressive_steps": result.progressive_steps,
+                     "epoch_losses": result.losses},
+        "structure_matches_trial": result.structure_matches_trial,
+        "exports": exports, "files": {"model": str(model_path)},
+    }
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    rows = [{"": "base", **base_m}, {"": f"trial {frozen.number} retrained", **final_m},
+            {"": "ratio base / final", **{k: v for k, v in {
+                "macs": speed["macs_reduction"], "params": speed["params_reduction"],
+                "latency_ms_b1": speed["latency_speedup_b1"],
+                f"latency_ms_b{large_batch}": speed[f"latency_speedup_b{large_batch}"]}.items()}}]
+    cols = ["", "test_accuracy", "macs", "params", "latency_ms_b1", f"latency_ms_b{large_batch}", "file_bytes"]
+    from autoprune.storage import front as study_front
+    from autoprune.storage import trial_entry
+
+    sections = [
+        f"<p class='note'>Test accuracy on the held-out test split ({ctx.data.info['sizes']['test']} images; "
+        f"{ctx.data.info['note']}). Fine-tune: {result.epochs} epochs, {result.images_seen:,} images, "
+        f"{result.seconds:.0f} s on {ctx.device}.</p>",
+        "<h2>Base vs retrained</h2>", html_table(rows, cols),
+        "<h2>Exports</h2>", html_table([{"export": k, **{kk: vv for kk, vv in v.items() if kk != "note"}}
+                                        for k, v in exports.items()],
+                                       ["export", "file", "bytes", "max_abs_diff", "test_accuracy", "latency_ms_b1"]),
+    ]
+    if ost is not None:
+        import optuna
+
+        trials = [trial_entry(t) for t in ost.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+        chosen = trial_entry(frozen)
+        sections += ["<h2>The front and the chosen trial</h2>",
+                     front_plotly(trials, study_front(ost), ost.user_attrs.get("base", {}), "macs", chosen, "front")]
+    (out_dir / "report.html").write_text(html_page(f"autoprune: trial {frozen.number} of {ctx.study.study_name}",
+                                                   sections))
+    return report
