@@ -383,18 +383,20 @@ def retrain(study_file, storage, study_name, checkpoint, data_root, sets, trial,
 @main.command()
 @study_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder (default runs/<study>/report).")
+@click.option("--trial", type=int, help="Highlight this trial as the chosen point.")
 @handle_errors
-def report(study_file, storage, study_name, checkpoint, data_root, sets, out_dir) -> None:
+def report(study_file, storage, study_name, checkpoint, data_root, sets, out_dir, trial) -> None:
     """Front plots (PNG and interactive HTML), the table of trials and parameter importances."""
     from pathlib import Path
 
     from autoprune.display import console
     from autoprune.report import study_report
-    from autoprune.storage import load_optuna_study
+    from autoprune.storage import get_trial, load_optuna_study, trial_entry
 
     study = _load(study_file, checkpoint, data_root, storage, sets, study_name)
     ost = load_optuna_study(study)
-    files = study_report(ost, Path(out_dir) if out_dir else study.workdir / "report")
+    chosen = trial_entry(get_trial(ost, trial)) if trial is not None else None
+    files = study_report(ost, Path(out_dir) if out_dir else study.workdir / "report", chosen=chosen)
     for name, path in files.items():
         console.print(f"{name}: {path}")
 

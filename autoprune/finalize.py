@@ -102,8 +102,15 @@ def finalize(ctx: StudyContext, ost, frozen, result: RetrainResult, out_dir: Pat
 
         trials = [trial_entry(t) for t in ost.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
         chosen = trial_entry(frozen)
-        sections += ["<h2>The front and the chosen trial</h2>",
-                     front_plotly(trials, study_front(ost), ost.user_attrs.get("base", {}), "macs", chosen, "front")]
+        fr, base = study_front(ost), ost.user_attrs.get("base", {})
+        sections += ["<h2>The front and the chosen trial: accuracy vs MACs</h2>",
+                     front_plotly(trials, fr, base, "macs", chosen, "front-macs"),
+                     "<h2>Accuracy vs latency</h2>", front_plotly(trials, fr, base, "latency_ms", chosen, "front-latency")]
+    if ost is not None:
+        from autoprune.report import study_report
+
+        report["files"].update(study_report(ost, out_dir / "study", chosen=trial_entry(frozen)))
+        (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (out_dir / "report.html").write_text(html_page(f"autoprune: trial {frozen.number} of {ctx.study.study_name}",
                                                    sections))
     return report

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -86,6 +87,8 @@ def html_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
+        if v != 0 and abs(v) < 1e-3:
+            return f"{v:.2e}"
         return f"{v:.4f}" if abs(v) < 1000 else f"{v:,.0f}"
     if isinstance(v, int):
         return f"{v:,}"
@@ -127,8 +130,12 @@ def study_report(ost, out_dir: Path, chosen: dict | None = None) -> dict[str, st
     importances = {}
     if len(trials) >= 4:
         for i, name in enumerate(objectives):
+            sign = -1.0 if ost.directions[i] == optuna.study.StudyDirection.MAXIMIZE else 1.0  # lower = better
             try:
-                importances[name] = optuna.importance.get_param_importances(ost, target=lambda t, i=i: t.values[i])
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # PED-ANOVA's reminder that lower is better
+                    importances[name] = optuna.importance.get_param_importances(
+                        ost, target=lambda t, i=i, sign=sign: sign * t.values[i])
             except (RuntimeError, ValueError) as exc:  # too few distinct trials
                 importances[name] = {"(not computed)": str(exc)}
     data_note = base.get("data", {}).get("note", "")

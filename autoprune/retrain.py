@@ -133,26 +133,25 @@ def retrain(
     for p in params:
         p.requires_grad_(True)
 
-    def make_opt(m: nn.Module):
+    def make_opt(m: nn.Module, offset: int = 0):
+        """SGD with a cosine schedule over all steps; ``offset`` continues the schedule for a re-made optimizer."""
         opt = torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9, weight_decay=cfg.recovery.weight_decay, nesterov=True)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s + offset, total_steps) / total_steps)))
         return opt, sched
 
     opt, sched = make_opt(model)
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - (float(state.get("seconds", 0.0)) if state is not None else 0.0)
     losses = list(state.get("losses", [])) if state is not None else []
     teacher = ctx.base.eval()
     for epoch in range(start_epoch, epochs):
         if progressive_steps > 1 and epoch < progressive_steps:  # one pruning step at the start of each early epoch
             history += _progressive_step(ctx, model, plan, epoch, progressive_steps)
             recalibrate_bn(model, train, cfg.recovery.bn_recalibration_batches, batch_size)
-            opt_state_step = sched.last_epoch
-            opt, sched = make_opt(model)  # parameters changed shape: fresh optimizer, schedule continues
-            for _ in range(opt_state_step):
-                sched.step()
+            opt, sched = make_opt(model, epoch * steps_per_epoch)  # parameters changed shape: fresh optimizer
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         model.train()
         running, n = 0.0, 0
@@ -176,7 +175,8 @@ def retrain(
         model.eval()
         atomic_save({"key": key, "epoch": epoch + 1, "history": history, "matches": matches,
                      "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "losses": losses}, ckpt_path)
+                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "losses": losses,
+                     "seconds": time.perf_counter() - t0}, ckpt_path)
         if on_epoch:
             on_epoch(epoch + 1, epochs, losses[-1])
     if progressive_steps > 1:

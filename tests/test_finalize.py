@@ -1,0 +1,176 @@
+"""From the front to a deployable model: select, retrain (with resume), exports, reports, browser, dashboard."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import optuna
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from autoprune.cli import main
+from autoprune.config import load_study
+from autoprune.context import prepare
+from autoprune.models import create_model
+from autoprune.retrain import retrain
+from autoprune.saving import load_pruned
+from autoprune.storage import get_trial, load_optuna_study
+from tests.conftest import TINY_SPACE, TINY_STUDY
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    d = tmp_path_factory.mktemp("final")
+    (d / "space.yaml").write_text(yaml.safe_dump(TINY_SPACE))
+    path = d / "study.yaml"
+    path.write_text(yaml.safe_dump(dict(TINY_STUDY, workdir=str(d / "run"), budget={"n_trials": 6})))
+    assert run("search", path).exit_code == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def knee(searched):
+    result = run("select", searched, "--knee", "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def retrained(searched, knee, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    result = run("retrain", searched, "--trial", knee["trial"], "--epochs", 2, "--out", out, "--int8")
+    assert result.exit_code == 0, result.output
+    return out, json.loads((out / "report.json").read_text())
+
+
+def test_select_json_is_a_front_entry_with_a_reason(searched, knee):
+    front = json.loads(run("pareto", searched, "--json").stdout)["front"]
+    assert knee["trial"] in {e["trial"] for e in front}
+    assert {"trial", "accuracy", "macs", "params", "latency_ms", "config"} <= set(knee)
+    assert knee["reason"].startswith("knee")
+
+
+def test_select_with_no_trial_meeting_constraints_exits_2(searched):
+    result = run("select", searched, "--max-macs", 1)
+    assert result.exit_code == 2 and "no trial on the front meets MACs <= 1" in result.stderr
+
+
+def test_retrain_exports_pass_their_checks(retrained, knee):
+    out, report = retrained
+    assert report["exports"]["onnx"]["max_abs_diff"] < 1e-4
+    assert report["exports"]["torchscript"]["max_abs_diff"] < 1e-5
+    assert 0.0 <= report["exports"]["int8_dynamic"]["test_accuracy"] <= 1.0
+    assert report["structure_matches_trial"] is True
+    assert report["final"]["macs"] == knee["macs"] and report["final"]["params"] == knee["params"]
+    assert report["split"] == "test" and report["finetune"]["epochs"] == 2
+    assert report["speedup"]["macs_reduction"] > 1.0
+    for name in ("model.pt", "model.onnx", "model.torchscript.pt", "report.html", "study/front_macs.png",
+                 "study/front_latency_ms.png", "study/study.html"):
+        assert (out / name).is_file(), name
+
+
+def test_load_pruned_round_trips_the_retrained_model(retrained):
+    out, _ = retrained
+    model = load_pruned(out / "model.pt", create_model("quickstart_cnn", 10, width=8)).eval()
+    scripted = torch.jit.load(str(out / "model.torchscript.pt"))
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(model(x), scripted(x), atol=1e-6)
+    blob = torch.load(out / "model.pt", weights_only=True)
+    assert blob["format"] == "autoprune.pruned/1"
+
+
+def test_interrupted_retrain_resumes_to_the_same_model(searched, knee, tmp_path):
+    study = load_study(searched)
+    ctx = prepare(study, measure_reference=False)
+    frozen = get_trial(load_optuna_study(study), knee["trial"])
+    straight = retrain(ctx, frozen, epochs=2, out_dir=tmp_path / "a")
+
+    def stop_after_first(epoch, total, loss):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        retrain(ctx, frozen, epochs=2, out_dir=tmp_path / "b", on_epoch=stop_after_first)
+    resumed = retrain(ctx, frozen, epochs=2, out_dir=tmp_path / "b")
+    assert resumed.resumed_from_epoch == 1
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+
+
+def test_progressive_retrain_reaches_the_trial_size(searched, knee, tmp_path):
+    study = load_study(searched)
+    ctx = prepare(study, measure_reference=False)
+    frozen = get_trial(load_optuna_study(study), knee["trial"])
+    res = retrain(ctx, frozen, epochs=2, out_dir=tmp_path / "p", progressive_steps=2)
+    params = sum(p.numel() for p in res.model.parameters())
+    assert abs(params - knee["params"]) <= 0.05 * knee["params"]
+    assert len(res.history) > 0
+
+
+def test_report_command_writes_plots_table_and_importances(searched, tmp_path):
+    result = run("report", searched, "--out", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "r" / "study.json").read_text())
+    assert data["trials"] == 6 and data["front"]
+    assert set(data["importances"]) == {"accuracy", "macs"}
+    assert (tmp_path / "r" / "front_macs.png").stat().st_size > 10_000
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_report_html_renders_in_headless_chromium_without_console_errors(retrained):
+    out, _ = retrained
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tempfile.mkdtemp()}", "--enable-logging=stderr", "--v=0",
+           "--virtual-time-budget=10000", "--dump-dom", (out / "report.html").as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dom = proc.stdout
+    assert "autoprune: trial" in dom
+    assert dom.count('class="main-svg"') >= 2, "plotly drew the front plots"
+    console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line]
+    assert not [line for line in console if "rror" in line or "Uncaught" in line], console
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dashboard_serves_the_study_on_localhost(searched):
+    pytest.importorskip("optuna_dashboard", reason="optuna-dashboard is not installed")
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", "dashboard", str(searched), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, status = time.monotonic() + 60, None
+        while time.monotonic() < deadline and status is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    status, body = r.status, r.read().decode()
+            except OSError:
+                time.sleep(0.5)
+        assert status == 200 and "tiny" in body
+        listening = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
+        assert f"127.0.0.1:{port}" in listening and f"0.0.0.0:{port}" not in listening
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
