@@ -21,8 +21,13 @@ def _measure(model, ctx: StudyContext, split_name: str, large_batch: int) -> dic
     m = ctx.study.config.measure
     x1 = ctx.example
     xb = ctx.example.expand(large_batch, *ctx.example.shape[1:]).contiguous()
+    full = ctx.data.test_full
     return {
         "test_accuracy": accuracy(model, split, ctx.study.config.data.batch_size),
+        # the whole official test split, for comparing with published numbers (it includes the validation
+        # part when validation was carved from the test split)
+        "test_full_accuracy": (accuracy(model, full, ctx.study.config.data.batch_size)
+                               if len(full) != len(split) else None),
         "macs": count_macs(model, x1),
         "params": count_params(model),
         "latency_ms_b1": latency_ms(model, x1, m.latency_repeats, m.latency_warmup),
@@ -84,7 +89,7 @@ def finalize(ctx: StudyContext, ost, frozen, result: RetrainResult, out_dir: Pat
                 "macs": speed["macs_reduction"], "params": speed["params_reduction"],
                 "latency_ms_b1": speed["latency_speedup_b1"],
                 f"latency_ms_b{large_batch}": speed[f"latency_speedup_b{large_batch}"]}.items()}}]
-    cols = ["", "test_accuracy", "macs", "params", "latency_ms_b1", f"latency_ms_b{large_batch}", "file_bytes"]
+    cols = ["", "test_accuracy", "test_full_accuracy", "macs", "params", "latency_ms_b1", f"latency_ms_b{large_batch}", "file_bytes"]
     from autoprune.storage import front as study_front
     from autoprune.storage import trial_entry
 
