@@ -183,6 +183,7 @@ class ConstraintsConfig(_Strict):
 class BudgetConfig(_Strict):
     n_trials: int = Field(20, ge=1)
     timeout: float | None = Field(None, gt=0)
+    max_initial_failures: int = Field(5, ge=1)  # stop when this run's first K trials all fail
 
 
 class StorageConfig(_Strict):

@@ -105,7 +105,7 @@ def run_search(
     seed: int | None = None,
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
     log: Callable[[str], None] = lambda s: None,
-    max_failures: int = 5,
+    max_failures: int | None = None,
     worker: int = 0,
 ) -> SearchOutcome:
     """Run trials until the study holds ``n_trials`` COMPLETE trials (resume counts earlier ones) or time runs out.
@@ -115,6 +115,7 @@ def run_search(
     """
     cfg = ctx.study.config
     seed = cfg.seed if seed is None else seed
+    max_failures = max_failures or cfg.budget.max_initial_failures
     url = storage_url or ctx.study.storage_url
     storage = open_storage(url, heartbeat_settings(ctx.study))
     probe = create_or_load(ctx.study, url, study_name, optuna.samplers.RandomSampler(), ctx.reference, storage)
