@@ -180,6 +180,12 @@ def search(study_file, storage, study_name, checkpoint, data_root, sets, n_trial
             ost, interrupted, ran, failed = rout.study, rout.interrupted, rout.ran_here, rout.errors
             for msg in rout.error_messages:
                 console.print(f"[red]errored Ray trial[/]: {msg}")
+            if rout.restored and not interrupted and rout.completed < budget and not failed and timeout is None:
+                # a restored experiment ended short of a larger budget: a fresh one runs the rest
+                rout = run_ray_search(ctx, n_trials=budget, address=ray_address, workers=workers,
+                                      cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, timeout=timeout,
+                                      seed=seed, device=device, log=console.print, on_trial=on_trial)
+                ost, interrupted, ran, failed = rout.study, rout.interrupted, ran + rout.ran_here, rout.errors
         elif workers == 1:
             outcome = run_search(ctx, n_trials=budget, timeout=timeout, seed=seed, on_trial=on_trial, log=console.print)
             ost, interrupted, ran, failed = outcome.study, outcome.interrupted, outcome.ran_here, outcome.failed_here

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 pytest.importorskip("ray", reason="the Ray backend's tests need ray[tune] (pip install -e '.[test]')")
@@ -71,3 +72,38 @@ def test_errored_ray_trials_are_reported_and_recorded(write_study, tmp_path, clu
     trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}").trials
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert failed and all("non-finite loss" in t.user_attrs["fail_reason"] for t in failed)
+
+
+def test_sigint_stops_ray_search_and_rerun_restores_the_experiment(write_study, tmp_path):
+    import signal
+    import time
+
+    path = write_study({"budget": {"n_trials": 3}, "recovery": {"steps": 300, "batch_size": 64}})
+    db = tmp_path / "run" / "study.db"
+
+    def complete() -> int:
+        if not db.exists():
+            return 0
+        try:
+            trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}").trials
+        except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # not created yet
+            return 0
+        return sum(t.state == TrialState.COMPLETE for t in trials)
+
+    proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", "search", str(path), "--backend", "ray"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 300
+    while complete() < 1 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode in (0, 130), err[-3000:]
+    if proc.returncode == 130:
+        assert "resume with: autoprune search" in err
+        assert list((tmp_path / "run" / "ray_results").glob("*.unfinished")), "the experiment is marked to restore"
+    result = cli("search", path, "--backend", "ray")
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}").trials
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert not list((tmp_path / "run" / "ray_results").glob("*.unfinished"))

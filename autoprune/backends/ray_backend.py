@@ -145,6 +145,17 @@ def fail_orphans(ost: optuna.Study) -> list[int]:
     return failed
 
 
+def _stopped_here(ost: optuna.Study) -> list[int]:
+    """RUNNING trials whose driver is this process or a dead process on this machine."""
+    host = socket.gethostname()
+    out = []
+    for t in ost.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        d_host, _, pid = t.user_attrs.get("driver", "").rpartition(":")
+        if d_host == host and pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+            out.append(t.number)
+    return out
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -175,6 +186,7 @@ class RayOutcome:
     errors: int
     error_messages: list[str]
     interrupted: bool = False
+    restored: bool = False
 
 
 def run_ray_search(
@@ -198,13 +210,21 @@ def run_ray_search(
     seed = cfg.seed if seed is None else seed
     url = study.storage_url
     ost = create_or_load(study, url, None, make_sampler(ctx, seed), ctx.reference)
-    orphans = fail_orphans(ost)
-    if orphans:
-        log(f"failed trials {orphans} left RUNNING by a stopped Ray driver; their parameters are retried")
-    remaining = n_trials - counts(ost)["COMPLETE"]
-    if remaining <= 0:
-        return RayOutcome(ost, counts(ost)["COMPLETE"], 0, 0, [])
     workdir = Path(study.workdir).resolve()
+    results_dir = workdir / "ray_results"
+    marker = results_dir / f"{study.study_name}.unfinished"  # names the experiment of a run that did not finish
+    restore_from = None
+    if marker.is_file():
+        prev = results_dir / marker.read_text().strip()
+        if tune.Tuner.can_restore(str(prev)):
+            restore_from = prev
+    if restore_from is None:
+        orphans = fail_orphans(ost)
+        if orphans:
+            log(f"failed trials {orphans} left RUNNING by a stopped Ray driver; their parameters are retried")
+    remaining = n_trials - counts(ost)["COMPLETE"]
+    if remaining <= 0 and restore_from is None:
+        return RayOutcome(ost, counts(ost)["COMPLETE"], 0, 0, [])
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -239,20 +259,38 @@ def run_ray_search(
             driver=f"{socket.gethostname()}:{os.getpid()}")
         resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
         callbacks = [_progress_callback(tune, lambda: on_trial(ost))] if on_trial is not None else []
-        tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(trainable, spec=spec), resources),
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining, max_concurrent_trials=workers,
-                                        reuse_actors=True, time_budget_s=timeout),
-            run_config=tune.RunConfig(name=f"{study.study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                      storage_path=str(workdir / "ray_results"), verbose=0,
-                                      log_to_file=True, callbacks=callbacks),
-        )
+        wrapped = tune.with_resources(tune.with_parameters(trainable, spec=spec), resources)
+        if restore_from is not None:
+            # The interrupted experiment continues: its searcher (and so its Optuna trials) is restored, and its
+            # unfinished and errored trials run again (Tuner.restore(..., resume_errored=True)).
+            log(f"restoring the unfinished Ray experiment {restore_from.name}")
+            tuner = tune.Tuner.restore(str(restore_from), trainable=wrapped, resume_errored=True)
+        else:
+            name = f"{study.study_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            results_dir.mkdir(parents=True, exist_ok=True)
+            marker.write_text(name)
+            tuner = tune.Tuner(
+                wrapped,
+                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining, max_concurrent_trials=workers,
+                                            reuse_actors=True, time_budget_s=timeout),
+                run_config=tune.RunConfig(name=name, storage_path=str(results_dir), verbose=0, log_to_file=True,
+                                          callbacks=callbacks),
+            )
         interrupted = False
         try:
             grid = tuner.fit()
         except KeyboardInterrupt:
             interrupted, grid = True, None
         ost = optuna.load_study(study_name=study.study_name, storage=open_storage(url))
+        # Tune answers Ctrl-C by stopping the experiment and returning normally: trials of this driver (or of the
+        # restored one) still RUNNING mean the experiment was stopped, and the next run restores it.
+        interrupted = interrupted or bool(_stopped_here(ost))
+        if not interrupted:
+            marker.unlink(missing_ok=True)
+        if restore_from is not None:
+            orphans = fail_orphans(ost)  # asked by the old driver but never run by the restored experiment
+            if orphans:
+                log(f"failed trials {orphans} left RUNNING by the stopped Ray driver; their parameters are retried")
         messages = []
         for r in (grid if grid is not None else []):
             if r.error is None:
@@ -264,8 +302,7 @@ def run_ray_search(
             if match and match[0].user_attrs.get("fail_reason"):
                 reason = match[0].user_attrs["fail_reason"]
             messages.append(f"trial {number}: {reason}")
-        errors = messages
-        return RayOutcome(ost, counts(ost)["COMPLETE"], remaining if grid is None else len(grid), len(errors),
-                          messages, interrupted)
+        return RayOutcome(ost, counts(ost)["COMPLETE"], remaining if grid is None else len(grid), len(messages),
+                          messages, interrupted, restored=restore_from is not None)
     finally:
         ray.shutdown()
