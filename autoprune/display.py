@@ -46,6 +46,16 @@ def metrics_table(title: str, base: dict[str, Any], rows: Iterable[dict[str, Any
     return table
 
 
+def _feasible(trial) -> bool:
+    """All constraint values Optuna stored on the trial ("constraints" list or "constraints:<name>" keys) <= 0."""
+    for key, value in trial.system_attrs.items():
+        if key == "constraints" or key.startswith("constraints:"):
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if any(v > 0 for v in values):
+                return False
+    return True
+
+
 class SearchMonitor:
     """Keeps a search progress bar in step with the study's storage (one trial listing per refresh)."""
 
@@ -75,7 +85,7 @@ class SearchMonitor:
         self._last_refresh = now
         trials = ost.get_trials(deepcopy=False)
         complete = [t for t in trials if t.state.name == "COMPLETE"]
-        feasible = [t for t in complete if all(c <= 0 for c in t.system_attrs.get("constraints", []) or [])]
+        feasible = [t for t in complete if _feasible(t)]
         front = non_dominated([t.values for t in feasible], self.directions)
         last = ""
         for t in trials:

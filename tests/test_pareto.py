@@ -68,3 +68,14 @@ def test_select_knee_and_nothing_meets():
     assert select(FRONT, knee=True)[0]["trial"] == 2
     with pytest.raises(LookupError, match="accuracy >= 0.99"):
         select(FRONT, min_accuracy=0.99)
+
+
+def test_progress_front_count_skips_infeasible_trials():
+    import optuna
+
+    from autoprune.display import _feasible
+
+    ok = optuna.trial.create_trial(values=[0.9, 1.0], system_attrs={"constraints:max_macs": -5.0})
+    bad = optuna.trial.create_trial(values=[0.9, 1.0], system_attrs={"constraints": [1.0, -1.0]})
+    plain = optuna.trial.create_trial(values=[0.9, 1.0])
+    assert _feasible(ok) and not _feasible(bad) and _feasible(plain)
