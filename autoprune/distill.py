@@ -46,6 +46,29 @@ def recalibrate_bn(model: nn.Module, split: Split, batches: int, batch_size: int
     model.eval()
 
 
+def train_step(student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor, opt, sched,
+               temperature: float, alpha: float, where: str) -> float:
+    """One SGD step: distillation from ``teacher`` (plain cross-entropy without one); returns the loss.
+
+    Raises FloatingPointError, naming ``where``, on a non-finite loss (before the weights are touched).
+    """
+    logits = student(x)
+    if teacher is not None:
+        with torch.no_grad():
+            t_logits = teacher(x)
+        loss = kd_loss(logits, t_logits, y, temperature, alpha)
+    else:
+        loss = F.cross_entropy(logits, y)
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise FloatingPointError(f"non-finite loss {value} at {where}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return value
+
+
 def _cycle(split: Split, batch_size: int, augment: bool, generator: torch.Generator | None):
     while True:
         yielded = False
@@ -91,20 +114,7 @@ def finetune(
     for step in range(steps):
         x, y = next(batches)
         with step_guard():
-            logits = student(x)
-            if teacher is not None:
-                with torch.no_grad():
-                    t_logits = teacher(x)
-                loss = kd_loss(logits, t_logits, y, temperature, alpha)
-            else:
-                loss = F.cross_entropy(logits, y)
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"non-finite loss {loss_value} at fine-tune step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            loss_value = train_step(student, teacher, x, y, opt, sched, temperature, alpha, f"fine-tune step {step}")
         if step >= steps - max(1, steps // 10):
             tail += loss_value
             tail_n += 1

@@ -21,7 +21,7 @@ from torch import nn
 
 from autoprune.context import StudyContext
 from autoprune.data import Split
-from autoprune.distill import kd_loss, recalibrate_bn
+from autoprune.distill import recalibrate_bn, train_step
 from autoprune.errors import AutopruneError
 from autoprune.pruning import prune_with_plan, replay, structure
 from autoprune.saving import atomic_save
@@ -157,17 +157,7 @@ def retrain(
         running, n = 0.0, 0
         for i, (x, y) in enumerate(train.batches(batch_size, shuffle=True, augment=cfg.data.augment, generator=gen,
                                                 drop_last=True)):
-            logits = model(x)
-            with torch.no_grad():
-                t_logits = teacher(x)
-            loss = kd_loss(logits, t_logits, y, temperature, alpha)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(f"non-finite loss {value} in retrain epoch {epoch + 1}, step {i}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            value = train_step(model, teacher, x, y, opt, sched, temperature, alpha, f"retrain epoch {epoch + 1}, step {i}")
             running, n = running + value, n + 1
             if on_step:
                 on_step(i + 1, steps_per_epoch)
