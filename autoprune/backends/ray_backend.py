@@ -233,7 +233,9 @@ def run_ray_search(
     if address:
         init_kwargs["address"] = address
     else:
-        init_kwargs.update(num_cpus=max(1, int(workers * cpus_per_trial)), _temp_dir=ray_temp_dir(workdir))
+        # address="local": always a new instance, never a cluster that `ray start` left running on this machine
+        init_kwargs.update(address="local", num_cpus=max(1, int(workers * cpus_per_trial)),
+                           _temp_dir=ray_temp_dir(workdir))
     try:
         ray.init(**init_kwargs)
     except Exception as exc:
