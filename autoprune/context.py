@@ -25,7 +25,7 @@ from autoprune.errors import AutopruneError
 from autoprune.measure import accuracy, count_macs, count_params, latency_ms
 from autoprune.models import create_model, load_checkpoint, resolve_model
 from autoprune.pruning import GroupLayout, build_layout
-from autoprune.saving import atomic_save
+from autoprune.saving import checksum_ok, save_checksummed
 
 
 def resolve_device(name: str) -> torch.device:
@@ -106,17 +106,16 @@ def prepare(study: Study, device: str | torch.device = "cpu", *, measure_referen
         source = str(cfg.model.checkpoint)
     else:
         cache = _base_cache_path(study, num_classes)
+        if cache.is_file() and not checksum_ok(cache):
+            log(f"cached base model {cache} fails its checksum; retraining it")
+            cache.unlink()
         if cache.is_file():
-            try:
-                load_checkpoint(model, cache)
-                source = f"cached {cache}"
-            except AutopruneError:
-                log(f"cached base model {cache} is unreadable; retraining it")
-                cache.unlink()
-        if not cache.is_file():
+            load_checkpoint(model, cache)
+            source = f"cached {cache}"
+        else:
             t0 = time.perf_counter()
             model = train_base(study, model.to(device), data, device, on_step=on_base_step)
-            atomic_save(model.state_dict(), cache)
+            save_checksummed(model.state_dict(), cache)
             trained_here = True
             source = f"trained here in {time.perf_counter() - t0:.1f} s, cached at {cache}"
     model = model.to(device).eval()  # parameters keep requires_grad: torch-pruning traces through autograd

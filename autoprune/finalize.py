@@ -13,7 +13,7 @@ from autoprune.context import StudyContext
 from autoprune.export import export_onnx, export_torchscript, quantize_dynamic_int8
 from autoprune.measure import accuracy, count_macs, count_params, latency_ms
 from autoprune.retrain import RetrainResult
-from autoprune.saving import save_pruned
+from autoprune.saving import atomic_write_text, save_pruned
 
 
 def _measure(model, ctx: StudyContext, split_name: str, large_batch: int) -> dict[str, Any]:
@@ -83,7 +83,7 @@ def finalize(ctx: StudyContext, ost, frozen, result: RetrainResult, out_dir: Pat
         "structure_matches_trial": result.structure_matches_trial,
         "exports": exports, "files": {"model": str(model_path)},
     }
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, default=str))
     rows = [{"": "base", **base_m}, {"": f"trial {frozen.number} retrained", **final_m},
             {"": "ratio base / final", **{k: v for k, v in {
                 "macs": speed["macs_reduction"], "params": speed["params_reduction"],
@@ -115,7 +115,7 @@ def finalize(ctx: StudyContext, ost, frozen, result: RetrainResult, out_dir: Pat
         from autoprune.report import study_report
 
         report["files"].update(study_report(ost, out_dir / "study", chosen=trial_entry(frozen)))
-        (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    (out_dir / "report.html").write_text(html_page(f"autoprune: trial {frozen.number} of {ctx.study.study_name}",
+        atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, default=str))
+    atomic_write_text(out_dir / "report.html", html_page(f"autoprune: trial {frozen.number} of {ctx.study.study_name}",
                                                    sections))
     return report

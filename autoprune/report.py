@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from autoprune.errors import AutopruneError
+from autoprune.saving import atomic_write, atomic_write_text
 
 AXES = {"macs": "MACs", "latency_ms": "latency (ms)", "params": "parameters"}
 
@@ -44,7 +45,7 @@ def front_png(trials: Sequence[dict], front: Sequence[dict], base: dict, path: P
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return path
 
@@ -153,9 +154,9 @@ def study_report(ost, out_dir: Path, chosen: dict | None = None) -> dict[str, st
                                                      ["trial", "accuracy", "macs", "params", "latency_ms", "config"]),
     ]
     page = out_dir / "study.html"
-    page.write_text(html_page(f"autoprune study {ost.study_name}", sections))
+    atomic_write_text(page, html_page(f"autoprune study {ost.study_name}", sections))
     files["study_html"] = str(page)
-    (out_dir / "study.json").write_text(json.dumps({"base": base, "front": fr, "importances": importances,
+    atomic_write_text(out_dir / "study.json", json.dumps({"base": base, "front": fr, "importances": importances,
                                                      "trials": len(trials)}, indent=2, default=str))
     files["study_json"] = str(out_dir / "study.json")
     return files
