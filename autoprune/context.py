@@ -44,6 +44,7 @@ class StudyContext:
     base: nn.Module
     layout: GroupLayout
     example: torch.Tensor  # one preprocessed image, on the device
+    latency_input: torch.Tensor  # the latency batch (measure.latency_batch_size copies of example), built once
     reference: dict[str, Any] = field(default_factory=dict)
     calibration: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     lock: Any = field(default_factory=NoLock)  # DeviceLock when several workers share this machine's device
@@ -124,10 +125,10 @@ def prepare(study: Study, device: str | torch.device = "cpu", *, measure_referen
                           named=_named_groups(study), prunable=_prunable(study), ignore=study.space.ignore)
     gen = torch.Generator().manual_seed(cfg.seed)
     calib = [b for _, b in zip(range(2), data.train.batches(min(64, len(data.train)), shuffle=True, generator=gen))]
-    ctx = StudyContext(study, device, data, model, layout, example, calibration=calib)
+    lat_x = example.expand(cfg.measure.latency_batch_size, *example.shape[1:]).contiguous()
+    ctx = StudyContext(study, device, data, model, layout, example, lat_x, calibration=calib)
     if measure_reference:
         m = cfg.measure
-        lat_x = example.expand(m.latency_batch_size, *example.shape[1:]).contiguous()
         ctx.reference = {
             "accuracy": accuracy(model, data.val, cfg.data.batch_size),
             "macs": count_macs(model, example),

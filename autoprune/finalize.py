@@ -56,7 +56,7 @@ def finalize(ctx: StudyContext, ost, frozen, result: RetrainResult, out_dir: Pat
     base_path.unlink()
     cpu_model = model.cpu()
     example = ctx.example.cpu()
-    check_x = torch.cat([ctx.data.test.example(8).cpu()])
+    check_x = ctx.data.test.example(8).cpu()
     exports = {"torchscript": export_torchscript(cpu_model, check_x, out_dir / "model.torchscript.pt"),
                "onnx": export_onnx(cpu_model, check_x, out_dir / "model.onnx")}
     if int8:

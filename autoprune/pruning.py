@@ -51,7 +51,6 @@ def _match(name: str, patterns: Iterable[str]) -> bool:
 
 def find_output_layer(model: nn.Module, example_inputs: torch.Tensor) -> str:
     """The name of the last conv/linear layer whose output width equals the model's output width."""
-    out_dim = None
     with torch.no_grad():
         was_training = model.training
         model.eval()

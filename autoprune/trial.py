@@ -67,9 +67,8 @@ def run_trial(ctx: StudyContext, params: Mapping[str, Any], seed: int = 0, save_
 
     t = time.perf_counter()
     m = cfg.measure
-    lat_x = ctx.example.expand(m.latency_batch_size, *ctx.example.shape[1:]).contiguous()
     with ctx.lock.exclusive():
-        lat = latency_ms(model, lat_x, m.latency_repeats, m.latency_warmup)
+        lat = latency_ms(model, ctx.latency_input, m.latency_repeats, m.latency_warmup)
     metrics = {"accuracy": acc, "macs": count_macs(model, ctx.example), "params": count_params(model), "latency_ms": lat}
     timings["measure"] = time.perf_counter() - t
 

@@ -11,7 +11,6 @@ import tempfile
 import time
 import urllib.request
 
-import optuna
 import pytest
 import torch
 import yaml
