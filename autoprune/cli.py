@@ -5,6 +5,7 @@ Exit codes: 0 success, 2 bad input (one line naming what was wrong), 1 other fai
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import os
@@ -16,7 +17,7 @@ from typing import Any, Callable
 
 import click
 
-from autoprune.errors import AutopruneError
+from autoprune.errors import AutopruneError, SearchFailedError
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
 
@@ -34,7 +35,7 @@ def handle_errors(fn: Callable) -> Callable:
         except AutopruneError as exc:
             if debug:
                 raise
-            _fail(exc.one_line(), 2)
+            _fail(exc.one_line(), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
         except Exception as exc:  # a bug or an environment problem: one line unless --debug
@@ -144,15 +145,26 @@ def search(study_file, storage, study_name, checkpoint, data_root, sets, n_trial
         click.echo(f"worker {worker_index}: done, {outcome.ran_here} ran, {outcome.failed_here} failed")
         sys.exit(130 if outcome.interrupted else 0)
 
-    console.print(f"[bold]autoprune[/] study [cyan]{study.study_name}[/] ({study_file}), storage {study.storage_url}")
+    # The header waits until prepare has checked the model and the checkpoint (or starts training): bad input
+    # stays the single error line.
+    header = [f"[bold]autoprune[/] study [cyan]{study.study_name}[/] ({study_file}), storage {study.storage_url}"]
+
+    def say(msg: str = "") -> None:
+        while header:
+            console.print(header.pop())
+        if msg:
+            console.print(msg)
+
     t0 = time.perf_counter()
     with steps_progress() as bar:
         task = bar.add_task("training the base model", total=None, visible=False)
 
         def on_base_step(step: int, total: int) -> None:
+            say()
             bar.update(task, completed=step, total=total, visible=True)
 
-        ctx = prepare(study, device, on_base_step=on_base_step, log=console.print)
+        ctx = prepare(study, device, on_base_step=on_base_step, log=say)
+    say()
     ctx.share_device()  # latency is measured while other autoprune workers on this device pause
     ref = ctx.reference
     console.print(f"base: {ref['source']}; val accuracy {ref['accuracy']:.4f}, MACs {ref['macs']:,}, "
@@ -234,7 +246,8 @@ def _run_workers(study, ctx, study_file, workers, budget, opts, on_trial):
     bad = [(i, c) for i, c in enumerate(codes) if c not in (0, 130)]
     if bad:
         i, code = bad[0]
-        raise AutopruneError(f"worker {i} exited with code {code}: {pool.last_line(i)} (log: {pool.logs[i]})")
+        err = SearchFailedError if code == SearchFailedError.exit_code else AutopruneError
+        raise err(f"worker {i} exited with code {code}: {pool.last_line(i)} (log: {pool.logs[i]})")
     return ost, any(c == 130 for c in codes), ran, failed
 
 
@@ -244,23 +257,27 @@ def _run_workers(study, ctx, study_file, workers, budget, opts, on_trial):
 @click.option("--json", "as_json", is_flag=True, help="Print {\"trials\": {STATE: n}} as JSON.")
 @handle_errors
 def status(study_file, storage, study_name, checkpoint, data_root, sets, as_json) -> None:
-    """Trials by state, and where the study's time went."""
-    from autoprune.display import console
+    """Trials by state, and where the study's time went (per phase, fine-tune budget, promotions)."""
+    from autoprune.accounting import cost_summary
+    from autoprune.display import console, cost_table
     from autoprune.storage import counts, load_optuna_study
 
     study = _load(study_file, checkpoint, data_root, storage, sets, study_name)
     ost = load_optuna_study(study)
     c = counts(ost)
-    totals: dict[str, float] = {}
-    for t in ost.get_trials(deepcopy=False):
-        for k, v in t.user_attrs.get("timings", {}).items():
-            totals[k] = totals.get(k, 0.0) + float(v)
+    trials = ost.get_trials(deepcopy=False)
+    cost = cost_summary(trials)
+    reasons = collections.Counter(t.user_attrs.get("fail_reason", "no reason recorded")
+                                  for t in trials if t.state.name == "FAIL")
     if as_json:
-        click.echo(json.dumps({"trials": c, "time_s": {k: round(v, 3) for k, v in totals.items()}}))
+        click.echo(json.dumps({"trials": c, **{k: v for k, v in cost.items() if k != "trials"},
+                               "fail_reasons": dict(reasons.most_common())}))
         return
     console.print(f"study {ost.study_name}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
-    if totals:
-        console.print("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in totals.items()))
+    if cost["trials"]:
+        console.print(cost_table(cost))
+    for reason, n in reasons.most_common(5):  # why trials failed, most frequent first
+        console.print(f"FAIL x{n}: {reason}", markup=False, highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------------- pareto
@@ -348,7 +365,7 @@ def retrain(study_file, storage, study_name, checkpoint, data_root, sets, trial,
     ost = load_optuna_study(study)
     frozen = get_trial(ost, trial)
     out = Path(out_dir) if out_dir else study.workdir / f"final-{trial}"
-    ctx = prepare(study, device, measure_reference=False)
+    ctx = prepare(study, device, measure_reference=False, recovery_stream=False)
     console.print(f"retraining trial {trial} of {study.study_name} for {epochs} epochs "
                   f"(progressive steps: {progressive}) into {out}")
     with steps_progress() as bar:
@@ -451,7 +468,7 @@ def evaluate(study_file, storage, study_name, checkpoint, data_root, sets, use_b
     if trial is not None:  # check the trial exists before loading data
         ost = load_optuna_study(study)
         frozen = get_trial(ost, trial)
-    ctx = prepare(study, device, measure_reference=False)
+    ctx = prepare(study, device, measure_reference=False, recovery_stream=False)
     if trial is None:
         model, label = ctx.base, "base"
     else:

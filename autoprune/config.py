@@ -43,6 +43,18 @@ class ModelConfig(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     base_training: BaseTrainingConfig = Field(default_factory=BaseTrainingConfig)
 
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        from autoprune.errors import AutopruneError
+        from autoprune.models import resolve_model
+
+        try:
+            resolve_model(v)
+        except AutopruneError as err:
+            raise ValueError(err.message) from None
+        return v
+
 
 class DataConfig(_Strict):
     name: Literal["digits", "cifar10", "cifar100", "imagefolder"]
@@ -113,6 +125,53 @@ class GroupsConfig(_Strict):
         return self
 
 
+class WarmStartConfig(_Strict):
+    """The hand-set baselines enqueued as the study's first trials, so the search starts from them.
+
+    ``uniform``: one ratio for every group (scored by the first scorer); ``global``: torch-pruning's global
+    pruning with group magnitude at these ratios, translated into per-group ratios (snapped to the ratio grid).
+    """
+
+    uniform: list[float] = Field(default_factory=list)
+    global_: list[float] = Field(default_factory=list, alias="global")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("uniform", "global_")
+    @classmethod
+    def _ratios(cls, v: list[float]) -> list[float]:
+        bad = [r for r in v if not 0.0 <= r < 1.0]
+        if bad:
+            raise ValueError(f"warm-start ratios must lie in [0, 1); got {bad}")
+        return v
+
+
+class DepthConfig(_Strict):
+    """Residual blocks (module-name patterns) that the search may drop, replacing them by the identity.
+
+    Only blocks whose output has the shape of their input qualify; each becomes a ``drop.<block>`` choice.
+    """
+
+    blocks: list[str] = Field(..., min_length=1)
+
+
+class SensitivityConfig(_Strict):
+    """A scan before the search: each group pruned alone at ``ratios``, scored by validation accuracy (on the first
+    ``eval_images`` validation images) after BN re-calibration; each group's upper ratio becomes the largest scanned
+    ratio whose accuracy drop stays within ``max_drop`` (at least the smallest scanned ratio)."""
+
+    ratios: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75], min_length=1)
+    max_drop: float = Field(0.1, gt=0, le=1)
+    eval_images: int = Field(2000, ge=1)
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 < r < 1.0 for r in v):
+            raise ValueError(f"sensitivity ratios must lie in (0, 1); got {v}")
+        return sorted(v)
+
+
 class SearchSpaceConfig(_Strict):
     groups: GroupsConfig = Field(default_factory=GroupsConfig)
     prunable: list[str] | None = None  # module-name patterns whose output channels may be pruned (None: model default)
@@ -121,6 +180,9 @@ class SearchSpaceConfig(_Strict):
     scorers: list[str] = Field(default_factory=lambda: ["l1"], min_length=1)
     round_to: int | None = Field(None, ge=1)
     recovery: dict[str, Param] = Field(default_factory=dict)
+    warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig)
+    depth: DepthConfig | None = None
+    sensitivity: SensitivityConfig | None = None
 
     @field_validator("ratio")
     @classmethod
@@ -165,6 +227,15 @@ class RecoveryConfig(_Strict):
     weight_decay: float = Field(5e-4, ge=0)
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.9, ge=0, le=1)
+    teacher_cache: bool = True  # every trial fine-tunes on one cached stream of batches with the teacher's logits
+
+
+class FidelityConfig(_Strict):
+    """Multi-fidelity search: every trial gets ``recovery.steps``; a trial whose short-recovery score is in the
+    best 1/eta of the study's trials by non-dominated rank continues for ``promote_steps`` more (0: off)."""
+
+    promote_steps: int = Field(0, ge=0)
+    eta: float = Field(3.0, gt=1)
 
 
 class MeasureConfig(_Strict):
@@ -184,6 +255,7 @@ class BudgetConfig(_Strict):
     n_trials: int = Field(20, ge=1)
     timeout: float | None = Field(None, gt=0)
     max_initial_failures: int = Field(5, ge=1)  # stop when this run's first K trials all fail
+    max_failures: int | None = Field(None, ge=1)  # stop when this run has failed this many trials (default: n_trials, at least max_initial_failures)
 
 
 class StorageConfig(_Strict):
@@ -215,6 +287,7 @@ class StudyConfig(_Strict):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
 
     @field_validator("objectives")
     @classmethod
@@ -259,21 +332,58 @@ class Study:
     def directions(self) -> list[str]:
         return [DIRECTIONS[m] for m in self.config.objectives]
 
-    def fingerprint(self) -> str:
-        """A hash of everything that defines what a trial means (not the budget or the storage)."""
-        blob = {
+    def _defining(self) -> dict[str, Any]:
+        return {
             "model": self.config.model.model_dump(exclude={"checkpoint"}),
             "data": self.config.data.model_dump(exclude={"root"}),
             "space": self.space.model_dump(),
             "objectives": self.config.objectives,
             "recovery": self.config.recovery.model_dump(),
+            "fidelity": self.config.fidelity.model_dump(),
         }
-        return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def fingerprint(self) -> str:
+        """A hash of everything that defines what a trial means (not the budget or the storage)."""
+        return _digest(self._defining())
+
+    def fingerprint_parts(self) -> dict[str, str]:
+        """One hash per part of :meth:`fingerprint`, so a mismatch can say which part differs."""
+        return {key: _digest(value) for key, value in self._defining().items()}
+
+
+def _digest(blob: Any) -> str:
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# pydantic names the member of a union in an error's location: "recovery.lr.ChoiceParam.choices", or
+# "recovery.lr.function-after[_order(), RangeParam]" for a model with a validator
+_UNION_TAGS = {"float", "int", "str", "RangeParam", "ChoiceParam"}
+
+
+def _is_tag(part: Any) -> bool:
+    return isinstance(part, str) and (part in _UNION_TAGS or part.startswith("function-"))
+_WRONG_KIND = {"float_type", "int_type", "string_type", "model_type", "model_attributes_type"}
+
+
+def _union_error(errors: list[Any]) -> Any:
+    """Of the errors a union gives (one set per member), the member's the input was most likely meant for:
+    not of the wrong kind, fewest errors, deepest location."""
+    first = errors[0]
+    at = next((i for i, part in enumerate(first["loc"]) if _is_tag(part)), None)
+    if at is None:
+        return first
+    members: dict[str, list[Any]] = {}
+    for e in errors:
+        if tuple(e["loc"][:at]) == tuple(first["loc"][:at]) and len(e["loc"]) > at and _is_tag(e["loc"][at]):
+            members.setdefault(e["loc"][at], []).append(e)
+    ranked = sorted(members.values(), key=lambda es: (all(e["type"] in _WRONG_KIND for e in es), len(es),
+                                                     -max(len(e["loc"]) for e in es)))
+    return ranked[0][0]
 
 
 def _format_validation(err: ValidationError) -> tuple[str, str]:
-    first = err.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    first = _union_error(err.errors())
+    field = ".".join(str(p) for p in first["loc"] if not _is_tag(p)) or "(top level)"
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"

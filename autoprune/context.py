@@ -17,8 +17,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from autoprune.config import Study
+from autoprune.compat import check_prunable
+from autoprune.config import ChoiceParam, RangeParam, Study
 from autoprune.data import DataSplits, load_splits
+from autoprune.depth import droppable_blocks
 from autoprune.devicelock import DeviceLock, NoLock
 from autoprune.distill import finetune
 from autoprune.errors import AutopruneError
@@ -26,6 +28,8 @@ from autoprune.measure import accuracy, count_macs, count_params, latency_ms
 from autoprune.models import create_model, load_checkpoint, resolve_model
 from autoprune.pruning import GroupLayout, build_layout
 from autoprune.saving import checksum_ok, save_checksummed
+from autoprune.space import distributions
+from autoprune.teacher import RecoveryStream, load_or_build_stream, weights_digest
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,6 +53,9 @@ class StudyContext:
     calibration: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     lock: Any = field(default_factory=NoLock)  # DeviceLock when several workers share this machine's device
     latency_method: str = "single worker: latency measured in the trial's process"
+    stream: RecoveryStream | None = None  # the fine-tune batches with the teacher's cached logits
+    droppable: list[str] = field(default_factory=list)  # residual blocks depth pruning may drop
+    ratio_highs: dict[str, float] = field(default_factory=dict)  # per-group upper ratios from a sensitivity scan
 
     def share_device(self) -> None:
         """Serialise latency measurements with the other workers on this machine (see :mod:`autoprune.devicelock`)."""
@@ -58,6 +65,10 @@ class StudyContext:
     @property
     def groups(self) -> list[str]:
         return self.layout.names
+
+    def distributions(self) -> dict:
+        """The Optuna distributions of this study's searchable parameters (see :mod:`autoprune.space`)."""
+        return distributions(self.study.space, self.groups, self.droppable, self.ratio_highs)
 
     def fresh_model(self) -> nn.Module:
         cfg = self.study.config.model
@@ -85,8 +96,11 @@ def train_base(study: Study, model: nn.Module, data: DataSplits, device: torch.d
 
 
 def prepare(study: Study, device: str | torch.device = "cpu", *, measure_reference: bool = True,
-            on_base_step: Callable[[int, int], None] | None = None, log: Callable[[str], None] = lambda s: None) -> StudyContext:
-    """Load data and the base model, build the group layout and measure the reference (once per worker)."""
+            on_base_step: Callable[[int, int], None] | None = None, log: Callable[[str], None] = lambda s: None,
+            on_stream_step: Callable[[int, int], None] | None = None, recovery_stream: bool = True) -> StudyContext:
+    """Load data and the base model, build the group layout and measure the reference (once per worker).
+
+    ``recovery_stream=False`` skips the cached teacher-logit stream (commands that run no trial)."""
     cfg = study.config
     device = resolve_device(device) if isinstance(device, str) else device
     threads = cfg.measure.threads or int(os.environ.get("AUTOPRUNE_THREADS", "0") or 0)
@@ -101,6 +115,12 @@ def prepare(study: Study, device: str | torch.device = "cpu", *, measure_referen
     data = data.to(device)
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model.name, num_classes=num_classes, **cfg.model.kwargs)
+    # The groups and whether torch-pruning can prune them do not depend on the weights: checked before any
+    # training or storage write, so a model that cannot be pruned costs nothing.
+    example = data.val.example(1)
+    layout = build_layout(model, example.cpu(), by=study.space.groups.by,
+                          named=_named_groups(study), prunable=_prunable(study), ignore=study.space.ignore)
+    check_prunable(model, example.cpu(), layout, source=str(study.space_path))
     trained_here = False
     if cfg.model.checkpoint:
         load_checkpoint(model, cfg.model.checkpoint)
@@ -120,13 +140,21 @@ def prepare(study: Study, device: str | torch.device = "cpu", *, measure_referen
             trained_here = True
             source = f"trained here in {time.perf_counter() - t0:.1f} s, cached at {cache}"
     model = model.to(device).eval()  # parameters keep requires_grad: torch-pruning traces through autograd
-    example = data.val.example(1)
-    layout = build_layout(model, example, by=study.space.groups.by,
-                          named=_named_groups(study), prunable=_prunable(study), ignore=study.space.ignore)
     gen = torch.Generator().manual_seed(cfg.seed)
     calib = [b for _, b in zip(range(2), data.train.batches(min(64, len(data.train)), shuffle=True, generator=gen))]
     lat_x = example.expand(cfg.measure.latency_batch_size, *example.shape[1:]).contiguous()
-    ctx = StudyContext(study, device, data, model, layout, example, lat_x, calibration=calib)
+    droppable: list[str] = []
+    if study.space.depth is not None:
+        droppable = droppable_blocks(model, example, study.space.depth.blocks)
+        if not droppable:
+            raise AutopruneError(f"depth.blocks {study.space.depth.blocks} match no block whose output has its "
+                                 "input's shape (only such blocks can be replaced by the identity)",
+                                 source=str(study.space_path), field="depth.blocks")
+    highs = _sensitivity(study, model, example, layout, data, log) if study.space.sensitivity else {}
+    stream, stream_source = (_recovery_stream(study, model, data, log, on_stream_step) if recovery_stream
+                             else (None, "not prepared: this command runs no trial"))
+    ctx = StudyContext(study, device, data, model, layout, example, lat_x, calibration=calib, stream=stream,
+                       droppable=droppable, ratio_highs=highs)
     if measure_reference:
         m = cfg.measure
         ctx.reference = {
@@ -140,8 +168,57 @@ def prepare(study: Study, device: str | torch.device = "cpu", *, measure_referen
             "data": data.info,
             "groups": {g: {"roots": r, "channels": layout.channels.get(g, 0)} for g, r in layout.roots.items()},
             "device": str(device),
+            "teacher": stream_source,
         }
+        if highs:
+            ctx.reference["ratio_highs"] = highs
     return ctx
+
+
+def stream_steps(study: Study) -> int:
+    """Steps the recovery stream must hold: the longest short recovery plus a promotion's extra steps."""
+    steps = study.config.recovery.steps
+    searched = study.space.recovery.get("steps")
+    if isinstance(searched, RangeParam):
+        steps = int(searched.high)
+    elif isinstance(searched, ChoiceParam):
+        steps = max(int(c) for c in searched.choices)
+    elif isinstance(searched, (int, float)):
+        steps = int(searched)
+    return steps + study.config.fidelity.promote_steps
+
+
+def _recovery_stream(study: Study, teacher: nn.Module, data: DataSplits, log: Callable[[str], None],
+                     on_step: Callable[[int, int], None] | None) -> tuple[RecoveryStream | None, str]:
+    cfg = study.config
+    steps = stream_steps(study)
+    if not cfg.recovery.teacher_cache or steps <= 0 or len(data.train) < cfg.recovery.batch_size:
+        return None, "teacher run in every fine-tune step (recovery.teacher_cache off)"
+    key = json.dumps({"teacher": weights_digest(teacher), "data": cfg.data.model_dump(exclude={"root"}),
+                      "batch_size": cfg.recovery.batch_size, "seed": cfg.seed}, sort_keys=True, default=str)
+    return load_or_build_stream(study.workdir, key, teacher, data.train, steps, cfg.recovery.batch_size,
+                                cfg.data.augment, cfg.seed, log=log, on_step=on_step)
+
+
+def _sensitivity(study: Study, model: nn.Module, example: torch.Tensor, layout: GroupLayout, data: DataSplits,
+                 log: Callable[[str], None]) -> dict[str, float]:
+    """Per-group upper ratios from the search space's sensitivity scan (cached in the study folder)."""
+    from autoprune.sensitivity import cache_key, load_or_scan, narrowed_highs, scan
+
+    cfg, space = study.config, study.space
+    rec = cfg.recovery
+    key = cache_key(weights_digest(model), layout, space.sensitivity, "l1",
+                    [cfg.data.model_dump(exclude={"root"}), rec.bn_recalibration_batches, rec.batch_size, cfg.seed])
+
+    def run() -> dict:
+        log(f"sensitivity scan: {len(layout.names)} groups x {len(space.sensitivity.ratios)} ratios")
+        return scan(model, example, layout, data, space.sensitivity, "l1", rec.bn_recalibration_batches,
+                    rec.batch_size, cfg.seed)
+
+    result = load_or_scan(study.workdir, key, run, log)
+    highs = narrowed_highs(result["scores"], result["base"], space.sensitivity.max_drop, space.ratio.high)
+    log("sensitivity scan: upper ratios " + ", ".join(f"{g} {h:g}" for g, h in highs.items()))
+    return highs
 
 
 def _named_groups(study: Study) -> dict[str, list[str]] | None:

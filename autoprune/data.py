@@ -87,19 +87,31 @@ class DataSplits:
                           self.num_classes, self.info)
 
 
-def random_crop_flip(x: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Per-image random crop (zero padding ``pad``) and horizontal flip, on a float NCHW batch."""
+def crop_flip_params(n: int, pad: int = 4, generator: torch.Generator | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random crop offsets (rows, columns, each in [0, 2*pad]) and horizontal-flip flags for ``n`` images."""
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    return oy, ox, flip
+
+
+def crop_flip(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Crop each image of a float NCHW batch at (oy, ox) of its zero-padded copy, flipping where ``flip``."""
     n, _, h, w = x.shape
+    oy, ox, flip = oy.to(x.device), ox.to(x.device), flip.to(x.device)
     xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
     rows = (oy[:, None] + torch.arange(h, device=x.device)[None, :])[:, None, :, None]
     cols = (ox[:, None] + torch.arange(w, device=x.device)[None, :])[:, None, None, :]
-    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
     cols = torch.where(flip[:, None, None, None], cols.flip(-1), cols)
     batch = torch.arange(n, device=x.device)[:, None, None, None]
     chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
     return xp[batch, chan, rows, cols]
+
+
+def random_crop_flip(x: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-image random crop (zero padding ``pad``) and horizontal flip, on a float NCHW batch."""
+    return crop_flip(x, *crop_flip_params(x.shape[0], pad, generator), pad=pad)
 
 
 # ----------------------------------------------------------------------------------------------------- sources

@@ -33,17 +33,47 @@ def steps_progress() -> Progress:
 
 def metrics_table(title: str, base: dict[str, Any], rows: Iterable[dict[str, Any]], caption: str = "") -> Table:
     table = Table(title=title, caption=caption or None)
-    for col in ("trial", "accuracy", "Δ acc", "MACs", "MACs ↓", "params", "latency ms", "scorer"):
-        table.add_column(col, justify="right" if col != "scorer" else "left")
-    table.add_row("base", f"{base['accuracy']:.4f}", "", fmt_macs(base["macs"]), "1.00x", f"{base['params']:,}",
-                  f"{base['latency_ms']:.3f}", "", style="dim")
+    # "faster": the measured latency speed-up over the base, to read beside the MACs reduction
+    rows = list(rows)
+    promoted = any((r.get("fidelity") or {}).get("promoted") for r in rows)  # then a column of fine-tune steps
+    cols = ["trial", "accuracy", "MACs", "MACs ↓", "params", "ms", "faster"] + (["steps"] if promoted else []) + ["scorer"]
+    for col in cols:
+        table.add_column(col, justify="right" if col != "scorer" else "left", no_wrap=col != "scorer")
+    table.add_row("base", f"{base['accuracy']:.4f}", fmt_macs(base["macs"]), "1.00x", f"{base['params']:,}",
+                  f"{base['latency_ms']:.3f}", "1.00x", *([""] if promoted else []), "", style="dim")
     for r in rows:
+        fid = r.get("fidelity") or {}
+        steps = [f"{fid.get('steps', '')}{'*' if fid.get('promoted') else ''}"] if promoted else []
         table.add_row(
-            str(r["trial"]), f"{r['accuracy']:.4f}", f"{(r['accuracy'] - base['accuracy']) * 100:+.2f}",
-            fmt_macs(r["macs"]), f"{base['macs'] / max(1, r['macs']):.2f}x", f"{r['params']:,}",
-            f"{r['latency_ms']:.3f}", str(r.get("plan", {}).get("scorer", r.get("config", {}).get("scorer", ""))),
+            str(r["trial"]), f"{r['accuracy']:.4f}", fmt_macs(r["macs"]), f"{base['macs'] / max(1, r['macs']):.2f}x",
+            f"{r['params']:,}", f"{r['latency_ms']:.3f}",
+            f"{base['latency_ms'] / r['latency_ms']:.2f}x" if r["latency_ms"] > 0 else "", *steps,
+            str(r.get("plan", {}).get("scorer", r.get("config", {}).get("scorer", ""))),
         )
     return table
+
+
+def cost_table(cost: dict[str, Any]) -> Table:
+    """Where the study's time went (see :func:`autoprune.accounting.cost_summary`)."""
+    table = Table(title=f"time over {cost['trials']} trials", caption=(
+        f"fine-tune budget: {cost['finetune_steps']:,} steps, {cost['finetune_images']:,} images; "
+        f"everything but the fine-tune: {cost['overhead_share'] * 100:.1f} % of trial time"
+        + _promotion_note(cost.get("promotion") or {})))
+    table.add_column("phase")
+    table.add_column("seconds", justify="right")
+    table.add_column("share", justify="right")
+    for phase, secs in cost["time_s"].items():
+        share = cost["share"].get(phase, 1.0 if phase == "total" else 0.0)
+        table.add_row(phase, f"{secs:.1f}", f"{share * 100:.1f} %", style="bold" if phase == "total" else None)
+    return table
+
+
+def _promotion_note(p: dict[str, Any]) -> str:
+    if not p.get("promoted"):
+        return ""
+    tau = p.get("kendall_tau")
+    corr = f", Kendall tau short vs longer recovery {tau:+.2f} (p {p['p_value']:.3f})" if tau is not None else ""
+    return f"; {p['promoted']} trials promoted to the longer recovery{corr}"
 
 
 def _feasible(trial) -> bool:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, ContextManager
+from typing import TYPE_CHECKING, Callable, ContextManager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from autoprune.data import Split
+
+if TYPE_CHECKING:
+    from autoprune.teacher import RecoveryStream
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -47,16 +50,18 @@ def recalibrate_bn(model: nn.Module, split: Split, batches: int, batch_size: int
 
 
 def train_step(student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor, opt, sched,
-               temperature: float, alpha: float, where: str) -> float:
-    """One SGD step: distillation from ``teacher`` (plain cross-entropy without one); returns the loss.
+               temperature: float, alpha: float, where: str, teacher_logits: torch.Tensor | None = None) -> float:
+    """One SGD step: distillation from ``teacher`` (or from its cached ``teacher_logits`` on ``x``; plain
+    cross-entropy with neither); returns the loss.
 
     Raises FloatingPointError, naming ``where``, on a non-finite loss (before the weights are touched).
     """
     logits = student(x)
-    if teacher is not None:
+    if teacher_logits is None and teacher is not None:
         with torch.no_grad():
-            t_logits = teacher(x)
-        loss = kd_loss(logits, t_logits, y, temperature, alpha)
+            teacher_logits = teacher(x)
+    if teacher_logits is not None:
+        loss = kd_loss(logits, teacher_logits, y, temperature, alpha)
     else:
         loss = F.cross_entropy(logits, y)
     value = float(loss.detach())
@@ -95,9 +100,14 @@ def finetune(
     generator: torch.Generator | None = None,
     on_step: Callable[[int, float], None] | None = None,
     step_guard: Callable[[], ContextManager] = contextlib.nullcontext,
+    stream: "RecoveryStream | None" = None,
+    stream_start: int = 0,
 ) -> float:
     """SGD with a cosine schedule for ``steps`` steps; distillation from ``teacher`` if given, else plain CE.
 
+    With a ``stream`` (:mod:`autoprune.teacher`) the batches are the stream's from ``stream_start`` on and the
+    teacher's logits come from its cache (``teacher`` is not run; ``split``, ``batch_size``, ``augment`` and
+    ``generator`` are then the stream's business).
     Returns the mean loss over the last tenth of the steps. Raises FloatingPointError on a non-finite loss.
     ``step_guard`` is entered around every step (the device lock's shared side, when workers share a device).
     """
@@ -110,11 +120,15 @@ def finetune(
         teacher.eval()
     student.train()
     tail, tail_n = 0.0, 0
-    batches = _cycle(split, batch_size, augment, generator)
+    if stream is not None:
+        batches = stream.batches(split, stream_start)
+    else:
+        batches = ((x, y, None) for x, y in _cycle(split, batch_size, augment, generator))
     for step in range(steps):
-        x, y = next(batches)
+        x, y, t_logits = next(batches)
         with step_guard():
-            loss_value = train_step(student, teacher, x, y, opt, sched, temperature, alpha, f"fine-tune step {step}")
+            loss_value = train_step(student, teacher, x, y, opt, sched, temperature, alpha, f"fine-tune step {step}",
+                                    teacher_logits=t_logits)
         if step >= steps - max(1, steps // 10):
             tail += loss_value
             tail_n += 1

@@ -1,4 +1,4 @@
-"""One exception type for mistakes a user can fix; the CLI turns it into one line and exit code 2."""
+"""One exception type for mistakes a user can fix; the CLI turns it into one line and its exit code (2)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ class AutopruneError(Exception):
         source: the file (or other input) the mistake is in, if any.
         field: the dotted field inside that file, if any.
     """
+
+    exit_code = 2  # the CLI's exit status for this error: bad input
 
     def __init__(self, message: str, *, source: str | None = None, field: str | None = None) -> None:
         self.message = message
@@ -31,3 +33,10 @@ class AutopruneError(Exception):
 
 class ConfigError(AutopruneError):
     """A study or search-space file that does not validate."""
+
+
+class SearchFailedError(AutopruneError):
+    """The search stopped because the first trials of a run all failed: the input validated but the trials broke
+    (the CLI exits 1, not 2)."""
+
+    exit_code = 1

@@ -45,7 +45,8 @@ def finalize(ctx: StudyContext, ost, frozen, result: RetrainResult, out_dir: Pat
     model_path = out_dir / "model.pt"
     save_pruned(model, result.history, model_path, {"input_shape": list(ctx.example.shape),
                                                      "model": ctx.study.config.model.name,
-                                                     "trial": frozen.number})
+                                                     "trial": frozen.number,
+                                                     "dropped": frozen.user_attrs.get("plan", {}).get("dropped", [])})
     base_path = out_dir / "base_state_dict.pt"
     torch.save(ctx.base.state_dict(), base_path)
     split = "test"

@@ -130,24 +130,72 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     return model
 
 
+_EXPECTED = "expected a state_dict saved with torch.save(model.state_dict(), path)"
+
+
+def _unreadable(exc: Exception) -> str:
+    """The telling part of a torch.load error (weights-only errors bury it under paragraphs of advice)."""
+    text = " ".join(str(exc).split())
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+        text = text.split(" Check the documentation", 1)[0].split(" was not an allowed global", 1)[0]
+    text = text.strip().split(". ")[0].rstrip(".")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _misfit(model: nn.Module, state: dict) -> str | None:
+    """The first way ``state`` does not fit ``model`` (shapes, then missing or extra entries), or None."""
+    own = model.state_dict()
+    for key, value in own.items():
+        theirs = getattr(state.get(key), "shape", None)
+        if theirs is not None and tuple(theirs) != tuple(value.shape):
+            return f"{key} has shape {list(theirs)} in the checkpoint but {list(value.shape)} in the model"
+    missing = [k for k in own if k not in state]
+    if missing:
+        return f"it lacks {len(missing)} of the model's {len(own)} entries (first: {missing[0]})"
+    extra = [k for k in state if k not in own]
+    if extra:
+        return f"it has {len(extra)} entries the model lacks (first: {extra[0]})"
+    return None
+
+
 def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a state_dict file (weights_only=True) into ``model``; a mismatch is a one-line error."""
+    """Load a state_dict file (weights_only=True) into ``model``.
+
+    Raises:
+        AutopruneError: one line naming the file and what was expected, when it is missing, unreadable, not a
+            state_dict, or a state_dict of another architecture or width.
+    """
+    import warnings
+
     path = Path(path)
+
+    def bad(what: str) -> AutopruneError:
+        return AutopruneError(f"{what}; {_EXPECTED}", source=str(path), field="model.checkpoint")
+
     if not path.is_file():
-        raise AutopruneError(f"checkpoint not found: {path}", field="model.checkpoint")
+        raise bad("checkpoint not found")
+    if path.stat().st_size == 0:
+        raise bad("the file is empty")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pickle-protocol notes would add lines to a one-line error
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
-        raise AutopruneError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}", field="model.checkpoint") from None
+        raise bad(f"cannot read it ({_unreadable(exc)})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise AutopruneError(f"checkpoint {path} does not hold a state_dict", field="model.checkpoint")
+        raise bad(f"it holds a {type(state).__name__}, not a state_dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
-        raise AutopruneError(f"checkpoint {path} does not fit the model: {detail[:300]}", field="model.checkpoint") from None
+    problem = _misfit(model, state)
+    if problem is None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            problem = " ".join(str(exc).split())[:300]
+    if problem is not None:
+        raise AutopruneError(f"does not fit {type(model).__name__}: {problem}; expected the state_dict of this model "
+                             "(check model.name, model.kwargs and model.num_classes)", source=str(path),
+                             field="model.checkpoint")
     return model

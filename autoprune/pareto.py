@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 
@@ -28,6 +29,49 @@ def non_dominated(points: Sequence[Sequence[float]], directions: Sequence[str]) 
     """Indices of the points no other point dominates (duplicates of a front point are all kept)."""
     return [i for i, p in enumerate(points)
             if not any(dominates(q, p, directions) for j, q in enumerate(points) if j != i)]
+
+
+def nondominated_ranks(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[int]:
+    """Non-dominated sorting: rank 0 for the front, 1 for the front of what is left, and so on.
+
+    >>> nondominated_ranks([[0.9, 5], [0.8, 5], [0.7, 9]], ["maximize", "minimize"])
+    [0, 1, 2]
+    """
+    ranks = [-1] * len(points)
+    left = list(range(len(points)))
+    rank = 0
+    while left:
+        sub = [points[i] for i in left]
+        front = {left[j] for j in non_dominated(sub, directions)}
+        for i in front:
+            ranks[i] = rank
+        left = [i for i in left if i not in front]
+        rank += 1
+    return ranks
+
+
+def promote(candidate: Sequence[float], others: Sequence[Sequence[float]], directions: Sequence[str],
+            eta: float, promoted: int = 0) -> bool:
+    """Successive halving on non-dominated rank, decided as each trial finishes its short recovery.
+
+    With ``n`` points (``others`` plus the candidate, all scored at the short fidelity) at most ``ceil(n / eta)``
+    may hold the longer recovery: the candidate is promoted when fewer than ``ceil(n / eta)`` points have a
+    strictly better non-dominated rank and fewer than ``ceil(n / eta)`` trials were ``promoted`` before it.
+
+    >>> promote([0.9, 5], [[0.8, 5], [0.7, 9]], ["maximize", "minimize"], eta=3)
+    True
+    >>> promote([0.9, 5], [[0.8, 5], [0.7, 9]], ["maximize", "minimize"], eta=3, promoted=1)
+    False
+    >>> promote([0.7, 9], [[0.8, 5], [0.9, 5]], ["maximize", "minimize"], eta=3)
+    False
+    """
+    pts = [list(candidate)] + [list(o) for o in others]
+    quota = math.ceil(len(pts) / eta)
+    if promoted >= quota:
+        return False
+    ranks = nondominated_ranks(pts, directions)
+    better = sum(1 for r in ranks[1:] if r < ranks[0])
+    return better < quota
 
 
 def hypervolume_2d(points: Sequence[tuple[float, float]], ref: tuple[float, float]) -> float:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from autoprune.compat import after_pruning, customized_pruners, failing_layer, pruner_kwargs
 from autoprune.errors import AutopruneError
 from autoprune.scorers import resolve_scorer
 
@@ -99,7 +100,8 @@ def build_layout(
         if _match(name, ignore) or (prunable is not None and not _match(name, prunable)):
             ignored.append(name)
     try:
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False,
+                                                   customized_pruners=customized_pruners(model))
     except Exception as exc:
         raise AutopruneError(f"torch-pruning cannot trace the model: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     ignored_modules = [x for n in ignored for x in modules[n].modules()]
@@ -194,8 +196,11 @@ def prune_with_plan(
     round_to: int | None = None,
     calibration: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
     inplace: bool = False,
+    check_forward: bool = True,
 ) -> tuple[nn.Module, PrunePlan]:
-    """Prune a copy of ``model`` (or the model itself with ``inplace``) and return it with its plan."""
+    """Prune a copy of ``model`` (or the model itself with ``inplace``) and return it with its plan.
+
+    With ``check_forward`` the pruned model is run once and an AutopruneError names the layer that fails."""
     layout = layout or build_layout(model, example_inputs)
     per_group = _expand_ratios(layout, ratios)
     importance, needs, scorer_name = resolve_scorer(scorer)
@@ -204,14 +209,18 @@ def prune_with_plan(
     if all(r == 0.0 for r in per_group.values()):
         return target, plan
     modules = dict(target.named_modules())
-    ratio_dict = {modules[root]: per_group[g] for g, roots in layout.roots.items() for root in roots}
+    # layers missing from the model sit in blocks that depth pruning replaced by the identity
+    ratio_dict = {modules[root]: per_group[g] for g, roots in layout.roots.items() for root in roots if root in modules}
+    if not ratio_dict:
+        return target, plan
     _prepare_scorer(target, importance, needs, scorer_name, calibration)
     try:
         pruner = tp.pruner.MetaPruner(
             target, example_inputs, importance=importance, pruning_ratio=0.0, pruning_ratio_dict=ratio_dict,
-            ignored_layers=[modules[n] for n in layout.ignored], round_to=round_to,
+            ignored_layers=[modules[n] for n in layout.ignored if n in modules], **pruner_kwargs(target, round_to),
         )
         pruner.step()
+        after_pruning(target)
     except AutopruneError:
         raise
     except Exception as exc:
@@ -222,23 +231,18 @@ def prune_with_plan(
             if hasattr(m, "_importance"):
                 del m._importance
     plan.history = list(pruner.pruning_history())
-    _check_forward(target, example_inputs)
+    if check_forward:
+        _check_forward(target, example_inputs)
     return target, plan
 
 
 def _check_forward(model: nn.Module, example_inputs: torch.Tensor) -> None:
     """A pruned model must still run: a tracer that mis-grouped channels leaves mismatched widths behind."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example_inputs)
-    except RuntimeError as exc:
+    broken = failing_layer(model, example_inputs)
+    if broken is not None:
         raise AutopruneError(
-            "the pruned model fails on forward, so torch-pruning mis-grouped some coupled channels "
-            f"({str(exc).splitlines()[0][:160]}); keep those layers whole with 'ignore' or narrow 'prunable'") from None
-    finally:
-        model.train(was_training)
+            f"the pruned model fails on forward in layer {broken[0]!r} ({broken[1]}), so torch-pruning mis-grouped "
+            "some coupled channels; keep those layers whole with 'ignore' or narrow 'prunable'")
 
 
 def prune(
@@ -280,9 +284,10 @@ def prune(
 
 def replay(model: nn.Module, example_inputs: torch.Tensor, history: Sequence) -> nn.Module:
     """Apply a recorded ``pruning_history`` to an unpruned model (in place) to rebuild the pruned structure."""
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False,
+                                               customized_pruners=customized_pruners(model))
     dg.load_pruning_history([(n, bool(o), list(idx)) for n, o, idx in history])
-    return model
+    return after_pruning(model)
 
 
 def structure(model: nn.Module) -> dict[str, list[int]]:

@@ -25,6 +25,7 @@ from autoprune.distill import recalibrate_bn, train_step
 from autoprune.errors import AutopruneError
 from autoprune.pruning import prune_with_plan, replay, structure
 from autoprune.saving import atomic_save
+from autoprune.depth import drop_blocks
 
 
 @dataclass
@@ -55,10 +56,15 @@ def _trial_blob(frozen) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _base_copy(ctx: StudyContext, frozen) -> nn.Module:
+    """A copy of the base model without the residual blocks the trial dropped (depth pruning)."""
+    return drop_blocks(copy.deepcopy(ctx.base), frozen.user_attrs.get("plan", {}).get("dropped", []))
+
+
 def rebuild(ctx: StudyContext, frozen) -> tuple[nn.Module, list, bool]:
     """The trial's pruned structure with the base model's weights; returns (model, history, matches trial)."""
     blob = _trial_blob(frozen)
-    model = copy.deepcopy(ctx.base)
+    model = _base_copy(ctx, frozen)
     if blob is not None:
         replay(model, ctx.example, blob["history"])
         want = {k: list(v.shape) for k, v in blob["state_dict"].items()}
@@ -66,8 +72,8 @@ def rebuild(ctx: StudyContext, frozen) -> tuple[nn.Module, list, bool]:
             raise AutopruneError(f"replaying trial {frozen.number}'s pruning history does not rebuild its structure")
         return model, [list(h) for h in blob["history"]], True
     plan = frozen.user_attrs.get("plan", {})
-    model, pplan = prune_with_plan(ctx.base, ctx.example, plan["ratios"], plan["scorer"], layout=ctx.layout,
-                                   round_to=plan.get("round_to"), calibration=ctx.calibration)
+    model, pplan = prune_with_plan(model, ctx.example, plan["ratios"], plan["scorer"], layout=ctx.layout,
+                                   round_to=plan.get("round_to"), calibration=ctx.calibration, inplace=True)
     params = sum(p.numel() for p in model.parameters())
     if params != frozen.user_attrs["metrics"]["params"]:
         raise AutopruneError(f"trial {frozen.number}'s saved model is gone and re-applying its plan gives "
@@ -120,14 +126,14 @@ def retrain(
         raise AutopruneError(f"{ckpt_path} belongs to another retrain ({state.get('key')}); use another --out",
                              field="--out")
     if state is not None:
-        model = copy.deepcopy(ctx.base)
+        model = _base_copy(ctx, frozen)
         replay(model, ctx.example, state["history"])
         model.load_state_dict(state["model"])
         history, start_epoch, matches = [list(h) for h in state["history"]], int(state["epoch"]), bool(state["matches"])
     elif progressive_steps == 1:
         model, history, matches = rebuild(ctx, frozen)
     else:
-        model = copy.deepcopy(ctx.base)
+        model = _base_copy(ctx, frozen)
     model = model.to(ctx.device)
     params = [p for p in model.parameters()]
     for p in params:

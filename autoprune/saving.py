@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from autoprune.errors import AutopruneError
+from autoprune.depth import drop_blocks
 from autoprune.pruning import replay
 
 FORMAT = "autoprune.pruned/1"
@@ -91,6 +92,7 @@ def load_pruned(path: str | Path, model: nn.Module) -> nn.Module:
         raise AutopruneError(f"{path} is not an autoprune pruned-model file")
     example = torch.randn(*blob["meta"]["input_shape"])
     model.eval()
+    drop_blocks(model, blob["meta"].get("dropped", []))  # residual blocks the trial replaced by the identity
     replay(model, example, blob["history"])
     try:
         model.load_state_dict(blob["state_dict"])

@@ -1,13 +1,13 @@
 """The search space as Optuna distributions, and sampled parameters decoded into a trial plan.
 
 Parameter names: ``ratio.<group>`` for each pruning group, ``scorer``, ``recovery.<name>`` for searchable
-recovery settings. The same dict of distributions serves Optuna's ``ask`` and Ray's ``OptunaSearch``.
+recovery settings, ``drop.<block>`` (true/false) for each residual block depth pruning may drop. The same dict of distributions serves Optuna's ``ask`` and Ray's ``OptunaSearch``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
@@ -22,6 +22,7 @@ class TrialPlan:
     ratios: dict[str, float]
     scorer: str
     recovery: RecoveryConfig
+    dropped: tuple[str, ...] = ()
 
 
 def _range(p: RangeParam, as_int: bool) -> BaseDistribution:
@@ -30,9 +31,16 @@ def _range(p: RangeParam, as_int: bool) -> BaseDistribution:
     return FloatDistribution(p.low, p.high, log=p.log, step=p.step)
 
 
-def distributions(space: SearchSpaceConfig, groups: list[str]) -> dict[str, BaseDistribution]:
-    """Optuna distributions for every searchable parameter (fixed values are not parameters)."""
-    out: dict[str, BaseDistribution] = {f"ratio.{g}": _range(space.ratio, False) for g in groups}
+def distributions(space: SearchSpaceConfig, groups: list[str], droppable: Sequence[str] = (),
+                  highs: Mapping[str, float] | None = None) -> dict[str, BaseDistribution]:
+    """Optuna distributions for every searchable parameter (fixed values are not parameters); a ``drop.<block>``
+    choice for each block depth pruning may drop. ``highs``: per-group upper ratios from a sensitivity scan."""
+    out: dict[str, BaseDistribution] = {}
+    for g in groups:
+        high = max(space.ratio.low, min(space.ratio.high, (highs or {}).get(g, space.ratio.high)))
+        out[f"ratio.{g}"] = _range(space.ratio.model_copy(update={"high": high}), False)
+    for block in droppable:
+        out[f"drop.{block}"] = CategoricalDistribution([False, True])
     if len(space.scorers) > 1:
         out["scorer"] = CategoricalDistribution(space.scorers)
     for name, p in space.recovery.items():
@@ -57,4 +65,5 @@ def decode(params: Mapping[str, Any], space: SearchSpaceConfig, groups: list[str
         else:
             overrides[name] = p
     rec = recovery.model_copy(update={k: (int(v) if k in INT_RECOVERY else float(v)) for k, v in overrides.items()})
-    return TrialPlan(ratios, scorer, RecoveryConfig.model_validate(rec.model_dump()))
+    dropped = tuple(k[len("drop."):] for k, v in params.items() if k.startswith("drop.") and bool(v))
+    return TrialPlan(ratios, scorer, RecoveryConfig.model_validate(rec.model_dump()), dropped)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -62,11 +63,20 @@ def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
     storage.engine.dispose()  # connections opened before the listener reconnect with it
 
 
+def _open_for(study: Study, url: str) -> optuna.storages.BaseStorage:
+    """``open_storage`` for the study's URL; a failure names the study file and says what was expected."""
+    try:
+        return open_storage(url)
+    except AutopruneError as err:
+        raise AutopruneError(f"{err.message}; expected a storage that answers, e.g. sqlite:///study.db or "
+                             "postgresql://user@host/db", source=str(study.path), field="storage.url") from None
+
+
 def load_optuna_study(study: Study, storage_url: str | None = None, study_name: str | None = None) -> optuna.Study:
     """The existing Optuna study behind ``study`` (an error if it has not been created by ``search``)."""
     url = storage_url or study.storage_url
     name = study_name or study.study_name
-    storage = open_storage(url)
+    storage = _open_for(study, url)
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
@@ -93,6 +103,7 @@ def create_or_load(study: Study, storage_url: str | None, study_name: str | None
                               load_if_exists=True)
     ost.set_user_attr("objectives", list(study.config.objectives))
     ost.set_user_attr("fingerprint", study.fingerprint())
+    ost.set_user_attr("fingerprints", study.fingerprint_parts())
     ost.set_user_attr("base", reference)
     return ost
 
@@ -103,9 +114,19 @@ def _check_same_study(study: Study, ost: optuna.Study, url: str) -> None:
         raise AutopruneError(f"study {ost.study_name!r} in {url} has objectives {attrs.get('objectives')}, "
                              f"the study file asks for {study.config.objectives}; use another --study-name",
                              source=str(study.path), field="objectives")
-    if attrs.get("fingerprint") not in (None, study.fingerprint()):
-        raise AutopruneError(f"study {ost.study_name!r} in {url} was created with a different model, data, search "
-                             "space or recovery; use another --study-name", source=str(study.path))
+    if attrs.get("fingerprint") in (None, study.fingerprint()):
+        return
+    theirs, ours = attrs.get("fingerprints") or {}, study.fingerprint_parts()
+    differ = [k for k in ours if k in theirs and theirs[k] != ours[k]]
+    where = f"study {ost.study_name!r} in {url}"
+    if differ == ["space"]:
+        raise AutopruneError(f"{where} was created with another search space; expected this file to match it, or "
+                             "use another --study-name", source=str(study.space_path))
+    if differ:
+        raise AutopruneError(f"{where} was created with other {' and '.join(differ)} settings; expected them to match, "
+                             "or use another --study-name", source=str(study.path), field=differ[0])
+    raise AutopruneError(f"{where} was created with a different model, data, search space or recovery; expected "
+                         "them to match, or use another --study-name", source=str(study.path))
 
 
 def _check_host(ost: optuna.Study, url: str) -> list[str] | None:
@@ -136,13 +157,22 @@ def preflight(study: Study) -> None:
     workers from this machine. Writes nothing (a SQLite file's folder aside)."""
     url = study.storage_url
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
-        return  # a new local study: nothing to check, and nothing should be created yet
-    storage = open_storage(url)
+        _check_creatable(study, Path(url[len("sqlite:///"):]))
+        return  # a new local study: nothing else to check, and nothing should be created yet
+    storage = _open_for(study, url)
     names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     if study.study_name in names:
         ost = optuna.load_study(study_name=study.study_name, storage=storage)
         _check_same_study(study, ost, url)
         _check_host(ost, url)
+
+
+def _check_creatable(study: Study, file: Path) -> None:
+    """A new SQLite file's nearest existing folder must be writable (checked, not tried: nothing is created)."""
+    existing = next((p for p in file.absolute().parents if p.exists()), Path("/"))
+    if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        raise AutopruneError(f"cannot create the SQLite file {file}: {existing} is not a writable folder; expected "
+                             "a path in a writable folder", source=str(study.path), field="storage.url")
 
 
 def counts(ost: optuna.Study) -> dict[str, int]:
@@ -164,6 +194,7 @@ def trial_entry(t: FrozenTrial) -> dict[str, Any]:
         "config": dict(t.params),
         "plan": t.user_attrs.get("plan", {}),
         "timings": t.user_attrs.get("timings", {}),
+        "fidelity": t.user_attrs.get("fidelity", {}),
     }
 
 

@@ -36,7 +36,9 @@ def trials(url: str, name: str):
     return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
 
 
-def wait_for(predicate, timeout: float = 120, every: float = 0.3):
+def wait_for(predicate, timeout: float = 120, every: float = 0.3, proc: subprocess.Popen | None = None,
+             workdir=None):
+    """Poll ``predicate``; on timeout, fail with what the search process and its workers said."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
@@ -45,7 +47,14 @@ def wait_for(predicate, timeout: float = 120, every: float = 0.3):
         except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # the study or its schema does not exist yet
             pass
         time.sleep(every)
-    raise AssertionError("condition not reached in time")
+    said = ""
+    if proc is not None:
+        proc.kill()
+        said += "\nsearch stderr:\n" + proc.communicate()[1][-3000:]
+    if workdir is not None:
+        for log in sorted((workdir / "logs").glob("*.log")):
+            said += f"\n{log.name}:\n" + log.read_text(errors="replace")[-2000:]
+    raise AssertionError(f"condition not reached in {timeout} s{said}")
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +122,8 @@ def test_sigint_stops_gracefully_and_rerun_completes(write_study, tmp_path, work
     path = write_study({"budget": {"n_trials": 6}, "recovery": {"steps": 60, "batch_size": 64}})
     url = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
     proc = start("search", path, "--workers", workers)
-    wait_for(lambda: any(t.state == TrialState.COMPLETE for t in trials(url, "tiny")))
+    wait_for(lambda: any(t.state == TrialState.COMPLETE for t in trials(url, "tiny")), proc=proc,
+             workdir=tmp_path / "run")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode in (0, 130), err[-2000:]

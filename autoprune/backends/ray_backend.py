@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from autoprune.backends.optuna_backend import make_sampler, record
 from autoprune.context import StudyContext
 from autoprune.errors import AutopruneError
-from autoprune.space import distributions
+from autoprune.warmstart import enqueue_warm_start
 from autoprune.storage import counts, create_or_load, open_storage
 from autoprune.trial import TrialResult
 
@@ -60,8 +60,16 @@ def trainable(config: dict[str, Any], spec: dict[str, Any]) -> None:
         _WORKER_CTX[key] = ctx
     ctx = _WORKER_CTX[key]
     params = {k: v for k, v in config.items() if not k.startswith("_")}
+    fid = ctx.study.config.fidelity
+    promoter = None
+    if fid.promote_steps:  # reads the study's completed trials from its storage (the driver alone writes)
+        from autoprune.fidelity import study_promoter
+
+        storage = open_storage(spec["storage_url"])
+        promoter = study_promoter(lambda: optuna.load_study(study_name=spec["study_name"], storage=storage),
+                                  list(ctx.study.config.objectives), ctx.study.directions, fid.eta)
     try:
-        result = run_trial(ctx, params, seed=int(config["_seed"]), save_dir=Path(spec["models_dir"]))
+        result = run_trial(ctx, params, seed=int(config["_seed"]), save_dir=Path(spec["models_dir"]), promote=promoter)
     except Exception as exc:  # recorded on the Optuna trial, then re-raised so Ray counts the trial as errored
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         nan = float("nan")
@@ -70,6 +78,7 @@ def trainable(config: dict[str, Any], spec: dict[str, Any]) -> None:
     node = ray.get_runtime_context().get_node_id()
     tune.report({**result.metrics, "_autoprune": json.dumps({
         "metrics": result.metrics, "timings": result.timings, "plan": result.plan, "model_file": result.model_file,
+        "extra": result.extra,
         "node": node, "host": socket.gethostname()})})
 
 
@@ -98,7 +107,7 @@ def _searcher_class(OptunaSearch):
             ot_trial = self._ot_trials.get(trial_id)
             if ot_trial is not None and result and "_autoprune" in result:
                 blob = json.loads(result["_autoprune"])
-                res = TrialResult(blob["metrics"], blob["timings"], blob["plan"], blob["model_file"])
+                res = TrialResult(blob["metrics"], blob["timings"], blob["plan"], blob["model_file"], blob.get("extra", {}))
                 record(ot_trial, res, self._objectives, self._constraints)
                 ot_trial.set_user_attr("ray", {"node": blob["node"], "host": blob["host"]})
             elif ot_trial is not None and error and "fail_reason" not in ot_trial.user_attrs:
@@ -250,10 +259,15 @@ def run_ray_search(
             config.model.checkpoint = str(Path(config.model.checkpoint).resolve())
         spec = {"config": config.model_dump(mode="json"), "space": study.space.model_dump(mode="json"),
                 "device": device, "models_dir": str(workdir / "models"), "threads": max(1, int(cpus_per_trial))}
+        dists = ctx.distributions()
+        queued = enqueue_warm_start(ost, ctx, dists)
+        if queued:
+            log(f"warm start: the first {queued} trials are the search space's uniform and global-pruning baselines")
+        spec.update(storage_url=url, study_name=study.study_name)
         Searcher = _searcher_class(OptunaSearch)
         directions = study.directions
         searcher = Searcher(
-            space=distributions(study.space, ctx.groups), metric=list(cfg.objectives),
+            space=dists, metric=list(cfg.objectives),
             mode=["max" if d == "maximize" else "min" for d in directions],
             sampler=make_sampler(ctx, seed + len(ost.get_trials(deepcopy=False))),
             study_name=study.study_name, storage=open_storage(url),

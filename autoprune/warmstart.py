@@ -1,0 +1,90 @@
+"""Warm start: the hand-set baselines become the study's first trials, so the search can only improve on them.
+
+``uniform r``: every group at ratio r. ``global r``: torch-pruning's global pruning (group magnitude, one
+threshold across all groups) at ratio r on the base model, read back as the fraction of each group's channels it
+removed. Both are snapped to the search space's ratio grid and enqueued once, when the study is new.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import optuna
+import torch_pruning as tp
+from torch import nn
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+
+from autoprune.context import StudyContext
+
+
+def snap(value: float, dist: FloatDistribution) -> float:
+    """The value on ``dist``'s grid (its step, if any) nearest ``value``, clipped to its range.
+
+    >>> snap(0.337, FloatDistribution(0.0, 0.7, step=0.05))
+    0.35
+    """
+    v = min(max(value, dist.low), dist.high)
+    if dist.step:
+        v = dist.low + round((v - dist.low) / dist.step) * dist.step
+        v = min(v, dist.high)
+    return round(v, 10)
+
+
+def global_prune(ctx: StudyContext, ratio: float) -> nn.Module:
+    """A copy of the base pruned by torch-pruning's global pruning (Group-L1 ranked across all of the layout's
+    groups at once) at ``ratio``; the layers the layout keeps whole stay whole."""
+    model = copy.deepcopy(ctx.base)
+    modules = dict(model.named_modules())
+    ignored = [modules[n] for n in ctx.layout.ignored if n in modules]
+    pruner = tp.pruner.MetaPruner(model, ctx.example, importance=tp.importance.GroupMagnitudeImportance(p=1),
+                                  pruning_ratio=ratio, global_pruning=True, ignored_layers=ignored)
+    pruner.step()
+    model.zero_grad(set_to_none=True)
+    return model
+
+
+def global_ratios(ctx: StudyContext, ratio: float) -> dict[str, float]:
+    """Per-group ratios that torch-pruning's global group-magnitude pruning at ``ratio`` arrives at."""
+    before = dict(ctx.base.named_modules())
+    after = dict(global_prune(ctx, ratio).named_modules())
+    out = {}
+    for g, roots in ctx.layout.roots.items():
+        total = sum(_width(before[r]) for r in roots)
+        kept = sum(_width(after[r]) for r in roots)
+        out[g] = (total - kept) / total if total else 0.0
+    return out
+
+
+def _width(module) -> int:
+    return int(getattr(module, "out_channels", None) or getattr(module, "out_features"))
+
+
+def warm_start_params(ctx: StudyContext, dists: dict[str, BaseDistribution]) -> list[dict[str, Any]]:
+    """The parameter sets of the configured baselines (only the ratio and scorer parameters; Optuna samples
+    any other searchable parameter)."""
+    ws = ctx.study.space.warm_start
+    scorers = ctx.study.space.scorers
+    out = []
+    for kind, ratios, scorer in (("uniform", ws.uniform, "l1"), ("global", ws.global_, "group_l1")):
+        for r in ratios:
+            per_group = {g: r for g in ctx.groups} if kind == "uniform" else global_ratios(ctx, r)
+            params: dict[str, Any] = {f"ratio.{g}": snap(v, dists[f"ratio.{g}"]) for g, v in per_group.items()}
+            if isinstance(dists.get("scorer"), CategoricalDistribution):
+                params["scorer"] = scorer if scorer in scorers else scorers[0]
+            for name, d in dists.items():
+                if name.startswith("drop."):
+                    params[name] = False
+            out.append(params)
+    return out
+
+
+def enqueue_warm_start(ost: optuna.Study, ctx: StudyContext, dists: dict[str, BaseDistribution]) -> int:
+    """Enqueue the baselines as the first trials of a new study (idempotent across workers); returns how many."""
+    if ost.user_attrs.get("warm_started") or ost.get_trials(deepcopy=False):
+        return 0
+    params = warm_start_params(ctx, dists)
+    ost.set_user_attr("warm_started", len(params))
+    for p in params:
+        ost.enqueue_trial(p, user_attrs={"warm_start": True}, skip_if_exists=True)
+    return len(params)

@@ -1,0 +1,170 @@
+"""Cheap trials: the cached teacher logits, promotion to a longer recovery, warm start, cost accounting."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import yaml
+from optuna.distributions import FloatDistribution
+
+from autoprune.accounting import cost_summary
+from autoprune.backends.optuna_backend import run_search
+from autoprune.config import load_study
+from autoprune.context import prepare, stream_steps
+from autoprune.distill import finetune, train_step
+from autoprune.pareto import nondominated_ranks, promote
+from autoprune.teacher import build_stream, load_or_build_stream, sample_stream_indices
+from autoprune.warmstart import global_prune, global_ratios, snap, warm_start_params
+from tests.conftest import TINY_SPACE, TINY_STUDY
+
+MAXMIN = ["maximize", "minimize"]
+
+
+def _study(d, study=None, space=None):
+    (d / "space.yaml").write_text(yaml.safe_dump(dict(TINY_SPACE, **(space or {}))))
+    (d / "study.yaml").write_text(yaml.safe_dump(dict(TINY_STUDY, workdir=str(d / "run"), **(study or {}))))
+    return load_study(d / "study.yaml")
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fidelity")
+    return prepare(_study(d, space={"warm_start": {"uniform": [0.2, 0.5], "global": [0.3]}}))
+
+
+# ------------------------------------------------------------------------------------------------ teacher cache
+def test_stream_indices_visit_every_image_once_per_epoch_and_are_seeded():
+    idx, oy, ox, flip = sample_stream_indices(100, steps=7, batch_size=30, augment=True, seed=3)
+    assert idx.shape == (7, 30) and oy.shape == (7, 30) and flip.dtype == torch.bool
+    for epoch in range(2):  # 3 full batches per epoch (the last 10 images of each shuffle are dropped)
+        seen = idx[3 * epoch: 3 * epoch + 3].flatten()
+        assert len(set(seen.tolist())) == 90
+    assert int(oy.max()) <= 8 and int(ox.max()) <= 8
+    again = sample_stream_indices(100, steps=7, batch_size=30, augment=True, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip((idx, oy, ox, flip), again))
+    assert not torch.equal(idx, sample_stream_indices(100, 7, 30, True, seed=4)[0])
+
+
+def test_cached_logits_are_the_teachers_on_exactly_the_streamed_images(ctx):
+    stream = build_stream(ctx.base, ctx.data.train, steps=3, batch_size=16, augment=True, seed=0)
+    with torch.no_grad():
+        for step in range(3):
+            x, _ = stream.images(ctx.data.train, step)
+            assert torch.allclose(stream.logits[step].float(), ctx.base(x), atol=1e-2)
+    x0, _ = stream.images(ctx.data.train, 0)
+    x0_again, _ = stream.images(ctx.data.train, 0)
+    assert torch.equal(x0, x0_again)  # the augmentation is part of the stream, not redrawn
+
+
+def test_finetune_on_the_stream_never_runs_the_teacher_and_matches_distilling_live(ctx):
+    stream = build_stream(ctx.base, ctx.data.train, steps=4, batch_size=32, augment=False, seed=0)
+    calls = []
+    cached, live = copy.deepcopy(ctx.base), copy.deepcopy(ctx.base)  # copied before the hook (deepcopy copies hooks)
+    hook = ctx.base.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        finetune(cached, ctx.data.train, steps=4, batch_size=32, lr=0.01, teacher=ctx.base, stream=stream)
+        assert calls == []
+        # the same batches on `live`, the teacher run every step
+        opt = torch.optim.SGD(live.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / 4)))
+        live.train()
+        for step in range(4):
+            x, y = stream.images(ctx.data.train, step)
+            train_step(live, ctx.base, x, y, opt, sched, 4.0, 0.9, "live")
+        assert len(calls) == 4
+    finally:
+        hook.remove()
+    for a, b in zip(cached.parameters(), live.parameters()):
+        assert torch.allclose(a, b, atol=1e-3)
+
+
+def test_stream_cache_is_reused_and_rebuilt_when_corrupt(ctx, tmp_path):
+    args = (ctx.base, ctx.data.train, 3, 16, True, 0)
+    s1, where1 = load_or_build_stream(tmp_path, "key", *args)
+    s2, where2 = load_or_build_stream(tmp_path, "key", *args)
+    assert where1.startswith("computed") and where2.startswith("cached")
+    assert torch.equal(s1.logits, s2.logits) and torch.equal(s1.idx, s2.idx)
+    path = next(tmp_path.glob("teacher-*.pt"))
+    path.write_bytes(path.read_bytes()[:-50])
+    notes = []
+    s3, where3 = load_or_build_stream(tmp_path, "key", *args, log=notes.append)
+    assert where3.startswith("computed") and "checksum" in notes[0]
+    assert torch.equal(s3.logits, s1.logits)
+
+
+def test_stream_holds_the_longest_recovery_plus_a_promotion(tmp_path):
+    study = _study(tmp_path, study={"recovery": {"steps": 5, "batch_size": 64}, "fidelity": {"promote_steps": 7}},
+                   space={"recovery": {"steps": {"low": 2, "high": 9}}})
+    assert stream_steps(study) == 16
+
+
+# ---------------------------------------------------------------------------------------------------- promotion
+def test_nondominated_ranks_peel_fronts():
+    pts = [[0.9, 10], [0.8, 5], [0.7, 10], [0.6, 6], [0.5, 20]]
+    assert nondominated_ranks(pts, MAXMIN) == [0, 0, 1, 1, 2]
+
+
+def test_promotion_takes_the_best_third_and_respects_the_quota():
+    others = [[0.5, 7], [0.6, 8], [0.7, 9], [0.8, 10], [0.4, 12]]  # one front; [0.4, 12] is dominated
+    assert promote([0.95, 5], others, MAXMIN, eta=3)  # dominates everything
+    assert not promote([0.3, 13], others, MAXMIN, eta=3)  # rank 2: five points are better, quota is 2
+    assert promote([0.55, 7.5], others, MAXMIN, eta=3)  # on the front
+    assert not promote([0.95, 5], others, MAXMIN, eta=3, promoted=2)  # ceil(6 / 3) = 2 already promoted
+
+
+def test_search_promotes_about_a_third_and_records_fidelity(tmp_path):
+    study = _study(tmp_path, study={"fidelity": {"promote_steps": 6, "eta": 3},
+                                    "budget": {"n_trials": 9}, "sampler": {"name": "random"}})
+    c = prepare(study)
+    ost = run_search(c, n_trials=9).study
+    done = [t for t in ost.get_trials() if t.state.name == "COMPLETE"]
+    fid = [t.user_attrs["fidelity"] for t in done]
+    promoted = [f for f in fid if f["promoted"]]
+    assert 1 <= len(promoted) <= 3  # at most ceil(9 / 3)
+    assert fid[0]["promoted"]  # the first trial is the best so far
+    for t in done:
+        f = t.user_attrs["fidelity"]
+        assert f["steps"] == (5 + 6 if f["promoted"] else 5)
+        assert t.user_attrs["metrics"]["accuracy"] == f["accuracy"]
+        assert t.user_attrs["plan"]["finetune_steps"] == f["steps"]
+    summary = cost_summary(ost.get_trials())
+    assert summary["promotion"]["promoted"] == len(promoted)
+    assert summary["finetune_steps"] == sum(f["steps"] for f in fid)
+
+
+# --------------------------------------------------------------------------------------------------- warm start
+def test_snap_to_the_ratio_grid():
+    d = FloatDistribution(0.0, 0.7, step=0.1)
+    assert snap(0.26, d) == 0.3 and snap(0.95, d) == 0.7 and snap(-0.1, d) == 0.0
+    assert snap(0.333, FloatDistribution(0.0, 0.7)) == 0.333
+
+
+def test_global_ratios_read_back_what_global_pruning_removed(ctx):
+    ratios = global_ratios(ctx, 0.4)
+    pruned = dict(global_prune(ctx, 0.4).named_modules())
+    base = dict(ctx.base.named_modules())
+    removed = sum(base[r].out_channels - pruned[r].out_channels for rs in ctx.layout.roots.values() for r in rs)
+    total = sum(base[r].out_channels for rs in ctx.layout.roots.values() for r in rs)
+    weighted = sum(ratios[g] * ctx.layout.channels[g] for g in ratios) / total
+    assert weighted == pytest.approx(removed / total)
+    assert 0.2 < removed / total < 0.6
+    assert len(set(round(v, 3) for v in ratios.values())) > 1  # global pruning does not prune every group alike
+
+
+def test_warm_start_enqueues_the_baselines_first(ctx):
+    dists = ctx.distributions()
+    params = warm_start_params(ctx, dists)
+    assert len(params) == 3
+    assert all(params[0][f"ratio.{g}"] == 0.2 for g in ctx.groups)
+    assert all(params[1][f"ratio.{g}"] == 0.5 for g in ctx.groups)
+    assert params[0]["scorer"] == "l1"
+    ost = run_search(ctx, n_trials=4).study
+    trials = sorted(ost.get_trials(), key=lambda t: t.number)
+    for t, p in zip(trials[:3], params):
+        assert {k: t.params[k] for k in p} == p and t.user_attrs.get("warm_start") is True
+    assert "warm_start" not in trials[3].user_attrs
+    assert run_search(ctx, n_trials=5).study.user_attrs["warm_started"] == 3  # a resume enqueues nothing again
+    assert sum(1 for t in ost.get_trials() if t.user_attrs.get("warm_start")) == 3
