@@ -236,6 +236,9 @@ class FidelityConfig(_Strict):
 
     promote_steps: int = Field(0, ge=0)
     eta: float = Field(3.0, gt=1)
+    # Score the short recovery on this many validation images (a seeded subset) instead of all of them; promoted
+    # trials are re-scored on the whole validation split. None: every score uses the whole split.
+    short_val_images: int | None = Field(None, ge=1)
 
 
 class MeasureConfig(_Strict):

@@ -6,6 +6,7 @@ the study's folder keyed by its config), the group layout, and the base model's 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ from torch import nn
 
 from autoprune.compat import check_prunable
 from autoprune.config import ChoiceParam, RangeParam, Study
-from autoprune.data import DataSplits, load_splits
+from autoprune.data import DataSplits, Split, load_splits
 from autoprune.depth import droppable_blocks
 from autoprune.devicelock import DeviceLock, NoLock
 from autoprune.distill import finetune
@@ -65,6 +66,17 @@ class StudyContext:
     @property
     def groups(self) -> list[str]:
         return self.layout.names
+
+    @functools.cached_property
+    def short_val(self) -> Split:
+        """The validation images a short recovery is scored on (``fidelity.short_val_images``, a subset seeded by
+        the study's seed; the whole split when unset or larger)."""
+        n = self.study.config.fidelity.short_val_images
+        val = self.data.val
+        if n is None or n >= len(val):
+            return val
+        gen = torch.Generator().manual_seed(self.study.config.seed)
+        return val.subset(torch.randperm(len(val), generator=gen)[:n].sort().values)
 
     def distributions(self) -> dict:
         """The Optuna distributions of this study's searchable parameters (see :mod:`autoprune.space`)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -39,13 +40,35 @@ def open_storage(url: str, heartbeat: tuple[int, int, int] | None = None) -> opt
                 kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
             else:
                 kwargs["engine_kwargs"] = {"pool_pre_ping": True}
-            storage = optuna.storages.RDBStorage(url, **kwargs)
+            storage = _rdb_storage(url, kwargs)
         if url.startswith("sqlite"):
             _sqlite_wal(storage)
         return storage
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AutopruneError(f"cannot open storage {url!r}: {msg}", field="storage.url") from None
+
+
+def _creating_schema_concurrently(exc: Exception) -> bool:
+    """Whether ``exc`` is another process creating the same new database's tables at this moment."""
+    import sqlalchemy
+
+    if isinstance(exc, sqlalchemy.exc.IntegrityError):  # both inserted the schema version row
+        return True
+    return isinstance(exc, sqlalchemy.exc.DBAPIError) and "already exists" in str(exc)
+
+
+def _rdb_storage(url: str, kwargs: dict[str, Any], attempts: int = 6) -> optuna.storages.RDBStorage:
+    """``RDBStorage(url)``, retried while another worker creates the same fresh database's schema (Optuna checks,
+    then creates: two processes opening a new database at once can both try, and one fails)."""
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except Exception as exc:
+            if attempt == attempts - 1 or not _creating_schema_concurrently(exc):
+                raise
+            time.sleep(0.1 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:

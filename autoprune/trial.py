@@ -71,15 +71,15 @@ def run_trial(ctx: StudyContext, params: Mapping[str, Any], seed: int = 0, save_
                  stream_start=start)
         timings["finetune"] = timings.get("finetune", 0.0) + time.perf_counter() - t0
 
-    def evaluate() -> float:
+    def evaluate(split) -> float:
         t0 = time.perf_counter()
         with ctx.lock.shared():
-            acc = accuracy(model, ctx.data.val, cfg.data.batch_size)
+            acc = accuracy(model, split, cfg.data.batch_size)
         timings["evaluate"] = timings.get("evaluate", 0.0) + time.perf_counter() - t0
         return acc
 
     recover(rec.steps, 0)
-    acc = evaluate()
+    acc = evaluate(ctx.short_val)
 
     t = time.perf_counter()
     m = cfg.measure
@@ -88,12 +88,14 @@ def run_trial(ctx: StudyContext, params: Mapping[str, Any], seed: int = 0, save_
     metrics = {"accuracy": acc, "macs": count_macs(model, ctx.example), "params": count_params(model), "latency_ms": lat}
     timings["measure"] = time.perf_counter() - t
 
-    fidelity = {"steps": rec.steps, "short_steps": rec.steps, "short_accuracy": acc, "accuracy": acc, "promoted": False}
+    fidelity = {"steps": rec.steps, "short_steps": rec.steps, "short_accuracy": acc, "accuracy": acc, "promoted": False,
+                "short_val_images": len(ctx.short_val), "val_images": len(ctx.short_val)}
     extra = cfg.fidelity.promote_steps
     if extra and promote is not None and promote(metrics):
         recover(extra, rec.steps)
-        metrics["accuracy"] = evaluate()
-        fidelity.update(steps=rec.steps + extra, accuracy=metrics["accuracy"], promoted=True)
+        metrics["accuracy"] = evaluate(ctx.data.val)
+        fidelity.update(steps=rec.steps + extra, accuracy=metrics["accuracy"], promoted=True,
+                        val_images=len(ctx.data.val))
 
     model_file = None
     if save_dir is not None:

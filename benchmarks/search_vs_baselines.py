@@ -63,7 +63,8 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def write_study(tmp: Path, args, name: str, *, sampler: str, steps: int, promote: int, warm: dict, n_startup: int) -> Path:
+def write_study(tmp: Path, args, name: str, *, sampler: str, steps: int, promote: int, warm: dict, n_startup: int,
+                short_val: int | None = None) -> Path:
     space = {"groups": {"by": "stage"}, "ratio": {"low": 0.0, "high": 0.8, "step": 0.005},
              "scorers": ["l1", "taylor", "bn_scale", "fpgm"], "warm_start": warm}
     (tmp / f"{name}_space.yaml").write_text(yaml.safe_dump(space))
@@ -76,7 +77,7 @@ def write_study(tmp: Path, args, name: str, *, sampler: str, steps: int, promote
         "search_space": f"{name}_space.yaml", "objectives": ["accuracy", "macs"],
         "recovery": {"bn_recalibration_batches": 20, "steps": steps, "batch_size": BATCH, "lr": 0.01,
                      "temperature": 4.0, "alpha": 0.9},
-        "fidelity": {"promote_steps": promote, "eta": args.eta},
+        "fidelity": {"promote_steps": promote, "eta": args.eta, "short_val_images": short_val},
         "measure": {"latency_batch_size": BATCH, "latency_repeats": 5, "latency_warmup": 1},
         "budget": {"n_trials": 1, "max_initial_failures": 3},
         "sampler": {"name": sampler, "n_startup_trials": n_startup},
@@ -219,6 +220,8 @@ def main() -> None:
     ap.add_argument("--trial-steps", type=int, default=20, help="autoprune's short recovery per trial (steps of 128)")
     ap.add_argument("--promote-steps", type=int, default=200, help="extra steps for a promoted trial")
     ap.add_argument("--eta", type=float, default=3.0)
+    ap.add_argument("--short-val-images", type=int, default=1000,
+                    help="validation images autoprune scores a short recovery on (promoted trials: all of them)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
@@ -235,7 +238,7 @@ def main() -> None:
     # EagleEye screens by adaptive BN alone (0 steps) and spends the same fine-tune steps on its promoted third
     random_steps = int(round(args.promote_steps + args.trial_steps * args.eta))
     ap_path = write_study(tmp, args, f"bench_{args.model}_autoprune", sampler="tpe", steps=args.trial_steps,
-                          promote=args.promote_steps, warm={}, n_startup=8)
+                          promote=args.promote_steps, warm={}, n_startup=8, short_val=args.short_val_images)
     rnd_path = write_study(tmp, args, f"bench_{args.model}_random", sampler="random", steps=0, promote=random_steps,
                            warm={}, n_startup=0)
 
@@ -302,6 +305,7 @@ def main() -> None:
                    "batch_size": BATCH, "train_images": len(ctx.data.train), "val_images": len(ctx.data.val),
                    "test_images": len(ctx.data.test), "n_candidates": n_trials, "trial_steps": args.trial_steps,
                    "promote_steps": args.promote_steps, "eta": args.eta, "random_candidate_steps": random_steps,
+                   "short_val_images": args.short_val_images,
                    "autoprune_finetune_steps": ap_cost["finetune_steps"], "random_finetune_steps": rnd_cost["finetune_steps"],
                    "device": args.device, "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
                    f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",

@@ -135,6 +135,26 @@ def test_search_promotes_about_a_third_and_records_fidelity(tmp_path):
     assert summary["finetune_steps"] == sum(f["steps"] for f in fid)
 
 
+def test_short_recovery_is_scored_on_a_seeded_validation_subset_and_promotion_on_all_of_it(tmp_path):
+    study = _study(tmp_path, study={"fidelity": {"promote_steps": 4, "eta": 3, "short_val_images": 50},
+                                    "budget": {"n_trials": 6}, "sampler": {"name": "random"}})
+    c = prepare(study)
+    n_val = len(c.data.val)
+    sub = c.short_val
+    assert len(sub) == 50 < n_val
+    rows = {tuple(r.flatten().tolist()) for r in c.data.val.x}
+    assert all(tuple(r.flatten().tolist()) in rows for r in sub.x), "the subset is made of validation images"
+    assert torch.equal(sub.y, prepare(study).short_val.y), "the subset is seeded"
+    done = [t for t in run_search(c, n_trials=6).study.get_trials() if t.state.name == "COMPLETE"]
+    assert any(t.user_attrs["fidelity"]["promoted"] for t in done)
+    for t in done:
+        f = t.user_attrs["fidelity"]
+        assert f["short_val_images"] == 50 and math.isclose(f["short_accuracy"] * 50, round(f["short_accuracy"] * 50))
+        assert f["val_images"] == (n_val if f["promoted"] else 50)
+        if f["promoted"]:  # re-scored on the whole split
+            assert math.isclose(f["accuracy"] * n_val, round(f["accuracy"] * n_val))
+
+
 # --------------------------------------------------------------------------------------------------- warm start
 def test_snap_to_the_ratio_grid():
     d = FloatDistribution(0.0, 0.7, step=0.1)
