@@ -9,20 +9,26 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoprune.saving import atomic_write
+
 
 def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max())
 
 
 def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> dict[str, Any]:
+    """TorchScript (traced), checked by reloading it; written to a temporary file and renamed into place."""
     model = model.eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model, example)
-        traced.save(str(path))
-        loaded = torch.jit.load(str(path))
-        diff = _max_abs(loaded(example), model(example))
-    return {"file": str(path), "bytes": path.stat().st_size, "max_abs_diff": diff}
+    out: dict[str, Any] = {}
+
+    def write(tmp: str) -> None:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.trace(model, example).save(tmp)
+            out["max_abs_diff"] = _max_abs(torch.jit.load(tmp)(example), model(example))
+
+    atomic_write(path, write)
+    return {"file": str(path), "bytes": Path(path).stat().st_size, "max_abs_diff": out["max_abs_diff"]}
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> dict[str, Any]:
@@ -32,14 +38,20 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> dict[str
     except ImportError:
         return {"file": None, "error": "onnxruntime is not installed: pip install 'autoprune[export]'"}
     model = model.eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
-        want = model(example)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = torch.from_numpy(session.run(None, {"input": example.cpu().numpy()})[0])
-    return {"file": str(path), "bytes": path.stat().st_size, "max_abs_diff": _max_abs(got, want.cpu())}
+    out: dict[str, Any] = {}
+
+    def write(tmp: str) -> None:  # checked on the temporary file, then renamed into place
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), tmp, input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+            want = model(example)
+        session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(session.run(None, {"input": example.cpu().numpy()})[0])
+        out["max_abs_diff"] = _max_abs(got, want.cpu())
+
+    atomic_write(path, write)
+    return {"file": str(path), "bytes": Path(path).stat().st_size, "max_abs_diff": out["max_abs_diff"]}
 
 
 def quantize_dynamic_int8(model: nn.Module) -> nn.Module:

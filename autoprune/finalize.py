@@ -13,7 +13,7 @@ from autoprune.context import StudyContext
 from autoprune.export import export_onnx, export_torchscript, quantize_dynamic_int8
 from autoprune.measure import accuracy, count_macs, count_params, latency_ms
 from autoprune.retrain import RetrainResult
-from autoprune.saving import atomic_write_text, save_pruned
+from autoprune.saving import atomic_save, atomic_write_text, save_pruned
 
 
 def _measure(model, ctx: StudyContext, split_name: str, large_batch: int) -> dict[str, Any]:
@@ -48,7 +48,7 @@ def finalize(ctx: StudyContext, ost, frozen, result: RetrainResult, out_dir: Pat
                                                      "trial": frozen.number,
                                                      "dropped": frozen.user_attrs.get("plan", {}).get("dropped", [])})
     base_path = out_dir / "base_state_dict.pt"
-    torch.save(ctx.base.state_dict(), base_path)
+    atomic_save(ctx.base.state_dict(), base_path)  # only for its size, removed below
     split = "test"
     log("measuring the base and the retrained model on the held-out test split")
     base_m = _measure(ctx.base, ctx, split, large_batch)

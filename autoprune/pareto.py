@@ -91,6 +91,31 @@ def hypervolume_2d(points: Sequence[tuple[float, float]], ref: tuple[float, floa
     return round(area, 12)
 
 
+def accuracy_at(points: Sequence[tuple[float, float]], reduction: float, slack: float = 0.03) -> float | None:
+    """The front's accuracy at exactly ``reduction`` (base cost / cost), interpolated linearly in log-reduction
+    between the two front points around it. Below the front's least reduction, its least-reduced point stands in
+    when it reduces at most ``slack`` (relative) more than asked (conservative: a model reducing less would be at
+    least as accurate); otherwise, and beyond the front's largest reduction, None (no extrapolation).
+
+    ``points``: (accuracy, reduction) pairs; the dominated ones are dropped first, so the front only falls as the
+    reduction grows. Comparing methods at a tightly matched reduction this way removes the advantage a point
+    gets from landing a little short of the target.
+
+    >>> round(accuracy_at([(0.90, 1.5), (0.86, 2.1)], 2.0), 4)
+    0.8658
+    """
+    front = sorted((r, a) for a, r in points if not any(a2 >= a and r2 >= r and (a2, r2) != (a, r) for a2, r2 in points))
+    for (r0, a0), (r1, a1) in zip(front, front[1:]):
+        if r0 <= reduction <= r1:
+            w = math.log(reduction / r0) / math.log(r1 / r0) if r1 > r0 else 0.0
+            return a0 + w * (a1 - a0)
+    if front and math.isclose(front[-1][0], reduction, rel_tol=1e-9):
+        return front[-1][1]
+    if front and reduction < front[0][0] <= reduction * (1 + slack):
+        return front[0][1]
+    return None
+
+
 def knee_index(accuracy: Sequence[float], cost: Sequence[float]) -> int:
     """The knee of a front: the point farthest above the line from its cheapest to its most accurate point, with
     both axes normalised to [0, 1] over the front. Ties go to the cheaper point.

@@ -11,8 +11,10 @@ Methods (only the blocks' inner channels are pruned, as in autoprune's CIFAR Res
 
 Exploration: autoprune and the random search get the same number of candidates and the same fine-tune epochs.
 Selection (both searches): for each target MACs reduction t, the candidate with the best validation accuracy
-among those with reduction in [0.97 t, 1.1 t] (else the least-reduced one above 0.97 t). autoprune's warm start is
-the baselines' own bisected ratios at every target.
+among those with reduction in [0.98 t, 1.1 t], promoted ones first (else the least-reduced one above 0.98 t).
+autoprune's warm start is the baselines' own bisected ratios at every target, and its sampler is constrained to
+at least --min-reduction (the targets' region). Reported: each method's points, its hypervolume, the best accuracy
+at >= 0.97 t, and the accuracy of its front interpolated to exactly t (tightly matched MACs).
 Final recovery, identical for every method's chosen models: the pruned structure with the base's weights, BN
 re-calibration, then --final-epochs of KD (T=4, 0.9 KD + 0.1 CE, SGD 0.01 cosine, batch 128, crop+flip).
 Validation is half the CIFAR-10 test split (the shared ResNets were trained on all 50,000 training images); the
@@ -49,7 +51,7 @@ from autoprune.config import load_study  # noqa: E402
 from autoprune.context import StudyContext, prepare  # noqa: E402
 from autoprune.distill import finetune, kd_loss, recalibrate_bn  # noqa: E402
 from autoprune.measure import accuracy, count_macs, latency_ms  # noqa: E402
-from autoprune.pareto import hypervolume_2d  # noqa: E402
+from autoprune.pareto import accuracy_at, hypervolume_2d  # noqa: E402
 from autoprune.pruning import prune_with_plan  # noqa: E402
 from autoprune.retrain import rebuild  # noqa: E402
 from autoprune.teacher import build_stream  # noqa: E402
@@ -64,7 +66,7 @@ def log(msg: str) -> None:
 
 
 def write_study(tmp: Path, args, name: str, *, sampler: str, steps: int, promote: int, warm: dict, n_startup: int,
-                short_val: int | None = None) -> Path:
+                bn_batches: int, short_val: int | None = None) -> Path:
     space = {"groups": {"by": "stage"}, "ratio": {"low": 0.0, "high": 0.8, "step": 0.005},
              "scorers": ["l1", "taylor", "bn_scale", "fpgm"], "warm_start": warm}
     (tmp / f"{name}_space.yaml").write_text(yaml.safe_dump(space))
@@ -75,7 +77,7 @@ def write_study(tmp: Path, args, name: str, *, sampler: str, steps: int, promote
                  "val_fraction": 0.5, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
                  "augment": True, "batch_size": 500},
         "search_space": f"{name}_space.yaml", "objectives": ["accuracy", "macs"],
-        "recovery": {"bn_recalibration_batches": 20, "steps": steps, "batch_size": BATCH, "lr": 0.01,
+        "recovery": {"bn_recalibration_batches": bn_batches, "steps": steps, "batch_size": BATCH, "lr": 0.01,
                      "temperature": 4.0, "alpha": 0.9},
         "fidelity": {"promote_steps": promote, "eta": args.eta, "short_val_images": short_val},
         "measure": {"latency_batch_size": BATCH, "latency_repeats": 5, "latency_warmup": 1},
@@ -108,14 +110,16 @@ def bisect_ratio(ctx: StudyContext, build, target: float, tol: float = 0.01) -> 
 
 
 def pick(trials, base_macs: float, target: float):
-    """Best validation accuracy among candidates reduced by [0.97 t, 1.1 t] (the bisected baselines land within a
-    few % of t: channel counts are discrete); else the least-reduced one above that."""
+    """Best validation accuracy among candidates reduced by [0.98 t, 1.1 t] (the bisected baselines land within
+    1 % of t: channel counts are discrete), promoted (longer-recovery) candidates first; else the least-reduced
+    one above 0.98 t."""
     done = [t for t in trials if t.state.name == "COMPLETE"]
     red = {t.number: base_macs / t.user_attrs["metrics"]["macs"] for t in done}
-    band = [t for t in done if 0.97 * target <= red[t.number] <= 1.1 * target]
+    band = [t for t in done if 0.98 * target <= red[t.number] <= 1.1 * target]
     if band:
-        return max(band, key=lambda t: t.user_attrs["metrics"]["accuracy"])
-    above = [t for t in done if red[t.number] >= 0.97 * target]
+        return max(band, key=lambda t: (bool(t.user_attrs.get("fidelity", {}).get("promoted")),
+                                        t.user_attrs["metrics"]["accuracy"]))
+    above = [t for t in done if red[t.number] >= 0.98 * target]
     return min(above, key=lambda t: red[t.number]) if above else None
 
 
@@ -158,11 +162,15 @@ def summarise(points: list[dict], base_macs: float, base_latency: float) -> dict
         p["speedup"] = round(base_latency / p["latency_ms"], 4)
         p["speedup_per_macs_reduction"] = round(p["speedup"] / p["macs_reduction"], 4)
     hv = hypervolume_2d([(p["accuracy"], p["macs"] / base_macs) for p in points], ref=(0.1, 1.0))
-    best_at = {}
+    best_at, interp = {}, {}
+    front = [(p["accuracy"], p["macs_reduction"]) for p in points]
     for t in TARGETS:
         ok = [p["accuracy"] for p in points if p["macs_reduction"] >= t * 0.97]
         best_at[f"{t:g}"] = max(ok) if ok else None
-    return {"hypervolume": round(hv, 6), "best_acc_at": best_at, "points": points}
+        # tightly matched: the method's front interpolated to exactly t (None where its points do not reach t)
+        at = accuracy_at(front, t)
+        interp[f"{t:g}"] = round(at, 6) if at is not None else None
+    return {"hypervolume": round(hv, 6), "best_acc_at": best_at, "acc_at_interpolated": interp, "points": points}
 
 
 def step_costs(ctx: StudyContext, stream, reps: int = 12) -> dict:
@@ -222,6 +230,11 @@ def main() -> None:
     ap.add_argument("--eta", type=float, default=3.0)
     ap.add_argument("--short-val-images", type=int, default=1000,
                     help="validation images autoprune scores a short recovery on (promoted trials: all of them)")
+    ap.add_argument("--bn-batches", type=int, default=4,
+                    help="BN re-calibration batches before autoprune's short recovery (the random search's adaptive-BN "
+                         "score, its whole signal, keeps 20)")
+    ap.add_argument("--min-reduction", type=float, default=1.45,
+                    help="autoprune's search constraint: MACs at most base / this (0: none); the targets start at 1.5x")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
@@ -238,9 +251,10 @@ def main() -> None:
     # EagleEye screens by adaptive BN alone (0 steps) and spends the same fine-tune steps on its promoted third
     random_steps = int(round(args.promote_steps + args.trial_steps * args.eta))
     ap_path = write_study(tmp, args, f"bench_{args.model}_autoprune", sampler="tpe", steps=args.trial_steps,
-                          promote=args.promote_steps, warm={}, n_startup=8, short_val=args.short_val_images)
+                          promote=args.promote_steps, warm={}, n_startup=8, bn_batches=args.bn_batches,
+                          short_val=args.short_val_images)
     rnd_path = write_study(tmp, args, f"bench_{args.model}_random", sampler="random", steps=0, promote=random_steps,
-                           warm={}, n_startup=0)
+                           warm={}, n_startup=0, bn_batches=20)
 
     log(f"preparing {args.model} (teacher logits for the recovery stream are computed once)")
     t0 = time.perf_counter()
@@ -255,6 +269,8 @@ def main() -> None:
     ctx.study.space.warm_start.uniform = [round(r, 4) for r, _ in bisected["uniform_l1"].values()]
     ctx.study.space.warm_start.global_ = [round(r, 4) for r, _ in bisected["tp_global_l1"].values()]
     log(f"warm start (bisected baseline ratios): {ctx.study.space.warm_start.model_dump()}")
+    if args.min_reduction:  # spend the search where the targets are (a constraint the sampler learns to respect)
+        ctx.study.config.constraints.max_macs = ctx.reference["macs"] / args.min_reduction
     t_prepare = time.perf_counter() - t0
     base = ctx.reference
     base_test = accuracy(ctx.base, ctx.data.test, 500)
@@ -305,7 +321,8 @@ def main() -> None:
                    "batch_size": BATCH, "train_images": len(ctx.data.train), "val_images": len(ctx.data.val),
                    "test_images": len(ctx.data.test), "n_candidates": n_trials, "trial_steps": args.trial_steps,
                    "promote_steps": args.promote_steps, "eta": args.eta, "random_candidate_steps": random_steps,
-                   "short_val_images": args.short_val_images,
+                   "short_val_images": args.short_val_images, "bn_batches": args.bn_batches,
+                   "min_reduction": args.min_reduction,
                    "autoprune_finetune_steps": ap_cost["finetune_steps"], "random_finetune_steps": rnd_cost["finetune_steps"],
                    "device": args.device, "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
                    f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
@@ -320,9 +337,11 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2, default=str))
     print(f"{'method':20s} {'HV':>8s} " + " ".join(f"{'acc@' + format(t, 'g') + 'x':>9s}" for t in TARGETS)
+          + " " + " ".join(f"{'interp@' + format(t, 'g') + 'x':>10s}" for t in TARGETS)
           + "   points (test acc / MACs cut / latency speed-up)")
     for m, r in out["methods"].items():
         accs = " ".join(f"{(r['best_acc_at'][format(t, 'g')] or math.nan) * 100:9.2f}" for t in TARGETS)
+        accs += " " + " ".join(f"{(r['acc_at_interpolated'][format(t, 'g')] or math.nan) * 100:10.2f}" for t in TARGETS)
         pts = "; ".join(f"{p['accuracy'] * 100:.2f} / {p['macs_reduction']:.2f}x / {p['speedup']:.2f}x" for p in r["points"])
         print(f"{m:20s} {r['hypervolume']:8.4f} {accs}   {pts}")
     print(f"step costs: {costs}; autoprune overhead share {ap_cost['overhead_share']:.3f}; "

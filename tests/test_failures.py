@@ -218,3 +218,25 @@ def test_interrupted_text_write_leaves_the_old_text(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert path.read_text() == '{"old": true}'
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "onnx"])
+def test_an_export_interrupted_before_its_rename_leaves_the_old_export(tmp_path, monkeypatch, kind):
+    from autoprune.export import export_onnx, export_torchscript
+
+    export = export_torchscript if kind == "torchscript" else export_onnx
+    path = tmp_path / f"model.{kind}"
+    x = torch.randn(2, 4)
+    first = export(torch.nn.Linear(4, 3), x, path)
+    assert first["max_abs_diff"] < 1e-5, "checked against the PyTorch model"
+    old = path.read_bytes()
+
+    def interrupted_rename(src, dst):
+        raise Interrupted
+
+    monkeypatch.setattr(os, "replace", interrupted_rename)
+    with pytest.raises(Interrupted):
+        export(torch.nn.Linear(4, 3), x, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == old, "the old export is intact"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name], "no temporary file left behind"

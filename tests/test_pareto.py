@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 from autoprune.pareto import dominates, non_dominated
 
 MAX_MIN = ["maximize", "minimize"]
@@ -79,3 +81,15 @@ def test_progress_front_count_skips_infeasible_trials():
     bad = optuna.trial.create_trial(values=[0.9, 1.0], system_attrs={"constraints": [1.0, -1.0]})
     plain = optuna.trial.create_trial(values=[0.9, 1.0])
     assert _feasible(ok) and not _feasible(bad) and _feasible(plain)
+
+
+def test_accuracy_at_interpolates_in_log_reduction_along_the_front():
+    from autoprune.pareto import accuracy_at
+
+    pts = [(0.90, 1.5), (0.86, 2.1), (0.80, 3.2), (0.85, 1.6)]  # (0.85, 1.6) is dominated by (0.86, 2.1)
+    w = math.log(2.0 / 1.5) / math.log(2.1 / 1.5)
+    assert math.isclose(accuracy_at(pts, 2.0), 0.90 + w * (0.86 - 0.90))
+    assert accuracy_at(pts, 1.5) == 0.90 and math.isclose(accuracy_at(pts, 3.2), 0.80)
+    assert accuracy_at(pts, 1.47) == 0.90, "a point reducing a little more stands in (conservatively)"
+    assert accuracy_at(pts, 1.4) is None and accuracy_at(pts, 3.3) is None, "no extrapolation"
+    assert accuracy_at([(0.9, 2.0)], 2.0) == 0.9
