@@ -9,6 +9,7 @@ The plan torch-pruning applied (``pruning_history()``) is recorded so the exact 
 from __future__ import annotations
 
 import copy
+import math
 import fnmatch
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
@@ -151,6 +152,26 @@ def _expand_ratios(layout: GroupLayout, ratios: float | Mapping[str, float]) -> 
     return out
 
 
+def rounded_ratio(channels: int, ratio: float, round_to: int | None) -> float:
+    """The ratio that leaves ``channels`` a multiple of ``round_to``: the kept count nearest ``channels * (1 -
+    ratio)``, at least ``round_to`` (a layer is never pruned away), and nothing pruned at ratio 0 or where the
+    nearest multiple is the whole layer. torch-pruning's own ``round_to`` rounds the kept count down, so 16
+    channels at 0.3 would keep 8, and at 0.75 would keep none (and then be skipped); this asks it for a count that
+    is already a multiple. The returned ratio carries half a channel of margin against float truncation.
+
+    >>> [round(rounded_ratio(64, r, 8) * 64, 2) for r in (0.0, 0.05, 0.3, 0.5, 0.95)]  # channels pruned
+    [0.0, 0.0, 15.5, 31.5, 55.5]
+    >>> rounded_ratio(64, 0.3, None)
+    0.3
+    """
+    if not round_to or ratio <= 0.0:
+        return ratio
+    kept = max(round_to, round_to * math.floor(channels * (1.0 - ratio) / round_to + 0.5))
+    if kept >= channels:
+        return 0.0
+    return 1.0 - (kept + 0.5) / channels
+
+
 def _prepare_scorer(model: nn.Module, importance, needs: str, name: str,
                     calibration: Sequence[tuple[torch.Tensor, torch.Tensor]] | None):
     if needs == "weights":
@@ -210,7 +231,9 @@ def prune_with_plan(
         return target, plan
     modules = dict(target.named_modules())
     # layers missing from the model sit in blocks that depth pruning replaced by the identity
-    ratio_dict = {modules[root]: per_group[g] for g, roots in layout.roots.items() for root in roots if root in modules}
+    ratio_dict = {modules[root]: rounded_ratio(_out_width(modules[root]), per_group[g], round_to)
+                  for g, roots in layout.roots.items() for root in roots if root in modules}
+    ratio_dict = {m: r for m, r in ratio_dict.items() if r > 0.0}
     if not ratio_dict:
         return target, plan
     _prepare_scorer(target, importance, needs, scorer_name, calibration)
@@ -234,6 +257,10 @@ def prune_with_plan(
     if check_forward:
         _check_forward(target, example_inputs)
     return target, plan
+
+
+def _out_width(module: nn.Module) -> int:
+    return int(getattr(module, "out_channels", None) or getattr(module, "out_features"))
 
 
 def _check_forward(model: nn.Module, example_inputs: torch.Tensor) -> None:

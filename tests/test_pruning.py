@@ -195,6 +195,23 @@ def test_stage_ratio_prunes_only_that_stage(resnet20_stage_layout) -> None:
         assert pruned.eval()(x).shape == (2, 10)
 
 
+@pytest.mark.parametrize("ratios,widths", [
+    ({"layer1": 0.3, "layer2": 0.75, "layer3": 0.3}, {"layer1": 8, "layer2": 8, "layer3": 48}),
+    ({"layer1": 0.75, "layer2": 0.5, "layer3": 0.05}, {"layer1": 8, "layer2": 16, "layer3": 64}),
+])
+def test_round_to_keeps_the_nearest_multiple_and_never_a_whole_layer(resnet20_stage_layout, ratios, widths) -> None:
+    """torch-pruning alone rounds the kept count down: 16 channels at 0.75 keep 4 -> 0, and the layer is skipped."""
+    model, x, layout = resnet20_stage_layout
+    pruned, plan = prune_with_plan(model, x, ratios, "l1", layout=layout, round_to=8)
+    got = _conv_widths(pruned)
+    for block in BLOCKS:
+        assert got[f"{block}.conv1"] == widths[block.split(".")[0]], block
+    rebuilt = replay(copy.deepcopy(model), x, plan.history)
+    assert structure(rebuilt) == structure(pruned)
+    with torch.no_grad():
+        assert pruned.eval()(x).shape == (2, 10)
+
+
 def test_unknown_group_in_ratio_mapping_raises_listing_valid_groups(resnet20_stage_layout) -> None:
     model, x, layout = resnet20_stage_layout
     with pytest.raises(AutopruneError) as info:
