@@ -231,7 +231,7 @@ def prune_with_plan(
         return target, plan
     modules = dict(target.named_modules())
     # layers missing from the model sit in blocks that depth pruning replaced by the identity
-    ratio_dict = {modules[root]: rounded_ratio(_out_width(modules[root]), per_group[g], round_to)
+    ratio_dict = {modules[root]: rounded_ratio(out_width(modules[root]), per_group[g], round_to)
                   for g, roots in layout.roots.items() for root in roots if root in modules}
     ratio_dict = {m: r for m, r in ratio_dict.items() if r > 0.0}
     if not ratio_dict:
@@ -259,7 +259,8 @@ def prune_with_plan(
     return target, plan
 
 
-def _out_width(module: nn.Module) -> int:
+def out_width(module: nn.Module) -> int:
+    """A conv's output channels or a linear layer's output features."""
     return int(getattr(module, "out_channels", None) or getattr(module, "out_features"))
 
 

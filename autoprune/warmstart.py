@@ -16,6 +16,7 @@ from torch import nn
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
 from autoprune.context import StudyContext
+from autoprune.pruning import out_width
 
 
 def snap(value: float, dist: FloatDistribution) -> float:
@@ -50,14 +51,10 @@ def global_ratios(ctx: StudyContext, ratio: float) -> dict[str, float]:
     after = dict(global_prune(ctx, ratio).named_modules())
     out = {}
     for g, roots in ctx.layout.roots.items():
-        total = sum(_width(before[r]) for r in roots)
-        kept = sum(_width(after[r]) for r in roots)
+        total = sum(out_width(before[r]) for r in roots)
+        kept = sum(out_width(after[r]) for r in roots)
         out[g] = (total - kept) / total if total else 0.0
     return out
-
-
-def _width(module) -> int:
-    return int(getattr(module, "out_channels", None) or getattr(module, "out_features"))
 
 
 def warm_start_params(ctx: StudyContext, dists: dict[str, BaseDistribution]) -> list[dict[str, Any]]:

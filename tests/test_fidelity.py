@@ -123,7 +123,7 @@ def test_search_promotes_about_a_third_and_records_fidelity(tmp_path):
     done = [t for t in ost.get_trials() if t.state.name == "COMPLETE"]
     fid = [t.user_attrs["fidelity"] for t in done]
     promoted = [f for f in fid if f["promoted"]]
-    assert 1 <= len(promoted) <= 3  # at most ceil(9 / 3)
+    assert 0 < len(promoted) <= 3  # at least one, at most ceil(9 / 3)
     assert fid[0]["promoted"]  # the first trial is the best so far
     for t in done:
         f = t.user_attrs["fidelity"]
