@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from autoprune.context import StudyContext
 from autoprune.export import export_onnx, export_torchscript, quantize_dynamic_int8
 from autoprune.measure import accuracy, count_macs, count_params, latency_ms
 from autoprune.retrain import RetrainResult
-from autoprune.saving import atomic_save, atomic_write_text, save_pruned
+from autoprune.saving import atomic_write_text, save_pruned
 
 
 def _measure(model, ctx: StudyContext, split_name: str, large_batch: int) -> dict[str, Any]:
@@ -47,14 +48,13 @@ def finalize(ctx: StudyContext, ost, frozen, result: RetrainResult, out_dir: Pat
                                                      "model": ctx.study.config.model.name,
                                                      "trial": frozen.number,
                                                      "dropped": frozen.user_attrs.get("plan", {}).get("dropped", [])})
-    base_path = out_dir / "base_state_dict.pt"
-    atomic_save(ctx.base.state_dict(), base_path)  # only for its size, removed below
+    base_buf = io.BytesIO()  # the base's size as a saved state_dict, without writing a file
+    torch.save(ctx.base.state_dict(), base_buf)
     split = "test"
     log("measuring the base and the retrained model on the held-out test split")
     base_m = _measure(ctx.base, ctx, split, large_batch)
     final_m = _measure(model, ctx, split, large_batch)
-    base_m["file_bytes"], final_m["file_bytes"] = base_path.stat().st_size, model_path.stat().st_size
-    base_path.unlink()
+    base_m["file_bytes"], final_m["file_bytes"] = base_buf.getbuffer().nbytes, model_path.stat().st_size
     cpu_model = model.cpu()
     example = ctx.example.cpu()
     check_x = ctx.data.test.example(8).cpu()

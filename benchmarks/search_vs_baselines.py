@@ -250,8 +250,8 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=["resnet20", "resnet56"], default="resnet20")
-    ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--data-root", required=True)
+    ap.add_argument("--checkpoint")
+    ap.add_argument("--data-root")
     ap.add_argument("--budget-epochs", type=float, default=6.0,
                     help="fine-tune epochs (of 50,000 images) for each search's exploration")
     ap.add_argument("--final-epochs", type=float, default=1.0, help="KD epochs every chosen model gets at the end")
@@ -267,18 +267,19 @@ def main() -> None:
                     help="autoprune's search constraint: MACs at most base / this (0: none); the targets start at 1.5x")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out")
     ap.add_argument("--workdir", help="keep the studies here (default: a temporary folder)")
     ap.add_argument("--plot", help="also draw the points to this PNG (needs matplotlib)")
     ap.add_argument("--replot", metavar="JSON", help="only redraw --plot from a saved --out file")
-    if "--replot" in sys.argv:  # redraw from a saved run: nothing else is needed
-        rp = argparse.ArgumentParser()
-        rp.add_argument("--replot", required=True)
-        rp.add_argument("--plot", required=True)
-        ns, _ = rp.parse_known_args()
-        plot(json.loads(Path(ns.replot).read_text()), Path(ns.plot))
-        return
     args = ap.parse_args()
+    if args.replot:  # redraw from a saved run: nothing else is needed
+        if not args.plot:
+            ap.error("--replot needs --plot")
+        plot(json.loads(Path(args.replot).read_text()), Path(args.plot))
+        return
+    missing = [f"--{n.replace('_', '-')}" for n in ("checkpoint", "data_root", "out") if not getattr(args, n)]
+    if missing:
+        ap.error(f"the following arguments are required: {', '.join(missing)}")
 
     t_all = time.perf_counter()
     tmp = Path(args.workdir or tempfile.mkdtemp(prefix="autoprune-bench-"))

@@ -76,6 +76,10 @@ def test_retrain_exports_pass_their_checks(retrained, knee):
     assert report["final"]["macs"] == knee["macs"] and report["final"]["params"] == knee["params"]
     assert report["split"] == "test" and report["finetune"]["epochs"] == 2
     assert report["speedup"]["macs_reduction"] > 1.0
+    # sizes as saved state_dicts: the pruned model's file is smaller than the base's would be, and no base file
+    # is left in the output folder
+    assert 0 < report["final"]["file_bytes"] < report["base"]["file_bytes"]
+    assert not (out / "base_state_dict.pt").exists()
     for name in ("model.pt", "model.onnx", "model.torchscript.pt", "report.html", "study/front_macs.png",
                  "study/front_latency_ms.png", "study/study.html"):
         assert (out / name).is_file(), name
