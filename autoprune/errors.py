@@ -40,3 +40,17 @@ class SearchFailedError(AutopruneError):
     (the CLI exits 1, not 2)."""
 
     exit_code = 1
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """``"TypeName: first non-blank line of the message"`` (just the type name when the message is empty).
+
+    >>> first_line(ValueError("bad value\\nmore detail"))
+    'ValueError: bad value'
+    >>> first_line(RuntimeError(""))
+    'RuntimeError'
+    """
+    text = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+    if limit is not None:
+        text = text[:limit]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
