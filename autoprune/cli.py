@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import click
 
-from autoprune.errors import AutopruneError, SearchFailedError
+from autoprune.errors import AutopruneError, SearchFailedError, first_line
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
 
@@ -41,8 +41,7 @@ def handle_errors(fn: Callable) -> Callable:
         except Exception as exc:  # a bug or an environment problem: one line unless --debug
             if debug:
                 raise
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            _fail(f"{type(exc).__name__}: {first} (run with --debug for the traceback)", 1)
+            _fail(f"{first_line(exc)} (run with --debug for the traceback)", 1)
 
     return wrapper
 
@@ -50,7 +49,9 @@ def handle_errors(fn: Callable) -> Callable:
 def study_options(fn: Callable) -> Callable:
     for opt in reversed([
         click.argument("study_file", type=click.Path(dir_okay=False)),
-        click.option("--storage", help="Optuna storage URL (default: SQLite file in the study's folder)."),
+        click.option("--storage", envvar="AUTOPRUNE_STORAGE", show_envvar=True,
+                     help="Optuna storage URL (default: SQLite file in the study's folder). A URL with a password is "
+                          "best given through the environment, or PostgreSQL's PGPASSWORD / ~/.pgpass, not argv."),
         click.option("--study-name", help="Study name in the storage (default: the study file's name)."),
         click.option("--checkpoint", type=click.Path(dir_okay=False), help="Base model state_dict (overrides the study)."),
         click.option("--data-root", type=click.Path(), help="Data folder (overrides the study)."),
@@ -77,8 +78,9 @@ def _load(study_file: str, checkpoint: str | None, data_root: str | None, storag
             overrides[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
             raise AutopruneError(f"--set {key}: value {value!r} is not a YAML scalar", field="--set") from None
-    overrides.update({"model.checkpoint": checkpoint, "data.root": data_root, "storage.url": storage,
-                      "storage.study_name": study_name})
+    flags = {"model.checkpoint": checkpoint, "data.root": data_root, "storage.url": storage,
+             "storage.study_name": study_name}
+    overrides.update({key: value for key, value in flags.items() if value is not None})  # a flag not given keeps --set
     return load_study(study_file, overrides)
 
 
@@ -99,7 +101,16 @@ def _sigterm_as_interrupt() -> None:
 
 
 def _resume_hint() -> str:
-    return "autoprune " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a)
+    """The command line that resumes, with any storage password masked."""
+    from autoprune.storage import display_url
+
+    return "autoprune " + " ".join(shlex.quote(display_url(a) if "://" in a else a) for a in sys.argv[1:] if a)
+
+
+def _backend_names() -> list[str]:
+    from autoprune.backends import BACKENDS
+
+    return BACKENDS.names()
 
 
 @main.command()
@@ -110,7 +121,7 @@ def _resume_hint() -> str:
 @click.option("--seed", type=int, help="Sampler and trial seed (default: the study's).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes on this machine, all against the study's storage.")
-@click.option("--backend", type=click.Choice(["optuna", "ray"]), default="optuna", show_default=True,
+@click.option("--backend", type=click.Choice(_backend_names()), default="optuna", show_default=True,
               help="optuna: worker processes on this machine; ray: Ray Tune trials on a local or existing cluster.")
 @click.option("--ray-address", help="Join this Ray cluster (ray start --head ...) instead of starting a local one.")
 @click.option("--cpus-per-trial", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
@@ -120,42 +131,86 @@ def _resume_hint() -> str:
 def search(study_file, storage, study_name, checkpoint, data_root, sets, n_trials, timeout, device, seed, workers,
            backend, ray_address, cpus_per_trial, gpus_per_trial, worker_index) -> None:
     """Search per-group pruning ratios and scorers; print the Pareto front. Running it again resumes."""
-    from autoprune.backends.optuna_backend import run_search
-    from autoprune.context import prepare
-    from autoprune.display import SearchMonitor, console, metrics_table, search_progress, steps_progress
-    from autoprune.storage import counts, front, preflight
+    from autoprune.backends import BACKENDS, SearchOptions
+    from autoprune.display import SearchMonitor, search_progress
+    from autoprune.storage import preflight
 
     _sigterm_as_interrupt()
     study = _load(study_file, checkpoint, data_root, storage, sets, study_name)
     preflight(study)
-    cfg = study.config
-    budget = n_trials or cfg.budget.n_trials
-    timeout = timeout or cfg.budget.timeout
-
+    options = SearchOptions(n_trials or study.config.budget.n_trials, timeout or study.config.budget.timeout, seed,
+                            device, workers, ray_address, cpus_per_trial, gpus_per_trial,
+                            _worker_args(study_file, study_name, checkpoint, data_root, sets, n_trials, timeout,
+                                         device, seed))
     if worker_index is not None:  # a worker started by --workers: plain log lines, no table
-        ctx = prepare(study, device, measure_reference=False)
-        ctx.share_device()
+        _search_worker(study, options, worker_index)
+    t0 = time.perf_counter()
+    ctx = _prepare_for_search(study, study_file, device)
+    with search_progress() as bar:
+        monitor = SearchMonitor(bar, options.n_trials, ctx.reference["macs"], study.directions, list(study.config.objectives))
+        outcome = BACKENDS.get(backend)(ctx, options, lambda ost, frozen=None: monitor.refresh(ost), _console_log())
+        monitor.refresh(outcome.study, force=True)
+    _search_summary(outcome, ctx.reference, options, backend, time.perf_counter() - t0)
 
-        def log_trial(ost, frozen) -> None:  # noqa: ARG001
-            click.echo(f"worker {worker_index}: trial {frozen.number} {frozen.state.name} "
-                       f"{frozen.user_attrs.get('metrics', frozen.user_attrs.get('fail_reason', ''))}")
 
-        outcome = run_search(ctx, n_trials=budget, timeout=timeout, seed=seed, on_trial=log_trial, log=click.echo,
-                             worker=worker_index)
-        click.echo(f"worker {worker_index}: done, {outcome.ran_here} ran, {outcome.failed_here} failed")
-        sys.exit(130 if outcome.interrupted else 0)
+def _console_log() -> Callable[[str], None]:
+    from autoprune.display import console
+
+    return console.print
+
+
+def _worker_args(study_file, study_name, checkpoint, data_root, sets, n_trials, timeout, device, seed) -> list[str]:
+    """The ``search`` arguments a local worker process repeats. The storage URL is not among them: it reaches the
+    workers through the environment (``AUTOPRUNE_STORAGE``), so its password never shows in the process list."""
+    command = ["search", str(study_file)]
+    for flag, value in (("--study-name", study_name), ("--checkpoint", checkpoint), ("--data-root", data_root),
+                        ("--n-trials", n_trials), ("--timeout", timeout), ("--device", device), ("--seed", seed)):
+        if value is not None:
+            command += [flag, str(value)]
+    for item in sets:
+        if item.partition("=")[0].strip() != "storage.url":
+            command += ["--set", item]
+    return command
+
+
+def _search_worker(study, options, index: int) -> None:
+    """The loop of one ``--workers`` process: trials until the shared budget is reached; exits."""
+    from autoprune.backends.optuna_backend import run_search
+    from autoprune.context import prepare
+    from autoprune.record import TrialRecord
+
+    ctx = prepare(study, options.device, measure_reference=False)
+    ctx.share_device()
+
+    def log_trial(ost, frozen) -> None:  # noqa: ARG001
+        r = TrialRecord.from_frozen(frozen)
+        said = r.metrics.to_dict() if r.metrics else (r.failure.reason if r.failure else "")
+        click.echo(f"worker {index}: trial {frozen.number} {frozen.state.name} {said}")
+
+    outcome = run_search(ctx, n_trials=options.n_trials, timeout=options.timeout, seed=options.seed, on_trial=log_trial,
+                         log=click.echo, worker=index)
+    click.echo(f"worker {index}: done, {outcome.ran_here} ran, {outcome.failed_here} failed")
+    sys.exit(130 if outcome.interrupted else 0)
+
+
+def _prepare_for_search(study, study_file, device):
+    """Prepare the study (a progress bar while a base model trains) and print the banner and the base."""
+    from autoprune.context import prepare
+    from autoprune.display import console, steps_progress
+    from autoprune.models import resolve_model
+    from autoprune.storage import display_url
 
     # The header waits until prepare has checked the model and the checkpoint (or starts training): bad input
     # stays the single error line.
-    header = [f"[bold]autoprune[/] study [cyan]{study.study_name}[/] ({study_file}), storage {study.storage_url}"]
+    header = [f"[bold]autoprune[/] study [cyan]{study.study_name}[/] ({study_file}), "
+              f"storage {display_url(study.storage_url)}"]
 
     def say(msg: str = "") -> None:
         while header:
-            console.print(header.pop())
+            console.print(header.pop(), markup=True, highlight=False)
         if msg:
             console.print(msg)
 
-    t0 = time.perf_counter()
     with steps_progress() as bar:
         task = bar.add_task("training the base model", total=None, visible=False)
 
@@ -166,89 +221,38 @@ def search(study_file, storage, study_name, checkpoint, data_root, sets, n_trial
         ctx = prepare(study, device, on_base_step=on_base_step, log=say)
     say()
     ctx.share_device()  # latency is measured while other autoprune workers on this device pause
-    ref = ctx.reference
+    ref, cfg = ctx.reference, study.config
     console.print(f"base: {ref['source']}; val accuracy {ref['accuracy']:.4f}, MACs {ref['macs']:,}, "
                   f"params {ref['params']:,}, latency {ref['latency_ms']:.3f} ms (batch {cfg.measure.latency_batch_size})")
     console.print(f"data: {ref['data']['note']} (seed {ref['data']['seed']}, sizes {ref['data']['sizes']}); "
                   f"{len(ctx.groups)} pruning groups by {study.space.groups.by}")
-    from autoprune.models import resolve_model
-
     note = resolve_model(cfg.model.name).note
     if note:
         console.print(f"[dim]{note}[/]")
+    return ctx
 
-    with search_progress() as bar:
-        monitor = SearchMonitor(bar, budget, ref["macs"], study.directions, list(cfg.objectives))
 
-        def on_trial(ost, frozen=None) -> None:  # noqa: ARG001
-            monitor.refresh(ost)
+def _search_summary(outcome, reference: dict, options, backend: str, seconds: float) -> None:
+    """The front, the counts, and how the run ended (exit 130 when interrupted, 1 when Ray trials errored)."""
+    from autoprune.display import console, metrics_table
+    from autoprune.storage import counts, front
 
-        if backend == "ray":
-            from autoprune.backends.ray_backend import run_ray_search
-
-            rout = run_ray_search(ctx, n_trials=budget, address=ray_address, workers=workers,
-                                  cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, timeout=timeout,
-                                  seed=seed, device=device, log=console.print, on_trial=on_trial)
-            ost, interrupted, ran, failed = rout.study, rout.interrupted, rout.ran_here, rout.errors
-            for msg in rout.error_messages:
-                console.print(f"[red]errored Ray trial[/]: {msg}")
-            if rout.restored and not interrupted and rout.completed < budget and not failed and timeout is None:
-                # a restored experiment ended short of a larger budget: a fresh one runs the rest
-                rout = run_ray_search(ctx, n_trials=budget, address=ray_address, workers=workers,
-                                      cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, timeout=timeout,
-                                      seed=seed, device=device, log=console.print, on_trial=on_trial)
-                ost, interrupted, ran, failed = rout.study, rout.interrupted, ran + rout.ran_here, rout.errors
-        elif workers == 1:
-            outcome = run_search(ctx, n_trials=budget, timeout=timeout, seed=seed, on_trial=on_trial, log=console.print)
-            ost, interrupted, ran, failed = outcome.study, outcome.interrupted, outcome.ran_here, outcome.failed_here
-        else:
-            ost, interrupted, ran, failed = _run_workers(study, ctx, study_file, workers, budget, dict(
-                storage=storage, study_name=study_name, checkpoint=checkpoint, data_root=data_root, sets=sets,
-                n_trials=budget, timeout=timeout, device=device, seed=seed), on_trial)
-        monitor.refresh(ost, force=True)
+    ost = outcome.study
     c = counts(ost)
+    for msg in outcome.messages:
+        console.print(f"[red]errored {backend} trial[/]: {msg}")
     console.print(metrics_table(f"Pareto front: {len(ost.best_trials)} of {c['COMPLETE']} complete trials "
-                                f"(accuracy on the validation split)", ref, front(ost)))
-    console.print(f"trials: {c}; this run: {ran} ran, {failed} failed, {time.perf_counter() - t0:.1f} s")
-    if interrupted:
+                                f"(accuracy on the validation split)", reference, front(ost)))
+    console.print(f"trials: {c}; this run: {outcome.ran_here} ran, {outcome.failed_here} failed, {seconds:.1f} s")
+    if outcome.interrupted:
         console.print(f"[yellow]interrupted[/]: completed trials are kept; resume with: {_resume_hint()}")
         sys.exit(130)
-    if backend == "ray" and failed:
-        _fail(f"{failed} Ray trial(s) errored (listed above); completed trials are kept, resume with: "
-              f"{_resume_hint()}", 1)
-    if c["COMPLETE"] < budget:
-        console.print(f"stopped at {c['COMPLETE']}/{budget} complete trials (timeout); resume with: {_resume_hint()}")
-
-
-def _run_workers(study, ctx, study_file, workers, budget, opts, on_trial):
-    """Start ``workers`` local worker processes against the study's storage and wait for them."""
-    from autoprune.backends.optuna_backend import make_sampler
-    from autoprune.backends.workers import start_workers
-    from autoprune.storage import create_or_load, register_host
-
-    ost = create_or_load(study, None, None, make_sampler(ctx, study.config.seed), ctx.reference)
-    register_host(ost, study.storage_url)
-    before = {t.number for t in ost.get_trials(deepcopy=False)}
-    command = ["search", str(study_file)]
-    for key, flag in (("storage", "--storage"), ("study_name", "--study-name"), ("checkpoint", "--checkpoint"),
-                      ("data_root", "--data-root"), ("n_trials", "--n-trials"), ("timeout", "--timeout"),
-                      ("device", "--device"), ("seed", "--seed")):
-        if opts.get(key) is not None:
-            command += [flag, str(opts[key])]
-    for item in opts.get("sets") or ():
-        command += ["--set", item]
-    threads = study.config.measure.threads or max(1, (os.cpu_count() or 1) // workers)
-    pool = start_workers(workers, command, study.workdir / "logs", threads)
-    codes = pool.wait(lambda: on_trial(ost))  # polls the storage about once a second
-    trials = [t for t in ost.get_trials(deepcopy=False) if t.number not in before]
-    ran = sum(1 for t in trials if "skipped" not in t.user_attrs and t.state.is_finished())
-    failed = sum(1 for t in trials if t.state.name == "FAIL")
-    bad = [(i, c) for i, c in enumerate(codes) if c not in (0, 130)]
-    if bad:
-        i, code = bad[0]
-        err = SearchFailedError if code == SearchFailedError.exit_code else AutopruneError
-        raise err(f"worker {i} exited with code {code}: {pool.last_line(i)} (log: {pool.logs[i]})")
-    return ost, any(c == 130 for c in codes), ran, failed
+    if outcome.messages:
+        _fail(f"{len(outcome.messages)} {backend} trial(s) errored (listed above); completed trials are kept, "
+              f"resume with: {_resume_hint()}", 1)
+    if c["COMPLETE"] < options.n_trials:
+        console.print(f"stopped at {c['COMPLETE']}/{options.n_trials} complete trials (timeout); resume with: "
+                      f"{_resume_hint()}")
 
 
 # ---------------------------------------------------------------------------------------------------- status
@@ -260,15 +264,16 @@ def status(study_file, storage, study_name, checkpoint, data_root, sets, as_json
     """Trials by state, and where the study's time went (per phase, fine-tune budget, promotions)."""
     from autoprune.accounting import cost_summary
     from autoprune.display import console, cost_table
+    from autoprune.record import TrialRecord
     from autoprune.storage import counts, load_optuna_study
 
     study = _load(study_file, checkpoint, data_root, storage, sets, study_name)
     ost = load_optuna_study(study)
     c = counts(ost)
-    trials = ost.get_trials(deepcopy=False)
-    cost = cost_summary(trials)
-    reasons = collections.Counter(t.user_attrs.get("fail_reason", "no reason recorded")
-                                  for t in trials if t.state.name == "FAIL")
+    records = [TrialRecord.from_frozen(t) for t in ost.get_trials(deepcopy=False) if t.state.is_finished()]
+    cost = cost_summary(records)
+    reasons = collections.Counter(r.failure.reason if r.failure else "no reason recorded"
+                                  for r in records if r.state == "FAIL")
     if as_json:
         click.echo(json.dumps({"trials": c, **{k: v for k, v in cost.items() if k != "trials"},
                                "fail_reasons": dict(reasons.most_common())}))
@@ -358,12 +363,15 @@ def retrain(study_file, storage, study_name, checkpoint, data_root, sets, trial,
     from autoprune.display import console, steps_progress
     from autoprune.finalize import finalize
     from autoprune.retrain import retrain as run_retrain
-    from autoprune.storage import get_trial, load_optuna_study
+    from autoprune.optional import require
+    from autoprune.storage import get_record, load_optuna_study
 
     _sigterm_as_interrupt()
     study = _load(study_file, checkpoint, data_root, storage, sets, study_name)
+    for module, extra in (("plotly", "report"), ("matplotlib", "report")):
+        require(module, extra, "retrain's report")  # checked before the retrain, not after it
     ost = load_optuna_study(study)
-    frozen = get_trial(ost, trial)
+    record = get_record(ost, trial)
     out = Path(out_dir) if out_dir else study.workdir / f"final-{trial}"
     ctx = prepare(study, device, measure_reference=False, recovery_stream=False)
     console.print(f"retraining trial {trial} of {study.study_name} for {epochs} epochs "
@@ -379,7 +387,7 @@ def retrain(study_file, storage, study_name, checkpoint, data_root, sets, trial,
             bar.update(task, description=f"epoch {min(epoch + 1, total)}", completed=0)
 
         try:
-            result = run_retrain(ctx, frozen, epochs=epochs, out_dir=out, progressive_steps=progressive, lr=lr,
+            result = run_retrain(ctx, record, epochs=epochs, out_dir=out, progressive_steps=progressive, lr=lr,
                                  on_epoch=on_epoch, on_step=on_step)
         except KeyboardInterrupt:
             console.print(f"[yellow]interrupted[/]: the last finished epoch is checkpointed in {out}; resume with: "
@@ -387,7 +395,7 @@ def retrain(study_file, storage, study_name, checkpoint, data_root, sets, trial,
             sys.exit(130)
     if result.resumed_from_epoch:
         console.print(f"resumed from the checkpoint after epoch {result.resumed_from_epoch}")
-    report = finalize(ctx, ost, frozen, result, out, int8=int8, log=console.print)
+    report = finalize(ctx, ost, record, result, out, int8=int8, log=console.print)
     b, f, sp = report["base"], report["final"], report["speedup"]
     console.print(f"test accuracy: base {b['test_accuracy']:.4f} -> retrained {f['test_accuracy']:.4f}; "
                   f"MACs {b['macs']:,} -> {f['macs']:,} ({sp['macs_reduction']:.2f}x fewer); "
@@ -414,11 +422,11 @@ def report(study_file, storage, study_name, checkpoint, data_root, sets, out_dir
 
     from autoprune.display import console
     from autoprune.report import study_report
-    from autoprune.storage import get_trial, load_optuna_study, trial_entry
+    from autoprune.storage import get_record, load_optuna_study
 
     study = _load(study_file, checkpoint, data_root, storage, sets, study_name)
     ost = load_optuna_study(study)
-    chosen = trial_entry(get_trial(ost, trial)) if trial is not None else None
+    chosen = get_record(ost, trial).entry() if trial is not None else None
     files = study_report(ost, Path(out_dir) if out_dir else study.workdir / "report", chosen=chosen)
     for name, path in files.items():
         console.print(f"{name}: {path}")
@@ -433,14 +441,12 @@ def report(study_file, storage, study_name, checkpoint, data_root, sets, out_dir
 def dashboard(study_file, storage, study_name, checkpoint, data_root, sets, host, port) -> None:
     """optuna-dashboard on the study's storage."""
     from autoprune.display import console
-    from autoprune.storage import open_storage
+    from autoprune.optional import require
+    from autoprune.storage import display_url, open_storage
 
-    try:
-        from optuna_dashboard import run_server
-    except ImportError:
-        raise AutopruneError("the dashboard needs optuna-dashboard: pip install 'autoprune[report]'") from None
+    run_server = require("optuna_dashboard", "report", "the dashboard").run_server
     study = _load(study_file, checkpoint, data_root, storage, sets, study_name)
-    console.print(f"optuna-dashboard for {study.storage_url} on http://{host}:{port}/ (Ctrl-C stops)")
+    console.print(f"optuna-dashboard for {display_url(study.storage_url)} on http://{host}:{port}/ (Ctrl-C stops)")
     run_server(open_storage(study.storage_url), host=host, port=port)
 
 
@@ -459,7 +465,7 @@ def evaluate(study_file, storage, study_name, checkpoint, data_root, sets, use_b
     from autoprune.display import console
     from autoprune.measure import accuracy, measure
     from autoprune.saving import load_pruned
-    from autoprune.storage import get_trial, load_optuna_study
+    from autoprune.storage import get_record, load_optuna_study
 
     if use_base == (trial is not None):
         raise AutopruneError("give exactly one of --base or --trial N", field="evaluate")
@@ -467,12 +473,12 @@ def evaluate(study_file, storage, study_name, checkpoint, data_root, sets, use_b
     ost = None
     if trial is not None:  # check the trial exists before loading data
         ost = load_optuna_study(study)
-        frozen = get_trial(ost, trial)
+        record = get_record(ost, trial)
     ctx = prepare(study, device, measure_reference=False, recovery_stream=False)
     if trial is None:
         model, label = ctx.base, "base"
     else:
-        path = frozen.user_attrs.get("model_file")
+        path = record.model_file
         if not path:
             raise AutopruneError(f"trial {trial} has no saved model", field="--trial")
         model, label = load_pruned(path, ctx.fresh_model()).to(ctx.device), f"trial {trial}"

@@ -1,28 +1,25 @@
-"""What torch-pruning needs to know about a model, and a probe that finds what it cannot prune before any trial.
+"""What torch-pruning needs to know about a model that its dependency graph does not tell it.
 
 * Attention: the width of every ``nn.MultiheadAttention`` is pruned in multiples of its number of heads, so every
   head keeps the same, smaller head dimension and no head is removed (torch-pruning's torchvision example).
   torchvision's ``VisionTransformer`` reads ``hidden_dim`` in its forward; it is updated after pruning.
 * Custom layers: a model may carry ``autoprune_pruners = {LayerType: torch_pruning BasePruningFunc()}``, passed to
   torch-pruning as ``customized_pruners`` (the same attribute convention as ``autoprune_prunable``).
-* :func:`check_prunable` prunes a copy of the model at a probe ratio and runs it; when that breaks, it finds the
-  group that breaks it and the layer whose forward fails, and says what to do.
+* :func:`failing_layer` runs a model and names the innermost layer whose forward raised.
+
+The probe that checks a model before a search (:mod:`autoprune.probe`) builds on these; this module imports
+nothing of autoprune's but its errors, so :mod:`autoprune.pruning` can use it without a cycle.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from autoprune.errors import AutopruneError
-
-if TYPE_CHECKING:
-    from autoprune.pruning import GroupLayout
-
-PROBE_RATIO = 0.3
+from autoprune.errors import first_line
 
 
 def customized_pruners(model: nn.Module) -> dict[Any, Any] | None:
@@ -49,15 +46,6 @@ def after_pruning(model: nn.Module) -> nn.Module:
     return model
 
 
-def unknown_layers(model: nn.Module) -> list[str]:
-    """Layers outside torch holding their own parameters and no customized pruner: torch-pruning guesses how to
-    prune those parameters (their last dimension), which is where pruning a custom layer usually goes wrong."""
-    custom = set(customized_pruners(model) or {})
-    return [f"{name} ({type(m).__name__})" for name, m in model.named_modules()
-            if name and type(m) not in custom and not type(m).__module__.startswith("torch.")
-            and any(True for _ in m.parameters(recurse=False))]
-
-
 def failing_layer(model: nn.Module, example_inputs: torch.Tensor) -> tuple[str, str] | None:
     """Run ``model`` once; on failure return (innermost module whose forward raised, the error's first line)."""
     stack: list[str] = []
@@ -80,41 +68,8 @@ def failing_layer(model: nn.Module, example_inputs: torch.Tensor) -> tuple[str, 
         return None
     except Exception as exc:  # noqa: BLE001 - any failure is the answer
         layer = next((s for s in reversed(stack) if s), "(the model's own forward)")
-        return layer, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+        return layer, first_line(exc, limit=160)
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
-
-
-def check_prunable(model: nn.Module, example_inputs: torch.Tensor, layout: GroupLayout, *,
-                   ratio: float = PROBE_RATIO, source: str | None = None) -> None:
-    """Prune a copy of ``model`` at ``ratio`` in every group and run it; raise a one-line AutopruneError naming
-    the group and layer that break, and the fix, when it does not work. The model is left unchanged."""
-    from autoprune.pruning import prune_with_plan
-
-    def attempt(ratios: dict[str, float]) -> str | None:
-        try:
-            pruned, _ = prune_with_plan(model, example_inputs, ratios, "l1", layout=layout, check_forward=False)
-        except AutopruneError as exc:
-            return exc.message
-        broken = failing_layer(pruned, example_inputs)
-        return None if broken is None else f"layer {broken[0]!r} fails on forward ({broken[1]})"
-
-    if attempt({g: ratio for g in layout.names}) is None:
-        return
-    why, culprit = "", layout.names[0]
-    for g in layout.names:  # which group breaks it, alone
-        why = attempt({h: (ratio if h == g else 0.0) for h in layout.names}) or ""
-        if why:
-            culprit = g
-            break
-    unknown = unknown_layers(model)
-    layers = f"; torch-pruning has no pruner for {', '.join(unknown[:3])}" if unknown else ""
-    roots = ", ".join(layout.roots.get(culprit, [culprit])[:3])
-    raise AutopruneError(
-        f"the model cannot be pruned: pruning group {culprit!r} (layers {roots}) at {ratio} breaks it: "
-        f"{why or 'the groups fail only together'}{layers}. Add those layers to 'ignore' in the search space, or "
-        "give the model an autoprune_pruners = {LayerType: torch_pruning BasePruningFunc} attribute "
-        "(torch-pruning customized_pruners)", source=source, field="ignore")
-

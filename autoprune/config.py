@@ -16,9 +16,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from autoprune.errors import ConfigError
+from autoprune.pareto import Direction
 
 METRICS = ("accuracy", "macs", "params", "latency_ms")
-DIRECTIONS = {"accuracy": "maximize", "macs": "minimize", "params": "minimize", "latency_ms": "minimize"}
+DIRECTIONS = {"accuracy": Direction.MAXIMIZE, "macs": Direction.MINIMIZE, "params": Direction.MINIMIZE,
+              "latency_ms": Direction.MINIMIZE}
 RECOVERY_SEARCHABLE = ("lr", "temperature", "alpha", "steps")
 
 
@@ -57,7 +59,7 @@ class ModelConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    name: Literal["digits", "cifar10", "cifar100", "imagefolder"]
+    name: str  # a name in autoprune.data.DATASETS
     root: str | None = None
     val_source: Literal["train", "test"] = "train"
     val_fraction: float = Field(0.2, gt=0, lt=1)
@@ -69,6 +71,18 @@ class DataConfig(_Strict):
     image_size: int = Field(224, ge=8)  # ImageFolder images are resized to this
     train_subset: int | None = Field(None, ge=1)  # use at most this many training images (seeded)
     batch_size: int = Field(256, ge=1)  # evaluation batch size
+
+    @field_validator("name")
+    @classmethod
+    def _known_data_set(cls, v: str) -> str:
+        from autoprune.data import DATASETS
+        from autoprune.errors import AutopruneError
+
+        try:
+            DATASETS.get(v)
+        except AutopruneError as err:
+            raise ValueError(err.message) from None
+        return v
 
     @model_validator(mode="after")
     def _stats(self) -> "DataConfig":
@@ -270,8 +284,20 @@ class StorageConfig(_Strict):
 
 
 class SamplerConfig(_Strict):
-    name: Literal["tpe", "nsga2", "random"] = "tpe"
-    n_startup_trials: int = Field(10, ge=0)
+    name: str = "tpe"  # a name in autoprune.samplers.SAMPLERS
+    n_startup_trials: int = Field(10, ge=0)  # tpe and gp: random trials before the model takes over
+
+    @field_validator("name")
+    @classmethod
+    def _known_sampler(cls, v: str) -> str:
+        from autoprune.errors import AutopruneError
+        from autoprune.samplers import SAMPLERS
+
+        try:
+            SAMPLERS.get(v)
+        except AutopruneError as err:
+            raise ValueError(err.message) from None
+        return v
 
 
 class StudyConfig(_Strict):
@@ -332,7 +358,7 @@ class Study:
         return f"sqlite:///{(self.workdir / 'study.db').as_posix()}"
 
     @property
-    def directions(self) -> list[str]:
+    def directions(self) -> list[Direction]:
         return [DIRECTIONS[m] for m in self.config.objectives]
 
     def _defining(self) -> dict[str, Any]:

@@ -18,8 +18,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from autoprune.compat import check_prunable
-from autoprune.config import ChoiceParam, RangeParam, Study
+from autoprune.probe import check_prunable
+from autoprune.config import ChoiceParam, RangeParam, RecoveryConfig, Study
 from autoprune.data import DataSplits, Split, load_splits
 from autoprune.depth import droppable_blocks
 from autoprune.devicelock import DeviceLock, NoLock
@@ -101,8 +101,8 @@ def train_base(study: Study, model: nn.Module, data: DataSplits, device: torch.d
     steps_per_epoch = max(1, len(data.train) // bt.batch_size)
     total = bt.epochs * steps_per_epoch
     gen = torch.Generator().manual_seed(study.config.seed)
-    finetune(model, data.train, steps=total, batch_size=bt.batch_size, lr=bt.lr, weight_decay=bt.weight_decay,
-             augment=study.config.data.augment, generator=gen,
+    settings = RecoveryConfig(lr=bt.lr, weight_decay=bt.weight_decay, batch_size=bt.batch_size)
+    finetune(model, data.train, steps=total, settings=settings, augment=study.config.data.augment, generator=gen,
              on_step=(lambda s, _loss: on_step(s + 1, total)) if on_step else None)
     return model
 

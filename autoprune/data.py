@@ -1,7 +1,8 @@
 """Data sets as in-memory tensors, and the seeded train / validation / test splits a study uses.
 
 Sources: scikit-learn's digits (embedded, no download), CIFAR-10/100 (a folder with train.npz/test.npz, or a
-torchvision download), and an ImageFolder directory (``train/`` and ``val/`` or ``test/`` under the root).
+torchvision download), and an ImageFolder directory (``train/`` and ``val/`` or ``test/`` under the root),
+each registered by name in :data:`DATASETS` (the names ``data.name`` accepts).
 The search scores trials on ``val``; ``test`` (held out) and ``test_full`` (the official test split) are used
 only by explicit evaluation.
 """
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from autoprune.config import DataConfig
-from autoprune.errors import AutopruneError
+from autoprune.errors import AutopruneError, first_line
+from autoprune.registry import Registry
 
 CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
                "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
@@ -138,7 +140,7 @@ def _cifar(name: str, root: str | None) -> tuple[np.ndarray, np.ndarray, np.ndar
     except Exception as exc:  # no network, bad folder
         raise AutopruneError(
             f"cannot load {name} from {where!r} (no train.npz/test.npz there and download failed: "
-            f"{str(exc).splitlines()[0]})", field="data.root") from None
+            f"{first_line(exc)})", field="data.root") from None
     return (tr.data.transpose(0, 3, 1, 2), np.asarray(tr.targets, dtype=np.int64),
             te.data.transpose(0, 3, 1, 2), np.asarray(te.targets, dtype=np.int64))
 
@@ -166,6 +168,43 @@ def _image_folder(root: str, size: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return xtr, ytr, xte, yte, len(classes)
 
 
+@dataclass
+class Source:
+    """A data set as its loader returns it: train and test images (NCHW) and labels, before the splits."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    stats: tuple[tuple[float, ...], tuple[float, ...]]  # the default (mean, std) per channel
+    official_test: bool = True  # False: the test split is carved from the one set the source has
+
+
+def _load_digits(cfg: DataConfig, rng: np.random.Generator) -> Source:
+    x, y = _digits()
+    perm = rng.permutation(len(y))
+    n_test = int(round(cfg.test_fraction * len(y)))
+    return Source(x[perm[n_test:]], y[perm[n_test:]], x[perm[:n_test]], y[perm[:n_test]], 10, ((0.0,), (1.0,)),
+                  official_test=False)
+
+
+def _load_cifar(cfg: DataConfig, rng: np.random.Generator) -> Source:
+    return Source(*_cifar(cfg.name, cfg.root), 10 if cfg.name == "cifar10" else 100, CIFAR_STATS[cfg.name])
+
+
+def _load_image_folder(cfg: DataConfig, rng: np.random.Generator) -> Source:
+    return Source(*_image_folder(cfg.root or "", cfg.image_size), IMAGENET_STATS)
+
+
+# name -> loader(config, rng); the rng is the study's split generator (a loader may draw from it, in order)
+DATASETS = Registry[Callable[[DataConfig, np.random.Generator], Source]]("data set")
+DATASETS.register("digits", _load_digits)
+DATASETS.register("cifar10", _load_cifar)
+DATASETS.register("cifar100", _load_cifar)
+DATASETS.register("imagefolder", _load_image_folder)
+
+
 def load_splits(cfg: DataConfig) -> DataSplits:
     """Load the data set named in ``cfg`` and carve its seeded splits.
 
@@ -176,21 +215,9 @@ def load_splits(cfg: DataConfig) -> DataSplits:
         ('train', True)
     """
     rng = np.random.default_rng(cfg.seed)
-    official_test = True
-    if cfg.name == "digits":
-        x, y = _digits()
-        perm = rng.permutation(len(y))
-        n_test = int(round(cfg.test_fraction * len(y)))
-        xte, yte, xtr, ytr = x[perm[:n_test]], y[perm[:n_test]], x[perm[n_test:]], y[perm[n_test:]]
-        num_classes, official_test = 10, False
-        default_stats = ((0.0,), (1.0,))
-    elif cfg.name in ("cifar10", "cifar100"):
-        xtr, ytr, xte, yte = _cifar(cfg.name, cfg.root)
-        num_classes = 10 if cfg.name == "cifar10" else 100
-        default_stats = CIFAR_STATS[cfg.name]
-    else:
-        xtr, ytr, xte, yte, num_classes = _image_folder(cfg.root or "", cfg.image_size)
-        default_stats = IMAGENET_STATS
+    source = DATASETS.get(cfg.name)(cfg, rng)
+    xtr, ytr, xte, yte = source.x_train, source.y_train, source.x_test, source.y_test
+    num_classes, official_test, default_stats = source.num_classes, source.official_test, source.stats
     mean = torch.tensor(cfg.mean if cfg.mean is not None else default_stats[0], dtype=torch.float32)
     std = torch.tensor(cfg.std if cfg.std is not None else default_stats[1], dtype=torch.float32)
     if mean.numel() != xtr.shape[1]:

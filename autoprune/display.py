@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from autoprune.record import TrialRecord
+
 console = Console(stderr=True)  # human output goes to stderr so --json stdout stays clean
 
 
@@ -98,11 +100,10 @@ class SearchMonitor:
         self.min_interval = min_interval
         self._last_refresh = 0.0
 
-    def describe(self, t) -> str:
-        m = t.user_attrs.get("metrics")
-        if m:
-            return f"acc {m['accuracy']:.3f}, {self.base_macs / max(1, m['macs']):.2f}x fewer MACs"
-        return f"{t.state.name}: {t.user_attrs.get('fail_reason', '')}"
+    def describe(self, r: TrialRecord) -> str:
+        if r.metrics is not None:
+            return f"acc {r.metrics.accuracy:.3f}, {self.base_macs / max(1, r.metrics.macs):.2f}x fewer MACs"
+        return f"{r.state}: {r.failure.reason if r.failure else ''}"
 
     def refresh(self, ost, force: bool = False) -> None:
         import time
@@ -119,11 +120,14 @@ class SearchMonitor:
         front = non_dominated([t.values for t in feasible], self.directions)
         last = ""
         for t in trials:
-            if t.state.is_finished() and t.number not in self.seen and "skipped" not in t.user_attrs:
+            if not t.state.is_finished() or t.number in self.seen:
+                continue
+            r = TrialRecord.from_frozen(t)
+            if r.skipped is None:
                 self.seen.add(t.number)
-                last = f"last: {self.describe(t)}"
+                last = f"last: {self.describe(r)}"
                 if not console.is_terminal:  # logs and CI: one line per trial instead of a live bar
-                    console.print(f"trial {t.number}: {t.state.name} {self.describe(t)} "
+                    console.print(f"trial {t.number}: {t.state.name} {self.describe(r)} "
                                   f"({len(complete)}/{self.budget} complete)")
         self.bar.update(self.task, completed=min(self.budget, len(complete)), front=len(front),
                         **({"last": last} if last else {}))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import TYPE_CHECKING, Callable, ContextManager
+from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,17 @@ from autoprune.data import Split
 
 if TYPE_CHECKING:
     from autoprune.teacher import RecoveryStream
+
+
+class RecoverySettings(Protocol):
+    """What the training loop reads (a :class:`~autoprune.config.RecoveryConfig` has all of it)."""
+
+    lr: float
+    momentum: float
+    weight_decay: float
+    batch_size: int
+    temperature: float
+    alpha: float
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -84,18 +95,51 @@ def _cycle(split: Split, batch_size: int, augment: bool, generator: torch.Genera
             raise ValueError("the training split is empty: nothing to fine-tune on")
 
 
+def make_optimizer(model: nn.Module, settings: RecoverySettings, total_steps: int, offset: int = 0,
+                   lr: float | None = None) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """SGD (Nesterov momentum where momentum > 0) with a cosine schedule over ``total_steps``; ``offset``
+    continues the schedule for an optimizer re-made mid-way (the parameters changed shape)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    momentum = settings.momentum
+    opt = torch.optim.SGD(params, lr=lr or settings.lr, momentum=momentum, weight_decay=settings.weight_decay,
+                          nesterov=momentum > 0)
+    total = max(1, total_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s + offset, total) / total)))
+    return opt, sched
+
+
+def run_steps(student: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+              opt, sched, settings: RecoverySettings, teacher: nn.Module | None = None, *, steps: int | None = None,
+              where: str = "fine-tune", step_guard: Callable[[], ContextManager] = contextlib.nullcontext,
+              on_step: Callable[[int, float], None] | None = None) -> list[float]:
+    """The one training loop of autoprune (a trial's recovery, the base model's training, the final retrain):
+    ``train_step`` over ``(x, y, teacher_logits or None)`` batches, at most ``steps`` of them; returns the losses.
+    ``step_guard`` is entered around every step (the device lock's shared side, when workers share a device)."""
+    if teacher is not None:
+        teacher.eval()
+    student.train()
+    losses: list[float] = []
+    for step, (x, y, t_logits) in enumerate(batches):
+        if steps is not None and step >= steps:
+            break
+        with step_guard():
+            value = train_step(student, teacher, x, y, opt, sched, settings.temperature, settings.alpha,
+                               f"{where} step {step}", teacher_logits=t_logits)
+        losses.append(value)
+        if on_step is not None:
+            on_step(step, value)
+    student.eval()
+    return losses
+
+
 def finetune(
     student: nn.Module,
     split: Split,
     *,
     steps: int,
-    batch_size: int,
-    lr: float,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
+    settings: RecoverySettings,
     teacher: nn.Module | None = None,
-    temperature: float = 4.0,
-    alpha: float = 0.9,
     augment: bool = False,
     generator: torch.Generator | None = None,
     on_step: Callable[[int, float], None] | None = None,
@@ -103,36 +147,23 @@ def finetune(
     stream: "RecoveryStream | None" = None,
     stream_start: int = 0,
 ) -> float:
-    """SGD with a cosine schedule for ``steps`` steps; distillation from ``teacher`` if given, else plain CE.
+    """``steps`` steps of :func:`run_steps` under ``settings`` (lr, momentum, weight decay, batch size,
+    temperature, alpha: a :class:`~autoprune.config.RecoveryConfig`); distillation from ``teacher`` if given,
+    else plain cross-entropy.
 
     With a ``stream`` (:mod:`autoprune.teacher`) the batches are the stream's from ``stream_start`` on and the
-    teacher's logits come from its cache (``teacher`` is not run; ``split``, ``batch_size``, ``augment`` and
-    ``generator`` are then the stream's business).
+    teacher's logits come from its cache (``teacher`` is not run; ``split``, ``augment`` and ``generator`` are
+    then the stream's business).
     Returns the mean loss over the last tenth of the steps. Raises FloatingPointError on a non-finite loss.
-    ``step_guard`` is entered around every step (the device lock's shared side, when workers share a device).
     """
     if steps <= 0:
         return float("nan")
-    params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    if teacher is not None:
-        teacher.eval()
-    student.train()
-    tail, tail_n = 0.0, 0
+    opt, sched = make_optimizer(student, settings, steps)
     if stream is not None:
         batches = stream.batches(split, stream_start)
     else:
-        batches = ((x, y, None) for x, y in _cycle(split, batch_size, augment, generator))
-    for step in range(steps):
-        x, y, t_logits = next(batches)
-        with step_guard():
-            loss_value = train_step(student, teacher, x, y, opt, sched, temperature, alpha, f"fine-tune step {step}",
-                                    teacher_logits=t_logits)
-        if step >= steps - max(1, steps // 10):
-            tail += loss_value
-            tail_n += 1
-        if on_step is not None:
-            on_step(step, loss_value)
-    student.eval()
-    return tail / max(1, tail_n)
+        batches = ((x, y, None) for x, y in _cycle(split, settings.batch_size, augment, generator))
+    losses = run_steps(student, batches, opt, sched, settings, teacher, steps=steps, where="fine-tune",
+                       step_guard=step_guard, on_step=on_step)
+    tail = losses[-max(1, steps // 10):]
+    return sum(tail) / max(1, len(tail))

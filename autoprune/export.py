@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoprune.errors import AutopruneError
+from autoprune.optional import require
 from autoprune.saving import atomic_write
 
 
@@ -34,9 +36,9 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> d
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> dict[str, Any]:
     """ONNX export (dynamic batch) and an onnxruntime check of the outputs on ``example``."""
     try:
-        import onnxruntime as ort
-    except ImportError:
-        return {"file": None, "error": "onnxruntime is not installed: pip install 'autoprune[export]'"}
+        ort = require("onnxruntime", "export", "the ONNX export check")
+    except AutopruneError as err:  # the other exports still go ahead; the report says what is missing
+        return {"file": None, "error": err.message}
     model = model.eval()
     out: dict[str, Any] = {}
 

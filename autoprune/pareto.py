@@ -1,9 +1,36 @@
-"""Pure multi-objective math: dominance and the non-dominated set (no Optuna, no torch)."""
+"""Pure multi-objective math: directions, dominance and the non-dominated set (no Optuna, no torch)."""
 
 from __future__ import annotations
 
+import enum
 import math
 from typing import Sequence
+
+
+class Direction(str, enum.Enum):
+    """Whether an objective is maximised or minimised; a ``str`` so Optuna takes it as a study direction.
+
+    >>> Direction("maximize") is Direction.MAXIMIZE
+    True
+    >>> Direction("maximise")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown direction 'maximise'; valid: maximize, minimize
+    """
+
+    MAXIMIZE = "maximize"
+    MINIMIZE = "minimize"
+
+    def __str__(self) -> str:  # "maximize", not "Direction.MAXIMIZE", in f-strings and messages
+        return self.value
+
+    @classmethod
+    def _missing_(cls, value: object) -> "Direction":
+        raise ValueError(f"unknown direction {value!r}; valid: {', '.join(d.value for d in cls)}")
+
+
+def _directions(directions: Sequence[str]) -> list[Direction]:
+    return [Direction(d) for d in directions]
 
 
 def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
@@ -15,8 +42,8 @@ def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str])
     False
     """
     better = False
-    for x, y, d in zip(a, b, directions):
-        if d == "maximize":
+    for x, y, d in zip(a, b, _directions(directions)):
+        if d is Direction.MAXIMIZE:
             x, y = -x, -y
         if x > y:
             return False
@@ -27,6 +54,7 @@ def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str])
 
 def non_dominated(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[int]:
     """Indices of the points no other point dominates (duplicates of a front point are all kept)."""
+    directions = _directions(directions)
     return [i for i, p in enumerate(points)
             if not any(dominates(q, p, directions) for j, q in enumerate(points) if j != i)]
 
@@ -37,6 +65,7 @@ def nondominated_ranks(points: Sequence[Sequence[float]], directions: Sequence[s
     >>> nondominated_ranks([[0.9, 5], [0.8, 5], [0.7, 9]], ["maximize", "minimize"])
     [0, 1, 2]
     """
+    directions = _directions(directions)
     ranks = [-1] * len(points)
     left = list(range(len(points)))
     rank = 0
@@ -65,6 +94,7 @@ def promote(candidate: Sequence[float], others: Sequence[Sequence[float]], direc
     >>> promote([0.7, 9], [[0.8, 5], [0.9, 5]], ["maximize", "minimize"], eta=3)
     False
     """
+    directions = _directions(directions)
     pts = [list(candidate)] + [list(o) for o in others]
     quota = math.ceil(len(pts) / eta)
     if promoted >= quota:

@@ -20,7 +20,7 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.compat import after_pruning, customized_pruners, failing_layer, pruner_kwargs
-from autoprune.errors import AutopruneError
+from autoprune.errors import AutopruneError, first_line
 from autoprune.scorers import resolve_scorer
 
 ROOT_TYPES = (nn.Conv2d, nn.Conv1d, nn.Linear)
@@ -104,7 +104,7 @@ def build_layout(
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False,
                                                    customized_pruners=customized_pruners(model))
     except Exception as exc:
-        raise AutopruneError(f"torch-pruning cannot trace the model: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+        raise AutopruneError(f"torch-pruning cannot trace the model: {first_line(exc)}") from None
     ignored_modules = [x for n in ignored for x in modules[n].modules()]
     roots: dict[str, list[str]] = {}
     channels: dict[str, int] = {}
@@ -247,7 +247,7 @@ def prune_with_plan(
     except AutopruneError:
         raise
     except Exception as exc:
-        raise AutopruneError(f"torch-pruning could not apply the plan: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+        raise AutopruneError(f"torch-pruning could not apply the plan: {first_line(exc)}") from None
     finally:
         target.zero_grad(set_to_none=True)
         for m in target.modules():

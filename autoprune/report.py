@@ -10,24 +10,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from autoprune.errors import AutopruneError
+from autoprune.optional import require
 from autoprune.saving import atomic_write, atomic_write_text
 
 AXES = {"macs": "MACs", "latency_ms": "latency (ms)", "params": "parameters"}
 
 
-def _require(name: str, extra: str = "report"):
-    import importlib
-
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        raise AutopruneError(f"{name} is needed for reports: pip install 'autoprune[{extra}]'") from None
-
-
 def front_png(trials: Sequence[dict], front: Sequence[dict], base: dict, path: Path, x: str = "macs",
               chosen: dict | None = None, title: str = "") -> Path:
     """Accuracy against ``x``: every completed trial, the front (line), the base (star), the chosen point (ring)."""
-    matplotlib = _require("matplotlib")
+    matplotlib = require("matplotlib", "report", "the front plot (PNG)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -53,8 +45,8 @@ def front_png(trials: Sequence[dict], front: Sequence[dict], base: dict, path: P
 def front_plotly(trials: Sequence[dict], front: Sequence[dict], base: dict, x: str, chosen: dict | None = None,
                  div_id: str = "plot") -> str:
     """An interactive plot as an HTML fragment (plotly.js is included once by :func:`html_page`)."""
-    go = _require("plotly.graph_objects")
-    pio = _require("plotly.io")
+    go = require("plotly.graph_objects", "report", "the interactive front plot")
+    pio = require("plotly.io", "report", "the interactive front plot")
 
     def hover(e: dict) -> str:
         return (f"trial {e.get('trial', 'base')}<br>acc {e['accuracy']:.4f}<br>MACs {e['macs']:,}<br>"
@@ -100,7 +92,7 @@ def _fmt(v: Any) -> str:
 
 def html_page(title: str, sections: Sequence[str]) -> str:
     """A self-contained page: plotly.js inlined so it opens offline."""
-    pio = _require("plotly.io")
+    pio = require("plotly.io", "report", "the HTML report")
     from plotly.offline import get_plotlyjs
 
     del pio

@@ -2,15 +2,16 @@
 
 The pruned structure is rebuilt deterministically: the trial's recorded torch-pruning history is replayed on a
 copy of the base model (or, where the trial's saved file is gone, its recorded plan is applied again), and the
-rebuilt structure is checked against the trial's. Recovery is a cosine-scheduled distillation from the base on the
-full training data with the data's augmentation, one checkpoint per epoch so an interrupted retrain resumes.
+rebuilt structure is checked against the trial's. Recovery is the search's own fine-tune (:func:`autoprune.distill.run_steps`) driven by
+the trial's recorded recovery settings (:meth:`autoprune.record.PlanRecord.recovery_settings`), longer: a cosine
+schedule over all epochs on the full training data with the data's augmentation, one checkpoint per epoch so an
+interrupted retrain resumes.
 An optional progressive schedule prunes the same total ratios in k steps with fine-tuning between.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +22,13 @@ from torch import nn
 
 from autoprune.context import StudyContext
 from autoprune.data import Split
-from autoprune.distill import recalibrate_bn, train_step
+from autoprune.config import RecoveryConfig
+from autoprune.distill import make_optimizer, recalibrate_bn, run_steps
 from autoprune.errors import AutopruneError
 from autoprune.pruning import prune_with_plan, replay, structure
-from autoprune.saving import atomic_save
 from autoprune.depth import drop_blocks
+from autoprune.record import TrialRecord
+from autoprune.saving import atomic_save
 
 
 @dataclass
@@ -49,52 +52,93 @@ def full_training_split(ctx: StudyContext) -> Split:
     return train
 
 
-def _trial_blob(frozen) -> dict | None:
-    path = frozen.user_attrs.get("model_file")
+def _trial_blob(record: TrialRecord) -> dict | None:
+    path = record.model_file
     if not path or not Path(path).is_file():
         return None
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _base_copy(ctx: StudyContext, frozen) -> nn.Module:
+def _base_copy(ctx: StudyContext, record: TrialRecord) -> nn.Module:
     """A copy of the base model without the residual blocks the trial dropped (depth pruning)."""
-    return drop_blocks(copy.deepcopy(ctx.base), frozen.user_attrs.get("plan", {}).get("dropped", []))
+    return drop_blocks(copy.deepcopy(ctx.base), list(record.plan.dropped))
 
 
-def rebuild(ctx: StudyContext, frozen) -> tuple[nn.Module, list, bool]:
+def rebuild(ctx: StudyContext, record: TrialRecord) -> tuple[nn.Module, list, bool]:
     """The trial's pruned structure with the base model's weights; returns (model, history, matches trial)."""
-    blob = _trial_blob(frozen)
-    model = _base_copy(ctx, frozen)
+    blob = _trial_blob(record)
+    model = _base_copy(ctx, record)
     if blob is not None:
         replay(model, ctx.example, blob["history"])
         want = {k: list(v.shape) for k, v in blob["state_dict"].items()}
         if structure(model) != want:
-            raise AutopruneError(f"replaying trial {frozen.number}'s pruning history does not rebuild its structure")
+            raise AutopruneError(f"replaying trial {record.number}'s pruning history does not rebuild its structure")
         return model, [list(h) for h in blob["history"]], True
-    plan = frozen.user_attrs.get("plan", {})
-    model, pplan = prune_with_plan(model, ctx.example, plan["ratios"], plan["scorer"], layout=ctx.layout,
-                                   round_to=plan.get("round_to"), calibration=ctx.calibration, inplace=True)
+    plan = record.plan
+    model, pplan = prune_with_plan(model, ctx.example, plan.ratios, plan.scorer, layout=ctx.layout,
+                                   round_to=plan.round_to, calibration=ctx.calibration, inplace=True)
     params = sum(p.numel() for p in model.parameters())
-    if params != frozen.user_attrs["metrics"]["params"]:
-        raise AutopruneError(f"trial {frozen.number}'s saved model is gone and re-applying its plan gives "
-                             f"{params} parameters, not the trial's {frozen.user_attrs['metrics']['params']}")
+    if params != record.metrics.params:
+        raise AutopruneError(f"trial {record.number}'s saved model is gone and re-applying its plan gives "
+                             f"{params} parameters, not the trial's {record.metrics.params}")
     return model, pplan.to_dict()["history"], True
 
 
-def _progressive_step(ctx: StudyContext, model: nn.Module, plan: dict, step: int, steps: int) -> list:
+def _progressive_step(ctx: StudyContext, model: nn.Module, record: TrialRecord, step: int, steps: int) -> list:
     """Prune ``model`` from cumulative ratio r*step/steps to r*(step+1)/steps of the base's channels."""
     rel = {}
-    for g, r in plan["ratios"].items():
+    for g, r in record.plan.ratios.items():
         kept_now, kept_next = 1 - r * step / steps, 1 - r * (step + 1) / steps
         rel[g] = 0.0 if r == 0 else max(0.0, 1 - kept_next / kept_now)
-    pruned, pplan = prune_with_plan(model, ctx.example, rel, plan["scorer"], layout=ctx.layout,
-                                    round_to=plan.get("round_to"), calibration=ctx.calibration, inplace=True)
+    _, pplan = prune_with_plan(model, ctx.example, rel, record.plan.scorer, layout=ctx.layout,
+                               round_to=record.plan.round_to, calibration=ctx.calibration, inplace=True)
     return pplan.to_dict()["history"]
+
+
+@dataclass
+class _State:
+    """Where a retrain stands: the model, its pruning history and the epochs done (a checkpoint's contents)."""
+
+    model: nn.Module
+    history: list
+    epoch: int = 0
+    matches: bool = True
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+
+
+def _start(ctx: StudyContext, record: TrialRecord, ckpt_path: Path, key: dict, progressive_steps: int) -> _State:
+    """Resume from ``ckpt_path`` when it holds this retrain, else rebuild the trial's structure (or, for a
+    progressive retrain, start from the base)."""
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True) if ckpt_path.is_file() else None
+    if state is not None and state.get("key") != key:
+        raise AutopruneError(f"{ckpt_path} belongs to another retrain ({state.get('key')}); use another --out",
+                             field="--out")
+    if state is not None:
+        model = _base_copy(ctx, record)
+        replay(model, ctx.example, state["history"])
+        model.load_state_dict(state["model"])
+        return _State(model, [list(h) for h in state["history"]], int(state["epoch"]), bool(state["matches"]),
+                      list(state.get("losses", [])), float(state.get("seconds", 0.0)), state["optimizer"],
+                      state["scheduler"])
+    if progressive_steps == 1:
+        model, history, matches = rebuild(ctx, record)
+        return _State(model, history, matches=matches)
+    return _State(_base_copy(ctx, record), [])
+
+
+def _checkpoint(st: _State, key: dict, opt, sched, seconds: float, path: Path) -> None:
+    atomic_save({"key": key, "epoch": st.epoch, "history": st.history, "matches": st.matches,
+                 "model": {k: v.detach().cpu() for k, v in st.model.state_dict().items()},
+                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "losses": st.losses,
+                 "seconds": seconds}, path)
 
 
 def retrain(
     ctx: StudyContext,
-    frozen,
+    record: TrialRecord,
     *,
     epochs: int,
     out_dir: Path,
@@ -104,81 +148,45 @@ def retrain(
     on_epoch: Callable[[int, int, float], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> RetrainResult:
-    """Retrain trial ``frozen`` for ``epochs`` epochs, checkpointing to ``out_dir/checkpoint.pt`` every epoch."""
+    """Retrain trial ``record`` for ``epochs`` epochs, checkpointing to ``out_dir/checkpoint.pt`` every epoch."""
     cfg = ctx.study.config
-    rec = frozen.user_attrs.get("plan", {}).get("recovery", {})
-    lr = lr or float(rec.get("lr", cfg.recovery.lr))
-    batch_size = batch_size or int(rec.get("batch_size", cfg.recovery.batch_size))
-    temperature, alpha = float(rec.get("temperature", 4.0)), float(rec.get("alpha", 0.9))
+    settings: RecoveryConfig = record.plan.recovery_settings(cfg.recovery)
+    settings = settings.model_copy(update={"lr": lr or settings.lr, "batch_size": batch_size or settings.batch_size})
     if progressive_steps < 1 or progressive_steps > epochs:
         raise AutopruneError(f"--progressive must lie in [1, epochs={epochs}], got {progressive_steps}",
                              field="--progressive")
     train = full_training_split(ctx)
-    steps_per_epoch = max(1, len(train) // batch_size)
+    steps_per_epoch = max(1, len(train) // settings.batch_size)
     total_steps = epochs * steps_per_epoch
     ckpt_path = out_dir / "checkpoint.pt"
-    key = {"trial": frozen.number, "epochs": epochs, "progressive": progressive_steps, "lr": lr, "batch_size": batch_size}
-    plan = frozen.user_attrs.get("plan", {})
-
-    start_epoch, history, matches = 0, [], True
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True) if ckpt_path.is_file() else None
-    if state is not None and state.get("key") != key:
-        raise AutopruneError(f"{ckpt_path} belongs to another retrain ({state.get('key')}); use another --out",
-                             field="--out")
-    if state is not None:
-        model = _base_copy(ctx, frozen)
-        replay(model, ctx.example, state["history"])
-        model.load_state_dict(state["model"])
-        history, start_epoch, matches = [list(h) for h in state["history"]], int(state["epoch"]), bool(state["matches"])
-    elif progressive_steps == 1:
-        model, history, matches = rebuild(ctx, frozen)
-    else:
-        model = _base_copy(ctx, frozen)
-    model = model.to(ctx.device)
-    params = [p for p in model.parameters()]
-    for p in params:
+    key = {"trial": record.number, "epochs": epochs, "progressive": progressive_steps, "lr": settings.lr,
+           "batch_size": settings.batch_size}
+    st = _start(ctx, record, ckpt_path, key, progressive_steps)
+    st.model = st.model.to(ctx.device)
+    for p in st.model.parameters():
         p.requires_grad_(True)
-
-    def make_opt(m: nn.Module, offset: int = 0):
-        """SGD with a cosine schedule over all steps; ``offset`` continues the schedule for a re-made optimizer."""
-        opt = torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9, weight_decay=cfg.recovery.weight_decay, nesterov=True)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s + offset, total_steps) / total_steps)))
-        return opt, sched
-
-    opt, sched = make_opt(model)
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-    t0 = time.perf_counter() - (float(state.get("seconds", 0.0)) if state is not None else 0.0)
-    losses = list(state.get("losses", [])) if state is not None else []
-    teacher = ctx.base.eval()
-    for epoch in range(start_epoch, epochs):
+    opt, sched = make_optimizer(st.model, settings, total_steps)
+    if st.optimizer is not None:
+        opt.load_state_dict(st.optimizer)
+        sched.load_state_dict(st.scheduler)
+    resumed_from, t0 = st.epoch, time.perf_counter() - st.seconds
+    for epoch in range(st.epoch, epochs):
         if progressive_steps > 1 and epoch < progressive_steps:  # one pruning step at the start of each early epoch
-            history += _progressive_step(ctx, model, plan, epoch, progressive_steps)
-            recalibrate_bn(model, train, cfg.recovery.bn_recalibration_batches, batch_size)
-            opt, sched = make_opt(model, epoch * steps_per_epoch)  # parameters changed shape: fresh optimizer
+            st.history += _progressive_step(ctx, st.model, record, epoch, progressive_steps)
+            recalibrate_bn(st.model, train, settings.bn_recalibration_batches, settings.batch_size)
+            opt, sched = make_optimizer(st.model, settings, total_steps, epoch * steps_per_epoch)  # new shapes
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        model.train()
-        running, n = 0.0, 0
-        for i, (x, y) in enumerate(train.batches(batch_size, shuffle=True, augment=cfg.data.augment, generator=gen,
-                                                drop_last=True)):
-            value = train_step(model, teacher, x, y, opt, sched, temperature, alpha, f"retrain epoch {epoch + 1}, step {i}")
-            running, n = running + value, n + 1
-            if on_step:
-                on_step(i + 1, steps_per_epoch)
-        losses.append(running / max(1, n))
-        model.eval()
-        atomic_save({"key": key, "epoch": epoch + 1, "history": history, "matches": matches,
-                     "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "losses": losses,
-                     "seconds": time.perf_counter() - t0}, ckpt_path)
+        batches = ((x, y, None) for x, y in train.batches(settings.batch_size, shuffle=True, augment=cfg.data.augment,
+                                                          generator=gen, drop_last=True))
+        losses = run_steps(st.model, batches, opt, sched, settings, ctx.base, where=f"retrain epoch {epoch + 1},",
+                           on_step=(lambda i, _v: on_step(i + 1, steps_per_epoch)) if on_step else None)
+        st.losses.append(sum(losses) / max(1, len(losses)))
+        st.epoch = epoch + 1
+        _checkpoint(st, key, opt, sched, time.perf_counter() - t0, ckpt_path)
         if on_epoch:
-            on_epoch(epoch + 1, epochs, losses[-1])
-    if progressive_steps > 1:
-        blob = _trial_blob(frozen)
-        if blob is not None:
-            matches = structure(model) == {k: list(v.shape) for k, v in blob["state_dict"].items()}
-    model.eval()
-    return RetrainResult(model, history, epochs, epochs * steps_per_epoch * batch_size, time.perf_counter() - t0,
-                         start_epoch, progressive_steps, matches, losses)
+            on_epoch(epoch + 1, epochs, st.losses[-1])
+    if progressive_steps > 1 and (blob := _trial_blob(record)) is not None:
+        st.matches = structure(st.model) == {k: list(v.shape) for k, v in blob["state_dict"].items()}
+    st.model.eval()
+    return RetrainResult(st.model, st.history, epochs, epochs * steps_per_epoch * settings.batch_size,
+                         time.perf_counter() - t0, resumed_from, progressive_steps, st.matches, st.losses)

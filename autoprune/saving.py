@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from autoprune.errors import AutopruneError
+from autoprune.errors import AutopruneError, first_line
 from autoprune.depth import drop_blocks
 from autoprune.pruning import replay
 
@@ -87,7 +87,7 @@ def load_pruned(path: str | Path, model: nn.Module) -> nn.Module:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise AutopruneError(f"cannot read pruned model {path}: {str(exc).splitlines()[0]}") from None
+        raise AutopruneError(f"cannot read pruned model {path}: {first_line(exc)}") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise AutopruneError(f"{path} is not an autoprune pruned-model file")
     example = torch.randn(*blob["meta"]["input_shape"])
@@ -97,5 +97,5 @@ def load_pruned(path: str | Path, model: nn.Module) -> nn.Module:
     try:
         model.load_state_dict(blob["state_dict"])
     except RuntimeError as exc:
-        raise AutopruneError(f"{path} does not fit the rebuilt structure: {str(exc).splitlines()[0]}") from None
+        raise AutopruneError(f"{path} does not fit the rebuilt structure: {first_line(exc)}") from None
     return model

@@ -13,9 +13,28 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.config import Study
-from autoprune.errors import AutopruneError
+from autoprune.errors import AutopruneError, first_line
+from autoprune.record import TrialRecord
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)  # autoprune reports failed trials itself
+
+
+def display_url(url: str) -> str:
+    """``url`` as it may be shown: a password replaced by ``***`` (SQLAlchemy renders it hidden).
+
+    >>> display_url("postgresql://ann:s3cret@db.example/autoprune")
+    'postgresql://ann:***@db.example/autoprune'
+    >>> display_url("sqlite:///runs/quickstart/study.db")
+    'sqlite:///runs/quickstart/study.db'
+    """
+    import sqlalchemy
+
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy can parse: show it with anything after "//user:" hidden
+        head, sep, rest = url.partition("://")
+        user, at, host = rest.rpartition("@")
+        return f"{head}{sep}{user.split(':')[0]}:***@{host}" if at and ":" in user else url
 
 
 def open_storage(url: str, heartbeat: tuple[int, int, int] | None = None) -> optuna.storages.BaseStorage:
@@ -45,8 +64,8 @@ def open_storage(url: str, heartbeat: tuple[int, int, int] | None = None) -> opt
             _sqlite_wal(storage)
         return storage
     except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AutopruneError(f"cannot open storage {url!r}: {msg}", field="storage.url") from None
+        msg = first_line(exc).replace(url, display_url(url))
+        raise AutopruneError(f"cannot open storage {display_url(url)!r}: {msg}", field="storage.url") from None
 
 
 def _creating_schema_concurrently(exc: Exception) -> bool:
@@ -103,7 +122,7 @@ def load_optuna_study(study: Study, storage_url: str | None = None, study_name: 
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        raise AutopruneError(f"no study named {name!r} in {url}; run `autoprune search` first") from None
+        raise AutopruneError(f"no study named {name!r} in {display_url(url)}; run `autoprune search` first") from None
 
 
 def heartbeat_settings(study: Study) -> tuple[int, int, int]:
@@ -134,14 +153,14 @@ def create_or_load(study: Study, storage_url: str | None, study_name: str | None
 def _check_same_study(study: Study, ost: optuna.Study, url: str) -> None:
     attrs = ost.user_attrs
     if attrs.get("objectives") != list(study.config.objectives):
-        raise AutopruneError(f"study {ost.study_name!r} in {url} has objectives {attrs.get('objectives')}, "
+        raise AutopruneError(f"study {ost.study_name!r} in {display_url(url)} has objectives {attrs.get('objectives')}, "
                              f"the study file asks for {study.config.objectives}; use another --study-name",
                              source=str(study.path), field="objectives")
     if attrs.get("fingerprint") in (None, study.fingerprint()):
         return
     theirs, ours = attrs.get("fingerprints") or {}, study.fingerprint_parts()
     differ = [k for k in ours if k in theirs and theirs[k] != ours[k]]
-    where = f"study {ost.study_name!r} in {url}"
+    where = f"study {ost.study_name!r} in {display_url(url)}"
     if differ == ["space"]:
         raise AutopruneError(f"{where} was created with another search space; expected this file to match it, or "
                              "use another --study-name", source=str(study.space_path))
@@ -206,19 +225,8 @@ def counts(ost: optuna.Study) -> dict[str, int]:
 
 
 def trial_entry(t: FrozenTrial) -> dict[str, Any]:
-    """A completed trial as a front entry: trial, accuracy, macs, params, latency_ms, config, plan, timings."""
-    m = t.user_attrs.get("metrics", {})
-    return {
-        "trial": t.number,
-        "accuracy": float(m.get("accuracy", float("nan"))),
-        "macs": int(m.get("macs", 0)),
-        "params": int(m.get("params", 0)),
-        "latency_ms": float(m.get("latency_ms", float("nan"))),
-        "config": dict(t.params),
-        "plan": t.user_attrs.get("plan", {}),
-        "timings": t.user_attrs.get("timings", {}),
-        "fidelity": t.user_attrs.get("fidelity", {}),
-    }
+    """A completed trial as a front entry (see :meth:`autoprune.record.TrialRecord.entry`)."""
+    return TrialRecord.from_frozen(t).entry()
 
 
 def front(ost: optuna.Study) -> list[dict[str, Any]]:
@@ -226,7 +234,8 @@ def front(ost: optuna.Study) -> list[dict[str, Any]]:
     return sorted((trial_entry(t) for t in ost.best_trials), key=lambda e: (e["macs"], -e["accuracy"]))
 
 
-def get_trial(ost: optuna.Study, number: int) -> FrozenTrial:
+def get_record(ost: optuna.Study, number: int) -> TrialRecord:
+    """The record of COMPLETE trial ``number`` (an error naming ``--trial`` otherwise)."""
     trials = ost.get_trials(deepcopy=False)
     match = [t for t in trials if t.number == number]
     if not match:
@@ -234,4 +243,4 @@ def get_trial(ost: optuna.Study, number: int) -> FrozenTrial:
     t = match[0]
     if t.state != TrialState.COMPLETE:
         raise AutopruneError(f"trial {number} is {t.state.name}, not COMPLETE", field="--trial")
-    return t
+    return TrialRecord.from_frozen(t)

@@ -5,109 +5,116 @@ from __future__ import annotations
 import copy
 import time
 import uuid
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
+from torch import nn
 
 from autoprune.context import StudyContext
 from autoprune.depth import drop_blocks
-from autoprune.saving import save_pruned
 from autoprune.distill import finetune, recalibrate_bn
 from autoprune.measure import accuracy, count_macs, count_params, latency_ms
-from autoprune.pruning import prune_with_plan
+from autoprune.pruning import PrunePlan, prune_with_plan
+from autoprune.record import Fidelity, Metrics, PlanRecord, TrialRecord
+from autoprune.saving import save_pruned
 from autoprune.space import TrialPlan, decode
 
+Promoter = Callable[[Metrics], bool]
 
-@dataclass
-class TrialResult:
-    metrics: dict[str, float]  # accuracy (val, 0..1), macs, params, latency_ms
-    timings: dict[str, float]  # seconds per phase: prune, bn_calibration, finetune, evaluate, measure, total
-    plan: dict[str, Any]  # scorer, ratios, recovery settings, fine-tune budget
-    model_file: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+
+class _Clock:
+    """Seconds per phase (prune, bn_calibration, finetune, evaluate, measure), summed over repeated phases."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t
+
+    def done(self) -> dict[str, float]:
+        return {**self.timings, "total": time.perf_counter() - self.start}
 
 
 def run_trial(ctx: StudyContext, params: Mapping[str, Any], seed: int = 0, save_dir: Path | None = None,
-              promote: Callable[[Mapping[str, float]], bool] | None = None) -> TrialResult:
-    """Run one trial with sampled ``params`` (see :mod:`autoprune.space`).
+              promote: Promoter | None = None) -> TrialRecord:
+    """Run one trial with sampled ``params`` (see :mod:`autoprune.space`) and return its record.
 
     ``promote``: with ``fidelity.promote_steps`` set, called with the short-recovery metrics; when it answers
-    True the trial fine-tunes ``promote_steps`` more steps (a second cosine cycle) and reports that accuracy.
+    True the trial fine-tunes ``promote_steps`` more steps (continuing the cached stream) and reports the
+    accuracy on the whole validation split.
     Raises FloatingPointError on a non-finite fine-tune loss and AutopruneError where the plan cannot apply;
     backends record either (and any exception from a user model) as a failed trial.
     """
     cfg = ctx.study.config
     plan: TrialPlan = decode(params, ctx.study.space, ctx.groups, cfg.recovery)
     rec = plan.recovery
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
+    clock = _Clock()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    stream = ctx.stream if rec.teacher_cache else None
+    with clock.phase("prune"):
+        model, pplan = _prune(ctx, plan)
+    with clock.phase("bn_calibration"), ctx.lock.shared():
+        recalibrate_bn(model, ctx.data.train, rec.bn_recalibration_batches, rec.batch_size, generator=gen)
 
-    t = time.perf_counter()
-    base = ctx.base
-    if plan.dropped:
-        base = drop_blocks(copy.deepcopy(base), plan.dropped)
+    def recover(steps: int, start: int) -> None:
+        with clock.phase("finetune"):
+            finetune(model, ctx.data.train, steps=steps, settings=rec, teacher=ctx.base, augment=cfg.data.augment,
+                     generator=gen, step_guard=ctx.lock.shared, stream=ctx.stream if rec.teacher_cache else None,
+                     stream_start=start)
+
+    def evaluate(split) -> float:
+        with clock.phase("evaluate"), ctx.lock.shared():
+            return accuracy(model, split, cfg.data.batch_size)
+
+    recover(rec.steps, 0)
+    short = evaluate(ctx.short_val)
+    with clock.phase("measure"):
+        metrics = _measure(ctx, model, short)
+    fidelity = Fidelity(rec.steps, rec.steps, short, False, len(ctx.short_val), len(ctx.short_val))
+    extra = cfg.fidelity.promote_steps
+    if extra and promote is not None and promote(metrics):
+        recover(extra, rec.steps)
+        metrics = Metrics(evaluate(ctx.data.val), metrics.macs, metrics.params, metrics.latency_ms)
+        fidelity = Fidelity(rec.steps + extra, rec.steps, short, True, len(ctx.short_val), len(ctx.data.val))
+    model_file = _save(ctx, model, pplan, plan, save_dir)
+    recorded = PlanRecord(pplan.scorer, pplan.ratios, pplan.round_to, tuple(plan.dropped), rec.model_dump(),
+                          fidelity.steps, fidelity.steps * rec.batch_size, seed, ctx.latency_method,
+                          "cached logits" if ctx.stream is not None and rec.teacher_cache
+                          else "teacher forward every step")
+    return TrialRecord(metrics, recorded, fidelity, clock.done(), model_file)
+
+
+def _prune(ctx: StudyContext, plan: TrialPlan) -> tuple[nn.Module, PrunePlan]:
+    """A pruned copy of the base (the plan's dropped blocks replaced by the identity first), trainable."""
+    base = drop_blocks(copy.deepcopy(ctx.base), plan.dropped) if plan.dropped else ctx.base
     model, pplan = prune_with_plan(base, ctx.example, plan.ratios, plan.scorer, layout=ctx.layout,
                                    round_to=ctx.study.space.round_to, calibration=ctx.calibration,
                                    inplace=bool(plan.dropped))
     for p in model.parameters():
         p.requires_grad_(True)
-    timings["prune"] = time.perf_counter() - t
+    return model, pplan
 
-    t = time.perf_counter()
-    with ctx.lock.shared():
-        recalibrate_bn(model, ctx.data.train, rec.bn_recalibration_batches, rec.batch_size, generator=gen)
-    timings["bn_calibration"] = time.perf_counter() - t
 
-    def recover(steps: int, start: int) -> None:
-        t0 = time.perf_counter()
-        finetune(model, ctx.data.train, steps=steps, batch_size=rec.batch_size, lr=rec.lr, momentum=rec.momentum,
-                 weight_decay=rec.weight_decay, teacher=ctx.base, temperature=rec.temperature, alpha=rec.alpha,
-                 augment=cfg.data.augment, generator=gen, step_guard=ctx.lock.shared, stream=stream,
-                 stream_start=start)
-        timings["finetune"] = timings.get("finetune", 0.0) + time.perf_counter() - t0
-
-    def evaluate(split) -> float:
-        t0 = time.perf_counter()
-        with ctx.lock.shared():
-            acc = accuracy(model, split, cfg.data.batch_size)
-        timings["evaluate"] = timings.get("evaluate", 0.0) + time.perf_counter() - t0
-        return acc
-
-    recover(rec.steps, 0)
-    acc = evaluate(ctx.short_val)
-
-    t = time.perf_counter()
-    m = cfg.measure
+def _measure(ctx: StudyContext, model: nn.Module, acc: float) -> Metrics:
+    m = ctx.study.config.measure
     with ctx.lock.exclusive():
         lat = latency_ms(model, ctx.latency_input, m.latency_repeats, m.latency_warmup)
-    metrics = {"accuracy": acc, "macs": count_macs(model, ctx.example), "params": count_params(model), "latency_ms": lat}
-    timings["measure"] = time.perf_counter() - t
+    return Metrics(acc, count_macs(model, ctx.example), count_params(model), lat)
 
-    fidelity = {"steps": rec.steps, "short_steps": rec.steps, "short_accuracy": acc, "accuracy": acc, "promoted": False,
-                "short_val_images": len(ctx.short_val), "val_images": len(ctx.short_val)}
-    extra = cfg.fidelity.promote_steps
-    if extra and promote is not None and promote(metrics):
-        recover(extra, rec.steps)
-        metrics["accuracy"] = evaluate(ctx.data.val)
-        fidelity.update(steps=rec.steps + extra, accuracy=metrics["accuracy"], promoted=True,
-                        val_images=len(ctx.data.val))
 
-    model_file = None
-    if save_dir is not None:
-        path = Path(save_dir) / f"{uuid.uuid4().hex}.pt"
-        save_pruned(model, pplan.to_dict()["history"], path, {"input_shape": list(ctx.example.shape),
-                                                               "ratios": pplan.ratios, "scorer": pplan.scorer,
-                                                               "dropped": list(plan.dropped)})
-        model_file = str(path)
-    timings["total"] = time.perf_counter() - t_start
-    plan_record = {"scorer": pplan.scorer, "ratios": pplan.ratios, "round_to": pplan.round_to,
-                   "dropped": list(plan.dropped), "recovery": rec.model_dump(),
-                   "finetune_images": fidelity["steps"] * rec.batch_size, "finetune_steps": fidelity["steps"],
-                   "seed": seed, "latency_method": ctx.latency_method,
-                   "teacher": "cached logits" if stream is not None else "teacher forward every step"}
-    return TrialResult(metrics, timings, plan_record, model_file, extra={"fidelity": fidelity})
+def _save(ctx: StudyContext, model: nn.Module, pplan: PrunePlan, plan: TrialPlan, save_dir: Path | None) -> str | None:
+    if save_dir is None:
+        return None
+    path = Path(save_dir) / f"{uuid.uuid4().hex}.pt"
+    save_pruned(model, pplan.to_dict()["history"], path, {"input_shape": list(ctx.example.shape),
+                                                           "ratios": pplan.ratios, "scorer": pplan.scorer,
+                                                           "dropped": list(plan.dropped)})
+    return str(path)

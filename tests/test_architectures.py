@@ -19,7 +19,8 @@ from click.testing import CliRunner
 from torch import nn
 
 from autoprune.cli import main
-from autoprune.compat import check_prunable, failing_layer
+from autoprune.compat import failing_layer
+from autoprune.probe import check_prunable
 from autoprune.errors import AutopruneError
 from autoprune.measure import count_macs
 from autoprune.pruning import build_layout, prune_with_plan, replay, structure

@@ -98,3 +98,26 @@ def test_fingerprint_ignores_budget_but_not_space(write_study):
     c = load_study(write_study(space_overrides={"scorers": ["l1"]})).fingerprint()
     assert a == b
     assert a != c
+
+
+def test_unknown_data_set_names_the_field_and_lists_the_registered_ones(write_study):
+    with pytest.raises(ConfigError) as err:
+        load_study(write_study({"data": {"name": "digitz"}}))
+    msg = str(err.value)
+    assert "data.name" in msg
+    assert "unknown data set 'digitz'; valid names: cifar10, cifar100, digits, imagefolder" in msg
+
+
+def test_unknown_sampler_names_the_field_and_lists_the_registered_ones(write_study):
+    with pytest.raises(ConfigError) as err:
+        load_study(write_study({"sampler": {"name": "grid"}}))
+    msg = str(err.value)
+    assert "sampler.name" in msg and "unknown sampler 'grid'; valid names:" in msg
+    assert all(name in msg for name in ("nsga2", "random", "tpe"))
+
+
+def test_every_registered_sampler_validates(write_study):
+    from autoprune.samplers import SAMPLERS
+
+    for name in SAMPLERS:
+        assert load_study(write_study({"sampler": {"name": name}})).config.sampler.name == name

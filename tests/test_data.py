@@ -68,3 +68,40 @@ def test_random_crop_flip_keeps_shape_and_content_statistics():
     z = random_crop_flip(x, pad=0, generator=torch.Generator().manual_seed(0))
     for i in range(16):
         assert torch.equal(z[i], x[i]) or torch.equal(z[i], x[i].flip(-1))
+
+
+def test_data_sets_are_looked_up_in_the_registry(monkeypatch):
+    from autoprune.data import DATASETS, Source
+
+    assert DATASETS.names() == ["cifar10", "cifar100", "digits", "imagefolder"]
+    x = np.zeros((10, 1, 4, 4), dtype=np.uint8)
+    y = np.arange(10, dtype=np.int64) % 2
+
+    def tiny(cfg, rng):
+        return Source(x, y, x[:4], y[:4], 2, ((0.5,), (0.25,)))
+
+    monkeypatch.setitem(DATASETS._entries, "tiny", tiny)
+    s = load_splits(DataConfig(name="tiny", val_fraction=0.2))
+    assert s.num_classes == 2 and len(s.val) == 2 and len(s.train) == 8 and len(s.test_full) == 4
+    assert s.info["dataset"] == "tiny" and s.info["test_is_official"] is True
+    assert s.train.mean.tolist() == [0.5]
+
+
+def test_a_data_set_registered_twice_is_an_error():
+    from autoprune.data import DATASETS
+
+    with pytest.raises(ValueError, match="digits"):
+        DATASETS.register("digits", lambda cfg, rng: None)
+
+
+def test_a_failed_cifar_download_with_an_empty_message_is_a_one_line_error(tmp_path, monkeypatch):
+    torchvision = pytest.importorskip("torchvision")
+
+    def offline(*args, **kwargs):
+        raise OSError()
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(AutopruneError) as err:
+        load_splits(DataConfig(name="cifar10", root=str(tmp_path)))
+    assert str(err.value).endswith("download failed: OSError)")
+    assert err.value.field == "data.root" and "\n" not in str(err.value)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoprune.config import RecoveryConfig
 from autoprune.data import Split
 from autoprune.distill import finetune, kd_loss, recalibrate_bn
 from autoprune.measure import accuracy
@@ -23,6 +24,11 @@ STUDENT = [[1.0, 2.0, 0.5], [-1.0, 0.0, 3.0]]
 TEACHER = [[0.5, 3.0, -1.0], [2.0, 0.5, 1.0]]
 LABELS = [1, 0]
 
+
+
+def _sgd(lr: float, temperature: float = 4.0, alpha: float = 0.9) -> RecoveryConfig:
+    """Fine-tune settings for the tiny separable problem: batches of 16 at learning rate ``lr``."""
+    return RecoveryConfig(lr=lr, batch_size=16, temperature=temperature, alpha=alpha)
 
 def _softmax(row: list[float]) -> list[float]:
     m = max(row)
@@ -141,7 +147,7 @@ def test_finetune_reduces_cross_entropy_on_a_separable_problem() -> None:
     model = _linear_classifier()
     before = _ce(model, split)
     assert before > 1.0
-    tail = finetune(model, split, steps=40, batch_size=16, lr=0.1, generator=torch.Generator().manual_seed(0))
+    tail = finetune(model, split, steps=40, settings=_sgd(0.1), generator=torch.Generator().manual_seed(0))
     after = _ce(model, split)
     assert after < 0.1 * before
     assert tail < before
@@ -152,12 +158,12 @@ def test_finetune_reduces_cross_entropy_on_a_separable_problem() -> None:
 def test_finetune_distils_from_a_teacher() -> None:
     split = _separable_split()
     teacher = _linear_classifier(wrong_way_round=False)
-    finetune(teacher, split, steps=40, batch_size=16, lr=0.1, generator=torch.Generator().manual_seed(0))
+    finetune(teacher, split, steps=40, settings=_sgd(0.1), generator=torch.Generator().manual_seed(0))
     assert accuracy(teacher, split) == 1.0
     student = _linear_classifier()
     teacher_before = copy.deepcopy(teacher.state_dict())
     before = _ce(student, split)
-    finetune(student, split, steps=40, batch_size=16, lr=0.1, teacher=teacher, temperature=2.0, alpha=0.9,
+    finetune(student, split, steps=40, settings=_sgd(0.1, temperature=2.0), teacher=teacher,
              generator=torch.Generator().manual_seed(1))
     assert _ce(student, split) < 0.5 * before
     assert accuracy(student, split) == 1.0
@@ -169,7 +175,7 @@ def test_finetune_with_zero_steps_returns_nan_and_leaves_weights() -> None:
     split = _separable_split()
     model = _linear_classifier()
     before = copy.deepcopy(model.state_dict())
-    assert math.isnan(finetune(model, split, steps=0, batch_size=16, lr=0.1))
+    assert math.isnan(finetune(model, split, steps=0, settings=_sgd(0.1)))
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
 
@@ -177,7 +183,7 @@ def test_finetune_with_zero_steps_returns_nan_and_leaves_weights() -> None:
 def test_finetune_raises_floating_point_error_when_a_huge_lr_blows_the_loss_up() -> None:
     split = _separable_split()
     with pytest.raises(FloatingPointError, match="non-finite loss"):
-        finetune(_linear_classifier(), split, steps=10, batch_size=16, lr=1e30,
+        finetune(_linear_classifier(), split, steps=10, settings=_sgd(1e30),
                  generator=torch.Generator().manual_seed(0))
 
 
@@ -185,11 +191,11 @@ def test_finetune_raises_floating_point_error_on_infinite_inputs() -> None:
     split = _separable_split(n=16)
     split.x[3, 0] = float("inf")
     with pytest.raises(FloatingPointError, match="step 0"):
-        finetune(_linear_classifier(), split, steps=5, batch_size=16, lr=0.1)
+        finetune(_linear_classifier(), split, steps=5, settings=_sgd(0.1))
 
 
 def test_finetune_on_an_empty_split_raises_instead_of_looping_forever() -> None:
     # (a non-empty split smaller than one batch trains on the short batch: Split.batches yields it)
     split = _separable_split(n=8).subset(torch.arange(0))
     with pytest.raises(ValueError, match="training split is empty"):
-        finetune(_linear_classifier(), split, steps=5, batch_size=16, lr=0.1)
+        finetune(_linear_classifier(), split, steps=5, settings=_sgd(0.1))

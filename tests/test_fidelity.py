@@ -12,10 +12,11 @@ from optuna.distributions import FloatDistribution
 
 from autoprune.accounting import cost_summary
 from autoprune.backends.optuna_backend import run_search
-from autoprune.config import load_study
+from autoprune.config import RecoveryConfig, load_study
 from autoprune.context import prepare, stream_steps
 from autoprune.distill import finetune, train_step
 from autoprune.pareto import nondominated_ranks, promote
+from autoprune.telling import records
 from autoprune.teacher import build_stream, load_or_build_stream, sample_stream_indices
 from autoprune.warmstart import global_prune, global_ratios, snap, warm_start_params
 from tests.conftest import TINY_SPACE, TINY_STUDY
@@ -65,7 +66,8 @@ def test_finetune_on_the_stream_never_runs_the_teacher_and_matches_distilling_li
     cached, live = copy.deepcopy(ctx.base), copy.deepcopy(ctx.base)  # copied before the hook (deepcopy copies hooks)
     hook = ctx.base.register_forward_hook(lambda *a: calls.append(1))
     try:
-        finetune(cached, ctx.data.train, steps=4, batch_size=32, lr=0.01, teacher=ctx.base, stream=stream)
+        finetune(cached, ctx.data.train, steps=4, settings=RecoveryConfig(batch_size=32, lr=0.01), teacher=ctx.base,
+                 stream=stream)
         assert calls == []
         # the same batches on `live`, the teacher run every step
         opt = torch.optim.SGD(live.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True)
@@ -130,7 +132,7 @@ def test_search_promotes_about_a_third_and_records_fidelity(tmp_path):
         assert f["steps"] == (5 + 6 if f["promoted"] else 5)
         assert t.user_attrs["metrics"]["accuracy"] == f["accuracy"]
         assert t.user_attrs["plan"]["finetune_steps"] == f["steps"]
-    summary = cost_summary(ost.get_trials())
+    summary = cost_summary(records(ost))
     assert summary["promotion"]["promoted"] == len(promoted)
     assert summary["finetune_steps"] == sum(f["steps"] for f in fid)
 

@@ -22,7 +22,7 @@ from autoprune.context import prepare
 from autoprune.models import create_model
 from autoprune.retrain import retrain
 from autoprune.saving import load_pruned
-from autoprune.storage import get_trial, load_optuna_study
+from autoprune.storage import get_record, load_optuna_study
 from tests.conftest import TINY_SPACE, TINY_STUDY
 
 
@@ -99,7 +99,7 @@ def test_load_pruned_round_trips_the_retrained_model(retrained):
 def test_interrupted_retrain_resumes_to_the_same_model(searched, knee, tmp_path):
     study = load_study(searched)
     ctx = prepare(study, measure_reference=False)
-    frozen = get_trial(load_optuna_study(study), knee["trial"])
+    frozen = get_record(load_optuna_study(study), knee["trial"])
     straight = retrain(ctx, frozen, epochs=2, out_dir=tmp_path / "a")
 
     def stop_after_first(epoch, total, loss):
@@ -117,7 +117,7 @@ def test_interrupted_retrain_resumes_to_the_same_model(searched, knee, tmp_path)
 def test_progressive_retrain_reaches_the_trial_size(searched, knee, tmp_path):
     study = load_study(searched)
     ctx = prepare(study, measure_reference=False)
-    frozen = get_trial(load_optuna_study(study), knee["trial"])
+    frozen = get_record(load_optuna_study(study), knee["trial"])
     res = retrain(ctx, frozen, epochs=2, out_dir=tmp_path / "p", progressive_steps=2)
     params = sum(p.numel() for p in res.model.parameters())
     assert abs(params - knee["params"]) <= 0.05 * knee["params"]

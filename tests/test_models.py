@@ -1,7 +1,9 @@
-"""Contract tests over the model registry: every model builds, traces, and survives a ratio-0 prune unchanged."""
+"""Contract tests over the model registry: every model builds and traces; pruned at 0.3 it loses channels and
+MACs and still runs; pruned at 0 it is an unchanged, independent copy."""
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import numpy as np
@@ -9,11 +11,12 @@ import pytest
 import torch
 import torchvision
 
+import autoprune
 from autoprune.data import IMAGENET_STATS, Split
 from autoprune.errors import AutopruneError
-from autoprune.measure import accuracy, count_params
+from autoprune.measure import accuracy, count_macs, count_params
 from autoprune.models import MODELS, create_model, load_checkpoint
-from autoprune.pruning import prune, structure
+from autoprune.pruning import ROOT_TYPES, out_width, structure
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
@@ -38,21 +41,58 @@ def _input_shape(name: str) -> tuple[int, ...]:
     return (2, 3, 64, 64)
 
 
-@pytest.mark.parametrize("name", CONTRACT_MODELS)
-def test_registered_model_builds_and_ratio_zero_prune_leaves_outputs_unchanged(name: str) -> None:
+def _registered(name: str) -> tuple[torch.nn.Module, torch.Tensor, list[str] | None]:
+    """The registered model in eval mode (seeded), a small input batch, and the spec's ``prunable`` patterns."""
     torch.manual_seed(0)
     model = create_model(name, num_classes=10, **MODEL_KWARGS.get(name, {})).eval()
-    x = torch.randn(*_input_shape(name))
+    return model, torch.randn(*_input_shape(name)), MODELS.get(name).prunable
+
+
+def _widths(model: torch.nn.Module) -> dict[str, int]:
+    """Conv/linear layer name -> output channels (features)."""
+    return {n: out_width(m) for n, m in model.named_modules() if isinstance(m, ROOT_TYPES)}
+
+
+@pytest.mark.parametrize("name", CONTRACT_MODELS)
+def test_registered_model_pruned_at_0_3_loses_channels_and_macs_and_still_runs(name: str) -> None:
+    model, x, prunable = _registered(name)
     with torch.no_grad():
         want = model(x)
     assert want.shape == (x.shape[0], 10)
+    original = structure(model)
 
-    pruned = prune(model, x, ratios=0.0)
+    pruned = autoprune.prune(model, x, ratios=0.3, prunable=prunable)
 
-    assert pruned is not model, "prune must return a copy, not the model itself"
-    assert structure(pruned) == structure(model)
+    before, after = _widths(model), _widths(pruned)
+    narrowed = sorted(n for n, w in after.items() if w < before[n])
+    assert narrowed, f"pruning {name} at 0.3 removed no channels from any layer"
+    patterns = prunable if prunable is not None else getattr(model, "autoprune_prunable", None)
+    outside = [n for n in narrowed if patterns is not None and not any(fnmatchcase(n, p) for p in patterns)]
+    assert not outside, f"layers outside the prunable patterns {patterns} lost channels: {outside}"
+    assert count_params(pruned) < count_params(model)
     with torch.no_grad():
-        assert torch.allclose(pruned.eval()(x), want, atol=1e-5)
+        out = pruned.eval()(x)
+    assert out.shape == want.shape and torch.isfinite(out).all()
+    assert count_macs(pruned, x) < count_macs(model, x)
+    assert structure(model) == original, "the original model must be left unpruned"
+    with torch.no_grad():
+        assert torch.equal(model(x), want), "the original model must be left unchanged"
+
+
+@pytest.mark.parametrize("name", CONTRACT_MODELS)
+def test_registered_model_pruned_at_0_is_an_unchanged_independent_copy(name: str) -> None:
+    model, x, prunable = _registered(name)
+    with torch.no_grad():
+        want = model(x)
+
+    same = autoprune.prune(model, x, ratios=0.0, prunable=prunable)
+
+    assert same is not model, "prune must return a copy, not the model itself"
+    assert count_params(same) == count_params(model) and structure(same) == structure(model)
+    mine = {p.data_ptr() for p in model.parameters()}
+    assert not [n for n, p in same.named_parameters() if p.data_ptr() in mine], "the copy shares the model's weights"
+    with torch.no_grad():
+        assert torch.equal(same.eval()(x), want)
         assert torch.equal(model(x), want), "the original model must be left unchanged"
 
 

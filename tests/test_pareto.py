@@ -93,3 +93,31 @@ def test_accuracy_at_interpolates_in_log_reduction_along_the_front():
     assert accuracy_at(pts, 1.47) == 0.90, "a point reducing a little more stands in (conservatively)"
     assert accuracy_at(pts, 1.4) is None and accuracy_at(pts, 3.3) is None, "no extrapolation"
     assert accuracy_at([(0.9, 2.0)], 2.0) == 0.9
+
+
+def test_a_misspelt_direction_is_an_error_naming_it_and_the_valid_ones():
+    import pytest
+
+    from autoprune.pareto import nondominated_ranks, promote
+
+    with pytest.raises(ValueError, match=r"'maximise'.*maximize, minimize"):
+        dominates([1, 1], [0, 0], ["maximise", "minimize"])
+    for call in (lambda d: non_dominated([[1, 1], [0, 0]], d), lambda d: nondominated_ranks([[1, 1], [0, 0]], d),
+                 lambda d: promote([1, 1], [[0, 0]], d, eta=3)):
+        with pytest.raises(ValueError, match="maximise"):
+            call(["maximise", "minimize"])
+
+
+def test_directions_are_typed_strings_that_optuna_accepts():
+    import optuna
+
+    from autoprune.config import DIRECTIONS
+    from autoprune.pareto import Direction
+
+    assert DIRECTIONS == {"accuracy": Direction.MAXIMIZE, "macs": Direction.MINIMIZE,
+                          "params": Direction.MINIMIZE, "latency_ms": Direction.MINIMIZE}
+    assert all(isinstance(d, Direction) for d in DIRECTIONS.values())
+    assert dominates([0.9, 5], [0.8, 5], [Direction.MAXIMIZE, Direction.MINIMIZE])
+    assert f"{Direction.MAXIMIZE}" == "maximize" and Direction.MINIMIZE == "minimize"
+    study = optuna.create_study(directions=[Direction.MAXIMIZE, Direction.MINIMIZE])
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]

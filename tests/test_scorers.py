@@ -16,15 +16,28 @@ from autoprune.scorers import SCORERS, CombinedImportance, resolve_scorer
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
-@pytest.mark.parametrize("name", SCORERS.names())
-def test_every_registered_scorer_prunes_quickstart_cnn(name: str) -> None:
+def _quickstart() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The quickstart CNN (seeded, eval mode) with BatchNorm scales spread as in a trained model, and a batch."""
     torch.manual_seed(0)
     model = create_model("quickstart_cnn", num_classes=10).eval()
-    x = torch.randn(16, 1, 8, 8)
-    y = torch.randint(0, 10, (16,))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.1, 1.0)  # freshly built, every gamma is 1 and bn_scale would only see ties
+    return model, torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+
+
+def _calibration(name: str, x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Calibration batches where the scorer declares it needs them (``ScorerSpec.needs``), else none."""
+    return None if SCORERS.get(name).needs == "weights" else [(x, y)]
+
+
+@pytest.mark.parametrize("name", SCORERS.names())
+def test_every_registered_scorer_prunes_quickstart_cnn(name: str) -> None:
+    model, x, y = _quickstart()
     before = {k: v.clone() for k, v in model.state_dict().items()}
 
-    pruned = prune(model, x, ratios=0.3, scorer=name, calibration=[(x, y)])
+    pruned = prune(model, x, ratios=0.3, scorer=name, calibration=_calibration(name, x, y))
 
     assert count_params(pruned) < count_params(model)
     assert [pruned.features[i].out_channels for i in (0, 3, 7)] == [22, 44, 44]  # int(w * 0.7) of 32, 64, 64
@@ -37,6 +50,27 @@ def test_every_registered_scorer_prunes_quickstart_cnn(name: str) -> None:
         assert torch.equal(v, before[k]), k
     assert all(p.grad is None for p in model.parameters())
     assert all(p.grad is None for p in pruned.parameters())
+
+
+@pytest.mark.parametrize("name", [n for n in SCORERS.names() if SCORERS.get(n).needs != "weights"])
+def test_scorer_that_needs_calibration_refuses_to_prune_without_it(name: str) -> None:
+    model, x, _ = _quickstart()
+    needs = SCORERS.get(name).needs
+    with pytest.raises(AutopruneError, match=rf"scorer '{name}' needs calibration batches \({needs}\)"):
+        prune(model, x, ratios=0.3, scorer=name)
+
+
+def test_registered_scorers_each_prune_channels_of_their_own_choosing() -> None:
+    """A registry that ignored the scorer's name, or gave two names one criterion, would prune the same channels."""
+    chosen = {}
+    for name in SCORERS.names():
+        model, x, y = _quickstart()
+        _, plan = prune_with_plan(model, x, 0.3, name, calibration=_calibration(name, x, y))
+        chosen[name] = sorted((layer, sorted(idxs)) for layer, is_out, idxs in plan.history if is_out)
+        assert len(chosen[name]) == 3, f"{name} pruned {len(chosen[name])} layers, expected features.0, .3 and .7"
+    names = list(chosen)
+    alike = [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if chosen[a] == chosen[b]]
+    assert not alike, f"these scorers pruned exactly the same channels of every layer: {alike}"
 
 
 def test_registered_scorers_declare_what_they_need() -> None:

@@ -32,10 +32,10 @@ def test_reference_records_base_and_split(ctx):
 def test_trial_records_metrics_timings_and_plan(ctx, tmp_path):
     params = {"ratio.features.0": 0.5, "ratio.features.3": 0.5, "ratio.features.7": 0.0, "scorer": "l1"}
     result = run_trial(ctx, params, seed=1, save_dir=tmp_path)
-    assert result.metrics["macs"] < ctx.reference["macs"]
+    assert result.metrics.macs < ctx.reference["macs"]
     assert set(result.timings) == {"prune", "bn_calibration", "finetune", "evaluate", "measure", "total"}
-    assert result.plan["ratios"] == {"features.0": 0.5, "features.3": 0.5, "features.7": 0.0}
-    assert result.plan["finetune_images"] == 5 * 64
+    assert result.plan.ratios == {"features.0": 0.5, "features.3": 0.5, "features.7": 0.0}
+    assert result.plan.finetune_images == 5 * 64
     assert result.model_file and result.model_file.startswith(str(tmp_path))
 
 
@@ -53,8 +53,10 @@ def test_constraint_keeps_infeasible_trials_off_the_front(ctx, tmp_path):
     finally:
         ctx.study.config.constraints.max_macs = None
     entries = front(out.study)
+    assert entries, "no trial met the MACs cap: the front is empty and the checks below would pass vacuously"
     assert all(e["macs"] <= cap for e in entries)
     over = [t for t in out.study.trials if t.user_attrs["metrics"]["macs"] > cap]
+    assert over, "no trial went over the cap, so nothing showed that infeasible trials are kept off the front"
     assert all(t.number not in {e["trial"] for e in entries} for t in over)
 
 

@@ -12,45 +12,40 @@ import json
 import os
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
 
-from autoprune.backends.optuna_backend import make_sampler, record
+from autoprune.backends import SearchOutcome
 from autoprune.context import StudyContext
-from autoprune.errors import AutopruneError
-from autoprune.warmstart import enqueue_warm_start
+from autoprune.errors import AutopruneError, first_line
+from autoprune.optional import require
+from autoprune.record import Failure, TrialRecord
 from autoprune.storage import counts, create_or_load, open_storage
-from autoprune.trial import TrialResult
+from autoprune.telling import fail_running, study_promoter, study_sampler, tell_failure, tell_result
+from autoprune.warmstart import enqueue_warm_start
 
 _WORKER_CTX: dict[str, StudyContext] = {}
 
 
 def _require_ray():
-    try:
-        import ray
-        from ray import tune
-        from ray.tune.search.optuna import OptunaSearch
-    except ImportError:
-        raise AutopruneError("the Ray backend needs Ray Tune: pip install 'autoprune[ray]' (ray[tune])",
-                             field="--backend") from None
+    require("ray.tune", "ray", "the Ray backend (--backend ray)")
+    import ray
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
     return ray, tune, OptunaSearch
 
 
-def trainable(config: dict[str, Any], spec: dict[str, Any]) -> None:
-    """The Ray Tune function: one trial, reported with ``ray.tune.report``."""
-    import ray
-    from ray import tune
-
+def _worker_context(spec: dict[str, Any]) -> StudyContext:
+    """The study prepared once per Ray worker process (actors are reused)."""
     from autoprune.config import SearchSpaceConfig, Study, StudyConfig
     from autoprune.context import prepare
-    from autoprune.trial import run_trial
 
     key = json.dumps(spec, sort_keys=True)
-    if key not in _WORKER_CTX:  # once per Ray worker process (actors are reused)
+    if key not in _WORKER_CTX:
         if spec.get("threads"):
             os.environ["AUTOPRUNE_THREADS"] = str(spec["threads"])
         study = Study(StudyConfig.model_validate(spec["config"]), SearchSpaceConfig.model_validate(spec["space"]),
@@ -58,60 +53,64 @@ def trainable(config: dict[str, Any], spec: dict[str, Any]) -> None:
         ctx = prepare(study, spec["device"], measure_reference=False)
         ctx.share_device()
         _WORKER_CTX[key] = ctx
-    ctx = _WORKER_CTX[key]
-    params = {k: v for k, v in config.items() if not k.startswith("_")}
-    fid = ctx.study.config.fidelity
-    promoter = None
-    if fid.promote_steps:  # reads the study's completed trials from its storage (the driver alone writes)
-        from autoprune.fidelity import study_promoter
+    return _WORKER_CTX[key]
 
-        storage = open_storage(spec["storage_url"])
-        promoter = study_promoter(lambda: optuna.load_study(study_name=spec["study_name"], storage=storage),
-                                  list(ctx.study.config.objectives), ctx.study.directions, fid.eta)
+
+def trainable(config: dict[str, Any], spec: dict[str, Any]) -> None:
+    """The Ray Tune function: one trial, its record reported with ``ray.tune.report`` for the driver to tell."""
+    import ray
+    from ray import tune
+
+    from autoprune.trial import run_trial
+
+    ctx = _worker_context(spec)
+    params = {k: v for k, v in config.items() if not k.startswith("_")}
+    # promotion reads the study's completed trials from its storage (the driver alone writes)
+    storage = open_storage(spec["storage_url"]) if ctx.study.config.fidelity.promote_steps else None
+    promote = study_promoter(lambda: optuna.load_study(study_name=spec["study_name"], storage=storage), ctx.study)
     try:
-        result = run_trial(ctx, params, seed=int(config["_seed"]), save_dir=Path(spec["models_dir"]), promote=promoter)
-    except Exception as exc:  # recorded on the Optuna trial, then re-raised so Ray counts the trial as errored
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        record = run_trial(ctx, params, seed=int(config["_seed"]), save_dir=Path(spec["models_dir"]), promote=promote)
+    except Exception as exc:  # told on the Optuna trial by the driver, then re-raised so Ray counts it errored
+        failure = Failure.from_exception(exc)
         nan = float("nan")
-        tune.report({"accuracy": nan, "macs": nan, "params": nan, "latency_ms": nan, "_autoprune_error": reason})
+        tune.report({"accuracy": nan, "macs": nan, "params": nan, "latency_ms": nan,
+                     "_autoprune_failure": json.dumps([failure.reason, failure.traceback])})
         raise
-    node = ray.get_runtime_context().get_node_id()
-    tune.report({**result.metrics, "_autoprune": json.dumps({
-        "metrics": result.metrics, "timings": result.timings, "plan": result.plan, "model_file": result.model_file,
-        "extra": result.extra,
-        "node": node, "host": socket.gethostname()})})
+    node = {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
+    record = TrialRecord(record.metrics, record.plan, record.fidelity, record.timings, record.model_file, node=node)
+    tune.report({**record.metrics.to_dict(), "_autoprune": record.to_json()})
 
 
 def _searcher_class(OptunaSearch):
     class AutopruneOptunaSearch(OptunaSearch):
-        """OptunaSearch that also stores autoprune's metrics, timings and plan on each Optuna trial."""
+        """OptunaSearch that tells autoprune's trial record (or failure) on each Optuna trial."""
 
-        def __init__(self, *args, objectives, constraints, seed, driver, **kwargs):
+        def __init__(self, *args, study, seed, driver, **kwargs):
             super().__init__(*args, **kwargs)
-            self._objectives, self._constraints, self._base_seed, self._driver = objectives, constraints, seed, driver
+            self._autoprune_study, self._base_seed, self._driver = study, seed, driver
+
+        def _optuna_trial(self, trial_id: str):
+            return self._ot_trials.get(trial_id)  # Ray's OptunaSearch keeps its Optuna trial per Ray trial id
 
         def suggest(self, trial_id: str):
             params = super().suggest(trial_id)
             if params is None or not isinstance(params, dict):
                 return params
-            ot_trial = self._ot_trials[trial_id]
+            ot_trial = self._optuna_trial(trial_id)
             ot_trial.set_user_attr("driver", self._driver)
             return {**params, "_seed": self._base_seed + ot_trial.number}
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            ot_trial = self._ot_trials.get(trial_id)
-            if ot_trial is not None and result.get("_autoprune_error"):
-                ot_trial.set_user_attr("fail_reason", result["_autoprune_error"])
+            ot_trial = self._optuna_trial(trial_id)
+            if ot_trial is not None and result.get("_autoprune_failure"):
+                tell_failure(ot_trial, Failure(*json.loads(result["_autoprune_failure"])))
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-            ot_trial = self._ot_trials.get(trial_id)
+            ot_trial = self._optuna_trial(trial_id)
             if ot_trial is not None and result and "_autoprune" in result:
-                blob = json.loads(result["_autoprune"])
-                res = TrialResult(blob["metrics"], blob["timings"], blob["plan"], blob["model_file"], blob.get("extra", {}))
-                record(ot_trial, res, self._objectives, self._constraints)
-                ot_trial.set_user_attr("ray", {"node": blob["node"], "host": blob["host"]})
+                tell_result(ot_trial, TrialRecord.from_json(result["_autoprune"]), self._autoprune_study)
             elif ot_trial is not None and error and "fail_reason" not in ot_trial.user_attrs:
-                ot_trial.set_user_attr("fail_reason", "the Ray trial errored (see the Ray trial's error file)")
+                tell_failure(ot_trial, Failure("the Ray trial errored (see the Ray trial's error file)"))
             if error:
                 result = None  # the NaN placeholders reported with an error are not objective values
             super().on_trial_complete(trial_id, result, error)
@@ -138,7 +137,7 @@ def _progress_callback(tune, notify: Callable[[], None]):
     return Progress(notify)
 
 
-def fail_orphans(ost: optuna.Study) -> list[int]:
+def fail_orphans(ost: optuna.Study, storage: optuna.storages.BaseStorage) -> list[int]:
     """Fail RUNNING trials whose Ray driver on this machine is gone, and enqueue their parameters for a retry."""
     host = socket.gethostname()
     failed = []
@@ -147,9 +146,7 @@ def fail_orphans(ost: optuna.Study) -> list[int]:
         d_host, _, pid = driver.rpartition(":")
         if d_host != host or not pid.isdigit() or _alive(int(pid)):
             continue
-        ost._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"its Ray driver {driver} stopped")
-        ost._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-        ost.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        fail_running(ost, storage, t.number, f"its Ray driver {driver} stopped")
         failed.append(t.number)
     return failed
 
@@ -187,15 +184,57 @@ def ray_temp_dir(workdir: Path) -> str:
     return str(Path(tempfile.gettempdir()) / f"autoprune-ray-{hashlib.sha1(str(workdir).encode()).hexdigest()[:8]}")
 
 
-@dataclass
-class RayOutcome:
-    study: optuna.Study
-    completed: int
-    ran_here: int
-    errors: int
-    error_messages: list[str]
-    interrupted: bool = False
-    restored: bool = False
+def _init_ray(ray, address: str | None, num_cpus: int, workdir: Path) -> None:
+    for key, value in (("RAY_AUTH_MODE", "disabled"), ("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_DEDUP_LOGS", "0"),
+                       ("RAY_CHDIR_TO_TRIAL_DIR", "0")):
+        os.environ.setdefault(key, value)
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if address:
+        kwargs["address"] = address
+    else:
+        # address="local": always a new instance, never a cluster that `ray start` left running on this machine
+        kwargs.update(address="local", num_cpus=num_cpus, _temp_dir=ray_temp_dir(workdir))
+    try:
+        ray.init(**kwargs)
+    except Exception as exc:
+        raise AutopruneError(f"cannot start or join Ray ({address or 'local'}): {first_line(exc)}",
+                             field="--ray-address") from None
+
+
+def _worker_spec(ctx: StudyContext, device: str, cpus_per_trial: float, workdir: Path) -> dict[str, Any]:
+    """What a Ray worker needs to prepare the study on its own (every path absolute: it may run elsewhere)."""
+    study = ctx.study
+    config = study.config.model_copy(deep=True)
+    config.workdir = str(workdir)
+    if config.data.root:
+        config.data.root = str(Path(config.data.root).resolve())
+    if config.model.checkpoint:
+        config.model.checkpoint = str(Path(config.model.checkpoint).resolve())
+    return {"config": config.model_dump(mode="json"), "space": study.space.model_dump(mode="json"), "device": device,
+            "models_dir": str(workdir / "models"), "threads": max(1, int(cpus_per_trial)),
+            "storage_url": study.storage_url, "study_name": study.study_name}
+
+
+def _restorable(tune, results_dir: Path, marker: Path) -> Path | None:
+    """The experiment an interrupted run left unfinished, if Tune can restore it."""
+    if not marker.is_file():
+        return None
+    prev = results_dir / marker.read_text().strip()
+    return prev if tune.Tuner.can_restore(str(prev)) else None
+
+
+def _error_messages(grid, ost: optuna.Study, seed: int) -> list[str]:
+    """One line per errored Ray trial: its number and the failure it recorded (or Ray's last error line)."""
+    failed = {r.number: r.failure.reason for r in map(TrialRecord.from_frozen, ost.get_trials(deepcopy=False))
+              if r.failure is not None}
+    messages = []
+    for r in (grid if grid is not None else []):
+        if r.error is None:
+            continue
+        lines = [ln for ln in str(r.error).strip().splitlines() if ln.strip()]
+        number = int(r.config.get("_seed", seed - 1)) - seed
+        messages.append(f"trial {number}: {failed.get(number) or (lines[-1][:300] if lines else type(r.error).__name__)}")
+    return messages
 
 
 def run_ray_search(
@@ -211,114 +250,79 @@ def run_ray_search(
     device: str = "cpu",
     log: Callable[[str], None] = lambda s: None,
     on_trial: Callable[[optuna.Study], None] | None = None,
-) -> RayOutcome:
+) -> SearchOutcome:
     """Run the remaining trials of the study on Ray Tune (a local Ray instance, or the cluster at ``address``)."""
     ray, tune, OptunaSearch = _require_ray()
     study = ctx.study
-    cfg = study.config
-    seed = cfg.seed if seed is None else seed
-    url = study.storage_url
-    ost = create_or_load(study, url, None, make_sampler(ctx, seed), ctx.reference)
+    seed = study.config.seed if seed is None else seed
+    storage = open_storage(study.storage_url)
+    ost = create_or_load(study, study.storage_url, None, study_sampler(study, seed), ctx.reference, storage)
     workdir = Path(study.workdir).resolve()
     results_dir = workdir / "ray_results"
     marker = results_dir / f"{study.study_name}.unfinished"  # names the experiment of a run that did not finish
-    restore_from = None
-    if marker.is_file():
-        prev = results_dir / marker.read_text().strip()
-        if tune.Tuner.can_restore(str(prev)):
-            restore_from = prev
-    if restore_from is None:
-        orphans = fail_orphans(ost)
-        if orphans:
-            log(f"failed trials {orphans} left RUNNING by a stopped Ray driver; their parameters are retried")
+    restore_from = _restorable(tune, results_dir, marker)
+    if restore_from is None and (orphans := fail_orphans(ost, storage)):
+        log(f"failed trials {orphans} left RUNNING by a stopped Ray driver; their parameters are retried")
     remaining = n_trials - counts(ost)["COMPLETE"]
     if remaining <= 0 and restore_from is None:
-        return RayOutcome(ost, counts(ost)["COMPLETE"], 0, 0, [])
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    init_kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-    if address:
-        init_kwargs["address"] = address
-    else:
-        # address="local": always a new instance, never a cluster that `ray start` left running on this machine
-        init_kwargs.update(address="local", num_cpus=max(1, int(workers * cpus_per_trial)),
-                           _temp_dir=ray_temp_dir(workdir))
+        return SearchOutcome(ost, counts(ost)["COMPLETE"], 0, 0)
+    _init_ray(ray, address, max(1, int(workers * cpus_per_trial)), workdir)
     try:
-        ray.init(**init_kwargs)
-    except Exception as exc:
-        raise AutopruneError(f"cannot start or join Ray ({address or 'local'}): {str(exc).splitlines()[0]}",
-                             field="--ray-address") from None
-    try:
-        config = cfg.model_copy(deep=True)
-        config.workdir = str(workdir)  # Ray workers may run elsewhere: every path absolute
-        if config.data.root:
-            config.data.root = str(Path(config.data.root).resolve())
-        if config.model.checkpoint:
-            config.model.checkpoint = str(Path(config.model.checkpoint).resolve())
-        spec = {"config": config.model_dump(mode="json"), "space": study.space.model_dump(mode="json"),
-                "device": device, "models_dir": str(workdir / "models"), "threads": max(1, int(cpus_per_trial))}
-        dists = ctx.distributions()
-        queued = enqueue_warm_start(ost, ctx, dists)
+        queued = enqueue_warm_start(ost, ctx, ctx.distributions())
         if queued:
             log(f"warm start: the first {queued} trials are the search space's uniform and global-pruning baselines")
-        spec.update(storage_url=url, study_name=study.study_name)
-        Searcher = _searcher_class(OptunaSearch)
-        directions = study.directions
-        searcher = Searcher(
-            space=dists, metric=list(cfg.objectives),
-            mode=["max" if d == "maximize" else "min" for d in directions],
-            sampler=make_sampler(ctx, seed + len(ost.get_trials(deepcopy=False))),
-            study_name=study.study_name, storage=open_storage(url),
-            objectives=list(cfg.objectives), constraints=cfg.constraints, seed=seed,
-            driver=f"{socket.gethostname()}:{os.getpid()}")
-        resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
-        callbacks = [_progress_callback(tune, lambda: on_trial(ost))] if on_trial is not None else []
-        wrapped = tune.with_resources(tune.with_parameters(trainable, spec=spec), resources)
+        wrapped = tune.with_resources(tune.with_parameters(trainable, spec=_worker_spec(ctx, device, cpus_per_trial, workdir)),
+                                      {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
         if restore_from is not None:
             # The interrupted experiment continues: its searcher (and so its Optuna trials) is restored, and its
             # unfinished and errored trials run again (Tuner.restore(..., resume_errored=True)).
             log(f"restoring the unfinished Ray experiment {restore_from.name}")
             tuner = tune.Tuner.restore(str(restore_from), trainable=wrapped, resume_errored=True)
         else:
-            name = f"{study.study_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-            results_dir.mkdir(parents=True, exist_ok=True)
-            marker.write_text(name)
-            tuner = tune.Tuner(
-                wrapped,
-                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining, max_concurrent_trials=workers,
-                                            reuse_actors=True, time_budget_s=timeout),
-                run_config=tune.RunConfig(name=name, storage_path=str(results_dir), verbose=0, log_to_file=True,
-                                          callbacks=callbacks),
-            )
-        interrupted = False
-        try:
-            grid = tuner.fit()
-        except KeyboardInterrupt:
-            interrupted, grid = True, None
-        ost = optuna.load_study(study_name=study.study_name, storage=open_storage(url))
-        # Tune answers Ctrl-C by stopping the experiment and returning normally: trials of this driver (or of the
-        # restored one) still RUNNING mean the experiment was stopped, and the next run restores it.
-        interrupted = interrupted or bool(_stopped_here(ost))
-        if not interrupted:
-            marker.unlink(missing_ok=True)
-        if restore_from is not None:
-            orphans = fail_orphans(ost)  # asked by the old driver but never run by the restored experiment
-            if orphans:
-                log(f"failed trials {orphans} left RUNNING by the stopped Ray driver; their parameters are retried")
-        messages = []
-        for r in (grid if grid is not None else []):
-            if r.error is None:
-                continue
-            lines = [ln for ln in str(r.error).strip().splitlines() if ln.strip()]
-            reason = lines[-1][:300] if lines else type(r.error).__name__
-            number = int(r.config.get("_seed", seed - 1)) - seed
-            match = [t for t in ost.get_trials(deepcopy=False) if t.number == number]
-            if match and match[0].user_attrs.get("fail_reason"):
-                reason = match[0].user_attrs["fail_reason"]
-            messages.append(f"trial {number}: {reason}")
-        return RayOutcome(ost, counts(ost)["COMPLETE"], remaining if grid is None else len(grid), len(messages),
-                          messages, interrupted, restored=restore_from is not None)
+            searcher = _searcher_class(OptunaSearch)(
+                space=ctx.distributions(), metric=list(study.config.objectives),
+                mode=["max" if d == "maximize" else "min" for d in study.directions],
+                sampler=study_sampler(study, seed, ost), study_name=study.study_name, storage=storage,
+                study=study, seed=seed, driver=f"{socket.gethostname()}:{os.getpid()}")
+            tuner = _new_tuner(tune, wrapped, searcher, study.study_name, results_dir, marker, remaining, workers,
+                               timeout, [_progress_callback(tune, lambda: on_trial(ost))] if on_trial else [])
+        return _fit(tuner, ost, storage, seed, marker, restore_from, remaining, log)
     finally:
         ray.shutdown()
+
+
+def _new_tuner(tune, wrapped, searcher, name: str, results_dir: Path, marker: Path, remaining: int, workers: int,
+               timeout: float | None, callbacks: list):
+    """A new Tune experiment, its name written to ``marker`` until it finishes (so an interrupted one is restored)."""
+    experiment = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(experiment)
+    return tune.Tuner(
+        wrapped,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining, max_concurrent_trials=workers,
+                                    reuse_actors=True, time_budget_s=timeout),
+        run_config=tune.RunConfig(name=experiment, storage_path=str(results_dir), verbose=0, log_to_file=True,
+                                  callbacks=callbacks),
+    )
+
+
+def _fit(tuner, ost: optuna.Study, storage, seed: int, marker: Path, restore_from: Path | None, remaining: int,
+         log: Callable[[str], None]) -> SearchOutcome:
+    """Run the experiment; read back how it ended (interrupted, errored trials) from the study's storage."""
+    interrupted = False
+    try:
+        grid = tuner.fit()
+    except KeyboardInterrupt:
+        interrupted, grid = True, None
+    ost = optuna.load_study(study_name=ost.study_name, storage=storage)
+    # Tune answers Ctrl-C by stopping the experiment and returning normally: trials of this driver (or of the
+    # restored one) still RUNNING mean the experiment was stopped, and the next run restores it.
+    interrupted = interrupted or bool(_stopped_here(ost))
+    if not interrupted:
+        marker.unlink(missing_ok=True)
+    if restore_from is not None and (orphans := fail_orphans(ost, storage)):
+        # asked by the old driver but never run by the restored experiment
+        log(f"failed trials {orphans} left RUNNING by the stopped Ray driver; their parameters are retried")
+    messages = _error_messages(grid, ost, seed)
+    return SearchOutcome(ost, counts(ost)["COMPLETE"], remaining if grid is None else len(grid), len(messages),
+                         interrupted, messages, restored=restore_from is not None)

@@ -14,7 +14,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
+
+from autoprune.backends import SearchOptions, SearchOutcome
+from autoprune.context import StudyContext
+from autoprune.errors import AutopruneError, SearchFailedError
+from autoprune.record import TrialRecord
+from autoprune.storage import create_or_load, register_host
+from autoprune.telling import study_sampler
 
 
 @dataclass
@@ -57,11 +64,14 @@ class WorkerPool:
         return lines[-1] if lines else ""
 
 
-def start_workers(n: int, command: Sequence[str], log_dir: Path, threads: int) -> WorkerPool:
-    """Start ``n`` worker processes running ``command + ["--worker-index", i]`` with ``threads`` torch threads each."""
+def start_workers(n: int, command: Sequence[str], log_dir: Path, threads: int,
+                  env: Mapping[str, str] | None = None) -> WorkerPool:
+    """Start ``n`` worker processes running ``command + ["--worker-index", i]`` with ``threads`` torch threads each;
+    ``env`` is added to their environment (secrets such as the storage URL go there, never on the command line)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     procs, logs = [], []
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), AUTOPRUNE_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, **(env or {}), OMP_NUM_THREADS=str(threads), AUTOPRUNE_THREADS=str(threads),
+               PYTHONUNBUFFERED="1")
     for i in range(n):
         log = log_dir / f"worker-{i}.log"
         fh = open(log, "w")
@@ -71,3 +81,26 @@ def start_workers(n: int, command: Sequence[str], log_dir: Path, threads: int) -
         fh.close()
         logs.append(log)
     return WorkerPool(procs, logs)
+
+
+def run_local_workers(ctx: StudyContext, options: SearchOptions, on_trial: Callable[..., None]) -> SearchOutcome:
+    """Create the study once, start ``options.workers`` worker processes against its storage (the URL through the
+    environment) and wait for them; a worker that exits badly is an error naming it and its log."""
+    study = ctx.study
+    ost = create_or_load(study, None, None, study_sampler(study, study.config.seed), ctx.reference)
+    register_host(ost, study.storage_url)
+    before = {t.number for t in ost.get_trials(deepcopy=False)}
+    threads = study.config.measure.threads or max(1, (os.cpu_count() or 1) // options.workers)
+    pool = start_workers(options.workers, options.worker_args, study.workdir / "logs", threads,
+                         {"AUTOPRUNE_STORAGE": study.storage_url})
+    codes = pool.wait(lambda: on_trial(ost))  # polls the storage about once a second
+    new = [TrialRecord.from_frozen(t) for t in ost.get_trials(deepcopy=False) if t.number not in before]
+    ran = sum(1 for r in new if r.skipped is None and r.state in ("COMPLETE", "FAIL", "PRUNED"))
+    failed = sum(1 for r in new if r.state == "FAIL")
+    bad = [(i, c) for i, c in enumerate(codes) if c not in (0, 130)]
+    if bad:
+        i, code = bad[0]
+        err = SearchFailedError if code == SearchFailedError.exit_code else AutopruneError
+        raise err(f"worker {i} exited with code {code}: {pool.last_line(i)} (log: {pool.logs[i]})")
+    complete = sum(1 for t in ost.get_trials(deepcopy=False) if t.state.name == "COMPLETE")
+    return SearchOutcome(ost, complete, ran, failed, interrupted=any(c == 130 for c in codes))

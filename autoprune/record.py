@@ -1,0 +1,253 @@
+"""The trial record: what one trial did and measured, as one typed object.
+
+A trial (:func:`autoprune.trial.run_trial`) returns a :class:`TrialRecord`; the backends store it on the Optuna
+trial with :meth:`TrialRecord.to_user_attrs` (:mod:`autoprune.telling`), and every reader (``status``,
+``pareto``, ``select``, ``retrain``, the reports, promotion) reads it back with :meth:`TrialRecord.from_frozen`.
+Nothing else parses Optuna's user attributes. The stored layout (keys ``metrics``, ``plan``, ``fidelity``,
+``timings``, ``model_file``, ``fail_reason``, ``traceback``, ``ray``) is the one studies have used since the first
+release, so older studies load unchanged (``tests/data/legacy_study``).
+
+Example:
+    >>> rec = TrialRecord(metrics=Metrics(0.9, 1000, 50, 0.2), plan=PlanRecord("l1", {"g": 0.3}))
+    >>> TrialRecord.from_user_attrs(rec.to_user_attrs()).metrics.accuracy
+    0.9
+"""
+
+from __future__ import annotations
+
+import json
+import traceback as tb
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from autoprune.errors import first_line
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+    from autoprune.config import ConstraintsConfig, RecoveryConfig
+
+METRIC_NAMES = ("accuracy", "macs", "params", "latency_ms")
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """What a trial measured: validation accuracy (0..1, at the trial's final fidelity), MACs, parameters and the
+    latency in milliseconds at the study's latency batch size."""
+
+    accuracy: float
+    macs: int
+    params: int
+    latency_ms: float
+
+    def __getitem__(self, name: str) -> float:
+        """The metric an objective names (``"accuracy"``, ``"macs"``, ``"params"`` or ``"latency_ms"``)."""
+        if name not in METRIC_NAMES:
+            raise KeyError(f"unknown metric {name!r}; expected one of {list(METRIC_NAMES)}")
+        return getattr(self, name)
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Metrics:
+        return cls(float(d.get("accuracy", float("nan"))), int(d.get("macs", 0)), int(d.get("params", 0)),
+                   float(d.get("latency_ms", float("nan"))))
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How much recovery stands behind a trial's scores.
+
+    ``short_*``: the short recovery (``recovery.steps``) and its score; ``steps``: the fine-tune steps behind the
+    reported accuracy (more than ``short_steps`` when the trial was promoted); ``*_val_images``: how many
+    validation images each score used.
+    """
+
+    steps: int
+    short_steps: int
+    short_accuracy: float
+    promoted: bool = False
+    short_val_images: int | None = None
+    val_images: int | None = None
+
+    def to_dict(self, accuracy: float) -> dict[str, Any]:
+        return {"steps": self.steps, "short_steps": self.short_steps, "short_accuracy": self.short_accuracy,
+                "accuracy": accuracy, "promoted": self.promoted, "short_val_images": self.short_val_images,
+                "val_images": self.val_images}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], accuracy: float, steps: int) -> Fidelity:
+        return cls(int(d.get("steps", steps)), int(d.get("short_steps", d.get("steps", steps))),
+                   float(d.get("short_accuracy", accuracy)), bool(d.get("promoted", False)),
+                   d.get("short_val_images"), d.get("val_images"))
+
+
+@dataclass(frozen=True)
+class PlanRecord:
+    """What a trial applied: the scorer, the per-group ratios, the blocks it dropped and the recovery it ran.
+
+    ``recovery`` holds the trial's recovery settings (a :class:`~autoprune.config.RecoveryConfig` dump): the final
+    retrain reads them with :meth:`recovery_settings`, so a change to recovery changes both.
+    """
+
+    scorer: str
+    ratios: dict[str, float]
+    round_to: int | None = None
+    dropped: tuple[str, ...] = ()
+    recovery: dict[str, Any] = field(default_factory=dict)
+    finetune_steps: int = 0
+    finetune_images: int = 0
+    seed: int | None = None
+    latency_method: str = ""
+    teacher: str = ""
+
+    def recovery_settings(self, defaults: RecoveryConfig) -> RecoveryConfig:
+        """The recovery settings the trial ran, ``defaults`` (the study's) filling what an old record lacks."""
+        known = {k: v for k, v in self.recovery.items() if k in type(defaults).model_fields}
+        return type(defaults).model_validate({**defaults.model_dump(), **known})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["dropped"] = list(self.dropped)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PlanRecord:
+        rec = dict(d.get("recovery") or {})
+        steps = int(d.get("finetune_steps", rec.get("steps", 0)))
+        return cls(str(d.get("scorer", "")), {str(k): float(v) for k, v in (d.get("ratios") or {}).items()},
+                   d.get("round_to"), tuple(d.get("dropped") or ()), rec, steps,
+                   int(d.get("finetune_images", steps * int(rec.get("batch_size", 0)))), d.get("seed"),
+                   str(d.get("latency_method", "")), str(d.get("teacher", "")))
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a trial failed: the exception's type and first line, and the end of its traceback."""
+
+    reason: str
+    traceback: str = ""
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> Failure:
+        """The failure of the exception being handled (call inside ``except``)."""
+        return cls(first_line(exc), tb.format_exc()[-4000:])
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial: its plan, metrics, fidelity, timings, saved model, or its failure.
+
+    ``number``, ``state`` and ``params`` are filled when the record is read back from a study
+    (:meth:`from_frozen`); a record a trial returns has none of them.
+    """
+
+    metrics: Metrics | None = None
+    plan: PlanRecord | None = None
+    fidelity: Fidelity | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    model_file: str | None = None
+    failure: Failure | None = None
+    node: dict[str, str] | None = None  # where a Ray trial ran: {"node", "host"}
+    number: int | None = None
+    state: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    skipped: str | None = None  # why a trial past the shared budget did not run
+    warm_start: bool = False
+
+    @property
+    def completed(self) -> bool:
+        return self.metrics is not None and self.failure is None
+
+    @property
+    def promoted(self) -> bool:
+        return bool(self.fidelity and self.fidelity.promoted)
+
+    @property
+    def short_accuracy(self) -> float:
+        """The accuracy after the short recovery (the reported accuracy for a trial never promoted)."""
+        assert self.metrics is not None
+        return self.fidelity.short_accuracy if self.fidelity else self.metrics.accuracy
+
+    def objective_values(self, objectives: Sequence[str]) -> list[float]:
+        assert self.metrics is not None, "a failed trial has no objective values"
+        return [float(self.metrics[o]) for o in objectives]
+
+    def short_point(self, objectives: Sequence[str]) -> list[float]:
+        """The objective vector at the short fidelity (the short-recovery accuracy in place of accuracy)."""
+        return [self.short_accuracy if o == "accuracy" else v for o, v in zip(objectives, self.objective_values(objectives))]
+
+    def constraint_values(self, constraints: ConstraintsConfig) -> dict[str, float]:
+        """Optuna constraint values (<= 0 is feasible) for the study's constraints that are set."""
+        assert self.metrics is not None
+        m, c, out = self.metrics, constraints, {}
+        if c.min_accuracy is not None:
+            out["min_accuracy"] = c.min_accuracy - m.accuracy
+        if c.max_macs is not None:
+            out["max_macs"] = m.macs - c.max_macs
+        if c.max_latency_ms is not None:
+            out["max_latency_ms"] = m.latency_ms - c.max_latency_ms
+        return out
+
+    def with_failure(self, failure: Failure) -> TrialRecord:
+        return replace(self, failure=failure)
+
+    # ------------------------------------------------------------------------------------ the ask/tell boundary
+    def to_user_attrs(self) -> dict[str, Any]:
+        """The Optuna user attributes this record is stored as (JSON-serialisable)."""
+        out: dict[str, Any] = {}
+        if self.metrics is not None:
+            out["metrics"] = self.metrics.to_dict()
+        if self.timings:
+            out["timings"] = {k: round(float(v), 4) for k, v in self.timings.items()}
+        if self.plan is not None:
+            out["plan"] = self.plan.to_dict()
+        if self.model_file:
+            out["model_file"] = self.model_file
+        if self.fidelity is not None and self.metrics is not None:
+            out["fidelity"] = self.fidelity.to_dict(self.metrics.accuracy)
+        if self.failure is not None:
+            out["fail_reason"] = self.failure.reason
+            if self.failure.traceback:
+                out["traceback"] = self.failure.traceback
+        if self.node:
+            out["ray"] = dict(self.node)
+        return out
+
+    @classmethod
+    def from_user_attrs(cls, attrs: Mapping[str, Any], *, number: int | None = None, state: str | None = None,
+                        params: Mapping[str, Any] | None = None) -> TrialRecord:
+        """Read a record back from Optuna user attributes (today's and older studies' layouts)."""
+        metrics = Metrics.from_dict(attrs["metrics"]) if "metrics" in attrs else None
+        plan = PlanRecord.from_dict(attrs["plan"]) if "plan" in attrs else None
+        fidelity = None
+        if metrics is not None:
+            fidelity = Fidelity.from_dict(attrs.get("fidelity") or {}, metrics.accuracy,
+                                          plan.finetune_steps if plan else 0)
+        failure = Failure(str(attrs["fail_reason"]), str(attrs.get("traceback", ""))) if "fail_reason" in attrs else None
+        return cls(metrics, plan, fidelity, dict(attrs.get("timings") or {}), attrs.get("model_file"), failure,
+                   attrs.get("ray"), number, state, dict(params or {}), attrs.get("skipped"),
+                   bool(attrs.get("warm_start", False)))
+
+    @classmethod
+    def from_frozen(cls, frozen: FrozenTrial) -> TrialRecord:
+        return cls.from_user_attrs(frozen.user_attrs, number=frozen.number, state=frozen.state.name,
+                                   params=frozen.params)
+
+    def to_json(self) -> str:
+        """For carrying a record between processes (a Ray worker to its driver)."""
+        return json.dumps(self.to_user_attrs())
+
+    @classmethod
+    def from_json(cls, text: str) -> TrialRecord:
+        return cls.from_user_attrs(json.loads(text))
+
+    def entry(self) -> dict[str, Any]:
+        """A completed trial as a front entry (``pareto --json``): trial, accuracy, macs, params, latency_ms,
+        config (the sampled parameters), plan, timings, fidelity."""
+        m = self.metrics or Metrics.from_dict({})
+        return {"trial": self.number, "accuracy": m.accuracy, "macs": m.macs, "params": m.params,
+                "latency_ms": m.latency_ms, "config": dict(self.params),
+                "plan": self.plan.to_dict() if self.plan else {}, "timings": dict(self.timings),
+                "fidelity": self.fidelity.to_dict(m.accuracy) if self.fidelity else {}}

@@ -1,0 +1,86 @@
+"""One way to tell: what every backend does around a trial, in one place.
+
+Both backends (:mod:`autoprune.backends.optuna_backend` and :mod:`autoprune.backends.ray_backend`) build their
+sampler here, sample with :func:`suggest_all`, store a trial's :class:`~autoprune.record.TrialRecord` with
+:func:`tell_result` or its failure with :func:`tell_failure`, promote with :func:`study_promoter`, and fail a
+trial a dead process left RUNNING with :func:`fail_running`. Only Optuna's public API is used.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from autoprune.config import Study
+from autoprune.fidelity import promoter
+from autoprune.record import Failure, Metrics, TrialRecord
+from autoprune.samplers import make_sampler
+
+_SEED_STRIDE = 7919  # a prime: worker w of a study draws from seed + stride * w + (trials so far)
+
+
+def study_sampler(study: Study, seed: int, ost: optuna.Study | None = None, worker: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded from ``seed``, the worker's index and how far the study already is, so that
+    a resumed run or a second worker does not replay the random start-up points of the first."""
+    done = len(ost.get_trials(deepcopy=False)) if ost is not None else 0
+    return make_sampler(study.config.sampler, seed + _SEED_STRIDE * worker + done)
+
+
+def suggest_all(trial: optuna.Trial, dists: dict[str, BaseDistribution]) -> dict[str, Any]:
+    """Sample every parameter (an enqueued retry or warm start gets its fixed values back)."""
+    for name, d in dists.items():
+        if isinstance(d, FloatDistribution):
+            trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
+        elif isinstance(d, IntDistribution):
+            trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
+        elif isinstance(d, CategoricalDistribution):
+            trial.suggest_categorical(name, d.choices)
+        else:
+            raise TypeError(f"unsupported distribution {type(d).__name__} for {name}")
+    return dict(trial.params)
+
+
+def tell_result(trial: optuna.Trial, record: TrialRecord, study: Study) -> list[float]:
+    """Store ``record`` on the running ``trial`` (user attributes and constraint values); return the objective
+    values to tell Optuna."""
+    for key, value in record.to_user_attrs().items():
+        trial.set_user_attr(key, value)
+    for name, value in record.constraint_values(study.config.constraints).items():
+        trial.set_constraint(name, value)
+    return record.objective_values(study.config.objectives)
+
+
+def tell_failure(trial: optuna.Trial, failure: Failure) -> None:
+    """Store why the running ``trial`` failed (the backend then marks it FAIL)."""
+    for key, value in TrialRecord(failure=failure).to_user_attrs().items():
+        trial.set_user_attr(key, value)
+
+
+def records(ost: optuna.Study, states: Iterable[TrialState] = (TrialState.COMPLETE,)) -> list[TrialRecord]:
+    """The study's trials in ``states`` as records."""
+    return [TrialRecord.from_frozen(t) for t in ost.get_trials(deepcopy=False, states=tuple(states))]
+
+
+def study_promoter(load: Callable[[], optuna.Study], study: Study) -> Callable[[Metrics], bool] | None:
+    """The promotion rule of :mod:`autoprune.fidelity` against the study's completed trials, read from the
+    storage (``load``) when a trial asks; None when promotion is off."""
+    fid = study.config.fidelity
+    if not fid.promote_steps:
+        return None
+    return promoter(lambda: records(load()), list(study.config.objectives), study.directions, fid.eta)
+
+
+def fail_running(ost: optuna.Study, storage: optuna.storages.BaseStorage, number: int, reason: str,
+                 retry: bool = True) -> None:
+    """Mark RUNNING trial ``number`` FAIL with ``reason`` (its process is gone) and, with ``retry``, enqueue
+    its parameters again."""
+    study_id = storage.get_study_id_from_name(ost.study_name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+    frozen = storage.get_trial(trial_id)
+    storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+    ost.tell(number, state=TrialState.FAIL)
+    if retry:
+        ost.enqueue_trial(dict(frozen.params), user_attrs={"retry_of": number}, skip_if_exists=False)
