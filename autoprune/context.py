@@ -107,6 +107,74 @@ def train_base(study: Study, model: nn.Module, data: DataSplits, device: torch.d
     return model
 
 
+def _base_weights(study: Study, model: nn.Module, data: DataSplits, device: torch.device, num_classes: int,
+                  on_base_step: Callable[[int, int], None] | None, log: Callable[[str], None]) -> tuple[nn.Module, str, bool]:
+    """The base model's weights: the study's checkpoint, the cached base, or trained here and cached.
+    Returns (model on ``device``, in eval mode; where the weights came from; whether they were trained here)."""
+    cfg = study.config
+    if cfg.model.checkpoint:
+        load_checkpoint(model, cfg.model.checkpoint)
+        return model.to(device).eval(), str(cfg.model.checkpoint), False
+    cache = _base_cache_path(study, num_classes)
+    if cache.is_file() and not checksum_ok(cache):
+        log(f"cached base model {cache} fails its checksum; retraining it")
+        cache.unlink()
+    if cache.is_file():
+        load_checkpoint(model, cache)
+        return model.to(device).eval(), f"cached {cache}", False
+    t0 = time.perf_counter()
+    model = train_base(study, model.to(device), data, device, on_step=on_base_step)
+    save_checksummed(model.state_dict(), cache)
+    # parameters keep requires_grad: torch-pruning traces through autograd
+    return model.to(device).eval(), f"trained here in {time.perf_counter() - t0:.1f} s, cached at {cache}", True
+
+
+def _droppable(study: Study, model: nn.Module, example: torch.Tensor) -> list[str]:
+    if study.space.depth is None:
+        return []
+    droppable = droppable_blocks(model, example, study.space.depth.blocks)
+    if not droppable:
+        raise AutopruneError(f"depth.blocks {study.space.depth.blocks} match no block whose output has its "
+                             "input's shape (only such blocks can be replaced by the identity)",
+                             source=str(study.space_path), field="depth.blocks")
+    return droppable
+
+
+def _reference(ctx: StudyContext, source: str, trained_here: bool, stream_source: str) -> dict[str, Any]:
+    """The base model's measurements every trial is compared with."""
+    cfg, m, model = ctx.study.config, ctx.study.config.measure, ctx.base
+    ref = {"accuracy": accuracy(model, ctx.data.val, cfg.data.batch_size), "macs": count_macs(model, ctx.example),
+           "params": count_params(model),
+           "latency_ms": latency_ms(model, ctx.latency_input, m.latency_repeats, m.latency_warmup),
+           "source": source, "trained_here": trained_here, "split": "val", "data": ctx.data.info,
+           "groups": {g: {"roots": r, "channels": ctx.layout.channels.get(g, 0)} for g, r in ctx.layout.roots.items()},
+           "device": str(ctx.device), "teacher": stream_source}
+    if ctx.ratio_highs:
+        ref["ratio_highs"] = ctx.ratio_highs
+    return ref
+
+
+def _data_and_model(study: Study, device: torch.device) -> tuple[DataSplits, nn.Module, GroupLayout]:
+    """The data on ``device``, a fresh model and its group layout, checked prunable: the groups and whether
+    torch-pruning can prune them do not depend on the weights, so this runs before any training or storage
+    write and a model that cannot be pruned costs nothing."""
+    cfg = study.config
+    resolve_model(cfg.model.name)  # fail on an unknown model before loading data
+    data = load_splits(cfg.data)
+    num_classes = cfg.model.num_classes or data.num_classes
+    if num_classes != data.num_classes:
+        raise AutopruneError(f"model has {num_classes} classes but {cfg.data.name} has {data.num_classes}",
+                             source=str(study.path), field="model.num_classes")
+    data = data.to(device)
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model.name, num_classes=num_classes, **cfg.model.kwargs)
+    example = data.val.example(1).cpu()
+    layout = build_layout(model, example, by=study.space.groups.by, named=_named_groups(study),
+                          prunable=_prunable(study), ignore=study.space.ignore)
+    check_prunable(model, example, layout, source=str(study.space_path))
+    return data, model, layout
+
+
 def prepare(study: Study, device: str | torch.device = "cpu", *, measure_reference: bool = True,
             on_base_step: Callable[[int, int], None] | None = None, log: Callable[[str], None] = lambda s: None,
             on_stream_step: Callable[[int, int], None] | None = None, recovery_stream: bool = True) -> StudyContext:
@@ -118,72 +186,20 @@ def prepare(study: Study, device: str | torch.device = "cpu", *, measure_referen
     threads = cfg.measure.threads or int(os.environ.get("AUTOPRUNE_THREADS", "0") or 0)
     if threads:
         torch.set_num_threads(threads)
-    resolve_model(cfg.model.name)  # fail on an unknown model before loading data
-    data = load_splits(cfg.data)
-    num_classes = cfg.model.num_classes or data.num_classes
-    if num_classes != data.num_classes:
-        raise AutopruneError(f"model has {num_classes} classes but {cfg.data.name} has {data.num_classes}",
-                             source=str(study.path), field="model.num_classes")
-    data = data.to(device)
-    torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model.name, num_classes=num_classes, **cfg.model.kwargs)
-    # The groups and whether torch-pruning can prune them do not depend on the weights: checked before any
-    # training or storage write, so a model that cannot be pruned costs nothing.
+    data, model, layout = _data_and_model(study, device)
+    model, source, trained_here = _base_weights(study, model, data, device, data.num_classes if cfg.model.num_classes
+                                                is None else cfg.model.num_classes, on_base_step, log)
     example = data.val.example(1)
-    layout = build_layout(model, example.cpu(), by=study.space.groups.by,
-                          named=_named_groups(study), prunable=_prunable(study), ignore=study.space.ignore)
-    check_prunable(model, example.cpu(), layout, source=str(study.space_path))
-    trained_here = False
-    if cfg.model.checkpoint:
-        load_checkpoint(model, cfg.model.checkpoint)
-        source = str(cfg.model.checkpoint)
-    else:
-        cache = _base_cache_path(study, num_classes)
-        if cache.is_file() and not checksum_ok(cache):
-            log(f"cached base model {cache} fails its checksum; retraining it")
-            cache.unlink()
-        if cache.is_file():
-            load_checkpoint(model, cache)
-            source = f"cached {cache}"
-        else:
-            t0 = time.perf_counter()
-            model = train_base(study, model.to(device), data, device, on_step=on_base_step)
-            save_checksummed(model.state_dict(), cache)
-            trained_here = True
-            source = f"trained here in {time.perf_counter() - t0:.1f} s, cached at {cache}"
-    model = model.to(device).eval()  # parameters keep requires_grad: torch-pruning traces through autograd
     gen = torch.Generator().manual_seed(cfg.seed)
     calib = [b for _, b in zip(range(2), data.train.batches(min(64, len(data.train)), shuffle=True, generator=gen))]
     lat_x = example.expand(cfg.measure.latency_batch_size, *example.shape[1:]).contiguous()
-    droppable: list[str] = []
-    if study.space.depth is not None:
-        droppable = droppable_blocks(model, example, study.space.depth.blocks)
-        if not droppable:
-            raise AutopruneError(f"depth.blocks {study.space.depth.blocks} match no block whose output has its "
-                                 "input's shape (only such blocks can be replaced by the identity)",
-                                 source=str(study.space_path), field="depth.blocks")
     highs = _sensitivity(study, model, example, layout, data, log) if study.space.sensitivity else {}
     stream, stream_source = (_recovery_stream(study, model, data, log, on_stream_step) if recovery_stream
                              else (None, "not prepared: this command runs no trial"))
     ctx = StudyContext(study, device, data, model, layout, example, lat_x, calibration=calib, stream=stream,
-                       droppable=droppable, ratio_highs=highs)
+                       droppable=_droppable(study, model, example), ratio_highs=highs)
     if measure_reference:
-        m = cfg.measure
-        ctx.reference = {
-            "accuracy": accuracy(model, data.val, cfg.data.batch_size),
-            "macs": count_macs(model, example),
-            "params": count_params(model),
-            "latency_ms": latency_ms(model, lat_x, m.latency_repeats, m.latency_warmup),
-            "source": source,
-            "trained_here": trained_here,
-            "split": "val",
-            "data": data.info,
-            "groups": {g: {"roots": r, "channels": layout.channels.get(g, 0)} for g, r in layout.roots.items()},
-            "device": str(device),
-            "teacher": stream_source,
-        }
-        if highs:
-            ctx.reference["ratio_highs"] = highs
+        ctx.reference = _reference(ctx, source, trained_here, stream_source)
     return ctx
 
 

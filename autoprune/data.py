@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
 
-from autoprune.config import DataConfig
 from autoprune.errors import AutopruneError, first_line
 from autoprune.registry import Registry
+
+if TYPE_CHECKING:
+    from autoprune.config import DataConfig
 
 CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
                "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
@@ -198,7 +200,7 @@ def _load_image_folder(cfg: DataConfig, rng: np.random.Generator) -> Source:
 
 
 # name -> loader(config, rng); the rng is the study's split generator (a loader may draw from it, in order)
-DATASETS = Registry[Callable[[DataConfig, np.random.Generator], Source]]("data set")
+DATASETS = Registry[Callable[["DataConfig", np.random.Generator], Source]]("data set")
 DATASETS.register("digits", _load_digits)
 DATASETS.register("cifar10", _load_cifar)
 DATASETS.register("cifar100", _load_cifar)

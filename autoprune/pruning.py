@@ -66,6 +66,45 @@ def find_output_layer(model: nn.Module, example_inputs: torch.Tensor) -> str:
     return candidates[-1]
 
 
+def _ignored_layers(modules: Mapping[str, nn.Module], output_layer: str, prunable: Sequence[str] | None,
+                    ignore: Sequence[str]) -> list[str]:
+    """The output layer, and every conv/linear layer matching ``ignore`` or outside ``prunable``."""
+    ignored = [output_layer]
+    for name, m in modules.items():
+        if not isinstance(m, ROOT_TYPES) or name == output_layer:
+            continue
+        if _match(name, ignore) or (prunable is not None and not _match(name, prunable)):
+            ignored.append(name)
+    return ignored
+
+
+def _group_roots(dg, modules: Mapping[str, nn.Module], ignored: Sequence[str], by: str,
+                 named: Mapping[str, Sequence[str]] | None) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Group name -> the root layers of torch-pruning's dependency groups it holds, and its channel count."""
+    names_of = {m: n for n, m in modules.items()}
+    ignored_modules = [x for n in ignored for x in modules[n].modules()]
+    roots: dict[str, list[str]] = {}
+    channels: dict[str, int] = {}
+    for group in dg.get_all_groups(ignored_layers=ignored_modules, root_module_types=list(ROOT_TYPES)):
+        root = group[0].dep.target.module
+        members = [names_of[dep.target.module] for dep, _ in group
+                   if dg.is_out_channel_pruning_fn(dep.handler) and dep.target.module in names_of]
+        if by == "dependency":
+            key: str | None = names_of[root]
+        elif by == "global":
+            key = "all"
+        else:
+            if not named:
+                raise AutopruneError(f"groups by {by!r} need named groups, and none are defined for this model",
+                                     field="groups")
+            key = next((g for member in members for g, pats in named.items() if _match(member, pats)), None)
+        if key is None:
+            continue
+        roots.setdefault(key, []).append(names_of[root])
+        channels[key] = channels.get(key, 0) + int(dg.get_out_channels(root))
+    return roots, channels
+
+
 def build_layout(
     model: nn.Module,
     example_inputs: torch.Tensor,
@@ -90,42 +129,15 @@ def build_layout(
         AutopruneError: when nothing is left to prune, naming why.
     """
     output_layer = find_output_layer(model, example_inputs)
-    if prunable is None:
-        prunable = getattr(model, "autoprune_prunable", None)
     modules = dict(model.named_modules())
-    names_of = {m: n for n, m in modules.items()}
-    ignored = [output_layer]
-    for name, m in modules.items():
-        if not isinstance(m, ROOT_TYPES) or name == output_layer:
-            continue
-        if _match(name, ignore) or (prunable is not None and not _match(name, prunable)):
-            ignored.append(name)
+    ignored = _ignored_layers(modules, output_layer, getattr(model, "autoprune_prunable", None)
+                              if prunable is None else prunable, ignore)
     try:
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False,
                                                    customized_pruners=customized_pruners(model))
     except Exception as exc:
         raise AutopruneError(f"torch-pruning cannot trace the model: {first_line(exc)}") from None
-    ignored_modules = [x for n in ignored for x in modules[n].modules()]
-    roots: dict[str, list[str]] = {}
-    channels: dict[str, int] = {}
-    for group in dg.get_all_groups(ignored_layers=ignored_modules, root_module_types=list(ROOT_TYPES)):
-        root = group[0].dep.target.module
-        root_name = names_of[root]
-        members = [names_of[dep.target.module] for dep, _ in group
-                   if dg.is_out_channel_pruning_fn(dep.handler) and dep.target.module in names_of]
-        if by == "dependency":
-            key: str | None = root_name
-        elif by == "global":
-            key = "all"
-        else:
-            if not named:
-                raise AutopruneError(f"groups by {by!r} need named groups, and none are defined for this model",
-                                     field="groups")
-            key = next((g for member in members for g, pats in named.items() if _match(member, pats)), None)
-        if key is None:
-            continue
-        roots.setdefault(key, []).append(root_name)
-        channels[key] = channels.get(key, 0) + int(dg.get_out_channels(root))
+    roots, channels = _group_roots(dg, modules, ignored, by, named)
     if not roots:
         raise AutopruneError(
             "the model has no prunable groups (every conv/linear layer is the output layer, ignored, outside "

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
 import optuna
 import pytest
@@ -125,13 +124,14 @@ def test_sigterm_stops_the_search_gracefully_and_a_rerun_resumes(ctx, study_file
     args = ["search", study_file, "--study-name", name, "--n-trials", 2, "--set", "recovery.steps=40"]
     proc = start(*args)
 
-    def running_after_a_complete() -> bool:
+    def fine_tuning_after_a_complete() -> bool:
+        """A trial has completed and the next has sampled its plan (its params are stored): it is in its compute."""
         assert proc.poll() is None, proc.communicate()[1][-2000:]
-        states = [t.state for t in trials(url, name)]
-        return TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING
+        got = trials(url, name)
+        return (any(t.state == TrialState.COMPLETE for t in got) and got[-1].state == TrialState.RUNNING
+                and bool(got[-1].params))
 
-    wait_for(running_after_a_complete, timeout=240, every=0.1)
-    time.sleep(0.2)
+    wait_for(fine_tuning_after_a_complete, timeout=240, every=0.1)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]

@@ -166,11 +166,13 @@ def test_dashboard_serves_the_study_on_localhost(searched):
     try:
         deadline, status = time.monotonic() + 60, None
         while time.monotonic() < deadline and status is None:
+            assert proc.poll() is None, f"the dashboard exited ({proc.returncode}): {proc.communicate()[1][-2000:]}"
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
                     status, body = r.status, r.read().decode()
             except OSError:
-                time.sleep(0.5)
+                time.sleep(0.5)  # the poll interval: nothing listens on the port yet
+        assert status is not None, f"the dashboard did not answer on port {port} within 60 s"
         assert status == 200 and "tiny" in body
         listening = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
         assert f"127.0.0.1:{port}" in listening and f"0.0.0.0:{port}" not in listening

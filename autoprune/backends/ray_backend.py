@@ -18,7 +18,7 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
-from autoprune.backends import SearchOutcome
+from autoprune.backends.base import SearchOutcome
 from autoprune.context import StudyContext
 from autoprune.errors import AutopruneError, first_line
 from autoprune.optional import require

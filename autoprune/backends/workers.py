@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from autoprune.backends import SearchOptions, SearchOutcome
+from autoprune.backends.base import SearchOptions, SearchOutcome
 from autoprune.context import StudyContext
 from autoprune.errors import AutopruneError, SearchFailedError
 from autoprune.record import TrialRecord
