@@ -147,3 +147,54 @@ def test_study_name_flag_selects_the_study_everywhere(write_study):
     assert data["trials"]["COMPLETE"] == 1
     result = run("status", path, "--json")
     assert result.exit_code == 2 and "no study named 'tiny'" in result.stderr
+
+
+# ------------------------------------------------------------------ flags, --set and secrets in storage URLs
+@pytest.mark.parametrize("key,value,expected", [
+    ("storage.url", "sqlite:///{tmp}/elsewhere.db", "elsewhere.db"),
+    ("storage.study_name", "another-name", "no study named 'another-name'"),
+])
+def test_set_on_a_storage_field_is_not_dropped(write_study, tmp_path, key, value, expected):
+    path = write_study()
+    result = run("status", path, "--set", f"{key}={value.format(tmp=tmp_path)}")
+    assert result.exit_code == 2
+    assert expected in result.stderr, result.stderr
+
+
+def test_set_model_checkpoint_and_data_root_are_not_dropped(write_study, tmp_path):
+    path = write_study()
+    result = run("evaluate", path, "--base", "--set", f"model.checkpoint={tmp_path / 'missing-weights.pt'}")
+    assert result.exit_code == 2 and "missing-weights.pt" in result.stderr, result.stderr
+    cifar = write_study({"data": {"name": "cifar10", "root": str(tmp_path / "from-the-file")}})
+    result = run("evaluate", cifar, "--base", "--set", f"data.root={tmp_path / 'from-set'}")
+    assert result.exit_code == 2 and "from-set" in result.stderr, result.stderr
+
+
+def test_a_flag_still_overrides_set(write_study, tmp_path):
+    path = write_study()
+    result = run("status", path, "--set", f"storage.url=sqlite:///{tmp_path}/from-set.db",
+                 "--storage", f"sqlite:///{tmp_path}/from-flag.db")
+    assert "from-flag.db" in result.stderr and "from-set.db" not in result.stderr
+
+
+def test_the_storage_url_may_come_from_the_environment(write_study, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOPRUNE_STORAGE", f"sqlite:///{tmp_path}/from-env.db")
+    result = run("status", write_study())
+    assert result.exit_code == 2 and "from-env.db" in result.stderr, result.stderr
+
+
+def test_a_storage_password_is_never_printed_in_an_error(write_study):
+    url = "postgresql://ann:s3cret-pw@127.0.0.1:1/autoprune"  # nothing listens on port 1
+    result = run("status", write_study(), "--storage", url)
+    assert result.exit_code == 2
+    assert "cannot open storage" in result.stderr and "s3cret-pw" not in result.output
+    assert "ann:***@127.0.0.1:1" in result.stderr
+
+
+def test_retrain_without_plotly_fails_before_training(write_study, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "plotly", None)  # import plotly now raises ImportError
+    result = run("retrain", write_study(), "--trial", "0")
+    assert result.exit_code == 2
+    assert "pip install 'autoprune[report]'" in result.stderr and "no study named" not in result.stderr

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
 import warnings
+from urllib.parse import urlsplit
 
 import optuna
 import pytest
@@ -57,16 +59,29 @@ def wait_for(predicate, timeout: float = 120, every: float = 0.3, proc: subproce
     raise AssertionError(f"condition not reached in {timeout} s{said}")
 
 
+def _listening(url: str) -> bool:
+    """Whether anything accepts a TCP connection at the URL's host and port (False for a socket-only URL)."""
+    parts = urlsplit(url)
+    if not parts.hostname or parts.hostname.startswith("/"):
+        return False
+    try:
+        socket.create_connection((parts.hostname, parts.port or 5432), timeout=5).close()
+    except OSError:
+        return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def postgres():
+    """The PostgreSQL URL; skips only when no server is there to connect to. A server that answers but refuses
+    (authentication, a missing database) or any other error fails the tests that need it."""
+    psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[test]')")
     try:
-        import psycopg
-
         psycopg.connect(PG_URL, connect_timeout=5).close()
-    except ImportError:
-        pytest.skip("psycopg is not installed (pip install -e '.[test]')")
-    except Exception as exc:
-        pytest.skip(f"no PostgreSQL answers at {PG_URL}: {exc}")
+    except psycopg.OperationalError as exc:
+        if _listening(PG_URL):
+            raise
+        pytest.skip(f"no PostgreSQL answers at {PG_URL}: {' '.join(str(exc).split())}")
     return PG_URL
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -12,10 +13,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-import sqlalchemy
 from optuna.trial import TrialState
 
 pytest.importorskip("ray", reason="the Ray backend's tests need ray[tune] (pip install -e '.[test]')")
+
+from tests.test_distributed import trials, wait_for  # noqa: E402 (after the skip: the helpers need no Ray)
 
 RAY = str(Path(sys.executable).parent / "ray")
 ENV = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
@@ -75,35 +77,26 @@ def test_errored_ray_trials_are_reported_and_recorded(write_study, tmp_path, clu
 
 
 def test_sigint_stops_ray_search_and_rerun_restores_the_experiment(write_study, tmp_path):
-    import signal
-    import time
-
     path = write_study({"budget": {"n_trials": 3}, "recovery": {"steps": 300, "batch_size": 64}})
-    db = tmp_path / "run" / "study.db"
-
-    def complete() -> int:
-        if not db.exists():
-            return 0
-        try:
-            trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}").trials
-        except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # not created yet
-            return 0
-        return sum(t.state == TrialState.COMPLETE for t in trials)
-
+    url = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
     proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", "search", str(path), "--backend", "ray"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    deadline = time.monotonic() + 300
-    while complete() < 1 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(1)
+
+    def a_trial_is_running() -> bool:
+        """Tune has asked the searcher for a trial (RUNNING in the storage): the driver is inside ``fit()``."""
+        assert proc.poll() is None, f"the search ended before any trial ran: {proc.communicate()[1][-3000:]}"
+        return any(t.state == TrialState.RUNNING for t in trials(url, "tiny"))
+
+    wait_for(a_trial_is_running, timeout=300, every=0.2, proc=proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=180)
-    assert proc.returncode in (0, 130), err[-3000:]
-    if proc.returncode == 130:
-        assert "resume with: autoprune search" in err
-        assert list((tmp_path / "run" / "ray_results").glob("*.unfinished")), "the experiment is marked to restore"
+    assert proc.returncode == 130, f"the SIGINT during a trial did not interrupt the search:\n{err[-3000:]}"
+    assert "resume with: autoprune search" in err
+    assert list((tmp_path / "run" / "ray_results").glob("*.unfinished")), "the experiment is marked to restore"
     result = cli("search", path, "--backend", "ray")
     assert result.returncode == 0, result.stderr[-3000:]
-    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}").trials
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert "restoring the unfinished Ray experiment" in " ".join(result.stderr.split()), result.stderr[-3000:]
+    final = trials(url, "tiny")
+    assert sum(t.state == TrialState.COMPLETE for t in final) == 3
+    assert not [t for t in final if t.state == TrialState.RUNNING]
     assert not list((tmp_path / "run" / "ray_results").glob("*.unfinished"))
