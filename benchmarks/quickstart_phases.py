@@ -21,6 +21,7 @@ from autoprune.backends.optuna_backend import run_search
 from autoprune.config import load_study
 from autoprune.context import prepare
 from autoprune.storage import front
+from autoprune.telling import records
 
 
 def one_run(study_file: str) -> dict[str, float]:
@@ -33,8 +34,8 @@ def one_run(study_file: str) -> dict[str, float]:
         outcome = run_search(ctx, n_trials=study.config.budget.n_trials, storage_url=study.storage_url,
                              study_name=study.study_name)
         t_search = time.perf_counter() - t1
-        trials = [t for t in outcome.study.trials if t.user_attrs.get("timings")]
-        tot = lambda *keys: sum(t.user_attrs["timings"].get(k, 0.0) for t in trials for k in keys)  # noqa: E731
+        trials = [r for r in records(outcome.study) if r.timings]
+        tot = lambda *keys: sum(r.timings.get(k, 0.0) for r in trials for k in keys)  # noqa: E731
         phases = {
             "base training + data + reference": t_prepare,
             "pruning": tot("prune"),

@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from autoprune.accounting import cost_summary  # noqa: E402
 from autoprune.backends.optuna_backend import run_search  # noqa: E402
-from autoprune.config import load_study  # noqa: E402
+from autoprune.config import RecoveryConfig, load_study  # noqa: E402
 from autoprune.context import StudyContext, prepare  # noqa: E402
 from autoprune.distill import finetune, kd_loss, recalibrate_bn  # noqa: E402
 from autoprune.measure import accuracy, count_macs, latency_ms  # noqa: E402
@@ -55,6 +55,8 @@ from autoprune.pareto import accuracy_at, hypervolume_2d  # noqa: E402
 from autoprune.pruning import prune_with_plan  # noqa: E402
 from autoprune.retrain import rebuild  # noqa: E402
 from autoprune.teacher import build_stream  # noqa: E402
+from autoprune.telling import records  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
 from autoprune.warmstart import global_prune  # noqa: E402
 
 TARGETS = (1.5, 2.0, 3.0)
@@ -113,12 +115,11 @@ def pick(trials, base_macs: float, target: float):
     """Best validation accuracy among candidates reduced by [0.98 t, 1.1 t] (the bisected baselines land within
     1 % of t: channel counts are discrete), promoted (longer-recovery) candidates first; else the least-reduced
     one above 0.98 t."""
-    done = [t for t in trials if t.state.name == "COMPLETE"]
-    red = {t.number: base_macs / t.user_attrs["metrics"]["macs"] for t in done}
+    done = [t for t in trials if t.completed]
+    red = {t.number: base_macs / t.metrics.macs for t in done}
     band = [t for t in done if 0.98 * target <= red[t.number] <= 1.1 * target]
     if band:
-        return max(band, key=lambda t: (bool(t.user_attrs.get("fidelity", {}).get("promoted")),
-                                        t.user_attrs["metrics"]["accuracy"]))
+        return max(band, key=lambda t: (t.promoted, t.metrics.accuracy))
     above = [t for t in done if red[t.number] >= 0.98 * target]
     return min(above, key=lambda t: red[t.number]) if above else None
 
@@ -131,8 +132,8 @@ def final_recovery(ctx: StudyContext, model, stream, steps: int) -> dict:
     gen = torch.Generator().manual_seed(0)
     recalibrate_bn(model, ctx.data.train, 20, BATCH, generator=gen)
     t0 = time.perf_counter()
-    finetune(model, ctx.data.train, steps=steps, batch_size=BATCH, lr=0.01, teacher=ctx.base, temperature=4.0,
-             alpha=0.9, stream=stream)
+    finetune(model, ctx.data.train, steps=steps, settings=RecoveryConfig(batch_size=BATCH, lr=0.01, temperature=4.0,
+                                                                        alpha=0.9), teacher=ctx.base, stream=stream)
     ft = time.perf_counter() - t0
     model.eval()
     bs = ctx.study.config.data.batch_size
@@ -217,7 +218,7 @@ def step_costs(ctx: StudyContext, stream, reps: int = 12) -> dict:
 def searched(ctx: StudyContext, n_trials: int) -> tuple[list, dict, float]:
     """Run a search; its trials, their cost summary and its wall time."""
     t0 = time.perf_counter()
-    trials = run_search(ctx, n_trials=n_trials, log=log).study.get_trials(deepcopy=False)
+    trials = records(run_search(ctx, n_trials=n_trials, log=log).study, states=list(TrialState))
     return trials, cost_summary(trials), time.perf_counter() - t0
 
 
@@ -345,10 +346,8 @@ def main() -> None:
             model, _, _ = rebuild(c, chosen)
             res = final_recovery(ctx, model, final_stream, final_steps)
             methods[name].append({**res, "target": t, "trial": chosen.number,
-                                  "search_val_accuracy": chosen.user_attrs["metrics"]["accuracy"],
-                                  "scorer": chosen.user_attrs["plan"]["scorer"],
-                                  "ratios": chosen.user_attrs["plan"]["ratios"],
-                                  "fidelity": chosen.user_attrs.get("fidelity", {})})
+                                  "search_val_accuracy": chosen.metrics.accuracy, "scorer": chosen.plan.scorer,
+                                  "ratios": chosen.plan.ratios, "fidelity": chosen.entry()["fidelity"]})
             log(f"{name} @ {t}x: trial {chosen.number} -> test {res['accuracy']:.4f}, {base['macs'] / res['macs']:.2f}x")
 
     everything = [p for pts in methods.values() for p in pts]

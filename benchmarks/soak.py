@@ -48,6 +48,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from autoprune.pareto import non_dominated
+from autoprune.record import TrialRecord
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -217,8 +218,9 @@ def verify(soak: Soak, wall: float, t0: float) -> dict:
             if final.get(n) is None or final[n].state != TrialState.COMPLETE or list(final[n].values) != v]
     # FAIL trials: heartbeat-stale (no fail_reason: autoprune records one for every trial that raised) vs others
     fails = [t for t in trials if t.state == TrialState.FAIL]
-    stale = [t for t in fails if "fail_reason" not in t.user_attrs]
-    other_fails = [{"trial": t.number, "reason": t.user_attrs.get("fail_reason")} for t in fails if t not in stale]
+    reasons = {t.number: TrialRecord.from_frozen(t).failure for t in fails}
+    stale = [t for t in fails if reasons[t.number] is None]
+    other_fails = [{"trial": t.number, "reason": reasons[t.number].reason} for t in fails if t not in stale]
     retries: dict[int, list[optuna.trial.FrozenTrial]] = {}
     for t in trials:
         n = RetryHeartbeatStaleTrialCallback.retried_trial_number(t)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import optuna
 
+from autoprune.record import TrialRecord
+
 CONFIGS = {
     "optuna, 1 worker x 1 thread": ["--workers", "1"],
     "optuna, 2 workers x 1 thread": ["--workers", "2"],
@@ -46,7 +48,7 @@ def run(study: str, workdir: Path, trials: int, extra: list[str]) -> dict[str, f
     done = [t for t in optuna.load_study(study_name=name, storage=f"sqlite:///{db}").trials
             if t.state == optuna.trial.TrialState.COMPLETE]
     span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
-    busy = statistics.median(t.user_attrs["timings"]["total"] for t in done)
+    busy = statistics.median(TrialRecord.from_frozen(t).timings["total"] for t in done)
     return {"trials_per_hour": len(done) / span * 3600, "span_s": span, "wall_s": wall, "trial_s": busy,
             "complete": len(done)}
 
