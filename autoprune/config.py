@@ -10,18 +10,28 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Callable, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from autoprune.errors import ConfigError
+from autoprune.errors import AutopruneError, ConfigError
 from autoprune.pareto import Direction
 
 METRICS = ("accuracy", "macs", "params", "latency_ms")
 DIRECTIONS = {"accuracy": Direction.MAXIMIZE, "macs": Direction.MINIMIZE, "params": Direction.MINIMIZE,
               "latency_ms": Direction.MINIMIZE}
 RECOVERY_SEARCHABLE = ("lr", "temperature", "alpha", "steps")
+
+
+def _known(lookup: Callable[[str], Any], name: str) -> str:
+    """``name`` if ``lookup`` (a registry's ``get``) knows it; else its message (which lists the valid names) as
+    a validation error, so the field's name is added to it."""
+    try:
+        lookup(name)
+    except AutopruneError as err:
+        raise ValueError(err.message) from None
+    return name
 
 
 class _Strict(BaseModel):
@@ -48,14 +58,9 @@ class ModelConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known_model(cls, v: str) -> str:
-        from autoprune.errors import AutopruneError
         from autoprune.models import resolve_model
 
-        try:
-            resolve_model(v)
-        except AutopruneError as err:
-            raise ValueError(err.message) from None
-        return v
+        return _known(resolve_model, v)
 
 
 class DataConfig(_Strict):
@@ -76,13 +81,8 @@ class DataConfig(_Strict):
     @classmethod
     def _known_data_set(cls, v: str) -> str:
         from autoprune.data import DATASETS
-        from autoprune.errors import AutopruneError
 
-        try:
-            DATASETS.get(v)
-        except AutopruneError as err:
-            raise ValueError(err.message) from None
-        return v
+        return _known(DATASETS.get, v)
 
     @model_validator(mode="after")
     def _stats(self) -> "DataConfig":
@@ -208,14 +208,10 @@ class SearchSpaceConfig(_Strict):
     @field_validator("scorers")
     @classmethod
     def _known_scorers(cls, v: list[str]) -> list[str]:
-        from autoprune.errors import AutopruneError
         from autoprune.scorers import SCORERS
 
         for name in v:
-            try:
-                SCORERS.get(name)
-            except AutopruneError as err:
-                raise ValueError(err.message) from None
+            _known(SCORERS.get, name)
         if len(set(v)) != len(v):
             raise ValueError(f"scorers repeat a name: {v}")
         return v
@@ -290,14 +286,9 @@ class SamplerConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known_sampler(cls, v: str) -> str:
-        from autoprune.errors import AutopruneError
         from autoprune.samplers import SAMPLERS
 
-        try:
-            SAMPLERS.get(v)
-        except AutopruneError as err:
-            raise ValueError(err.message) from None
-        return v
+        return _known(SAMPLERS.get, v)
 
 
 class StudyConfig(_Strict):

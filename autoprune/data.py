@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -19,8 +19,21 @@ import torch
 from autoprune.errors import AutopruneError, first_line
 from autoprune.registry import Registry
 
-if TYPE_CHECKING:
-    from autoprune.config import DataConfig
+
+
+class DataSettings(Protocol):
+    """What loading a data set reads (a :class:`~autoprune.config.DataConfig` has all of it)."""
+
+    name: str
+    root: str | None
+    val_source: str
+    val_fraction: float
+    test_fraction: float
+    seed: int
+    mean: list[float] | None
+    std: list[float] | None
+    image_size: int
+    train_subset: int | None
 
 CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
                "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
@@ -183,7 +196,7 @@ class Source:
     official_test: bool = True  # False: the test split is carved from the one set the source has
 
 
-def _load_digits(cfg: DataConfig, rng: np.random.Generator) -> Source:
+def _load_digits(cfg: DataSettings, rng: np.random.Generator) -> Source:
     x, y = _digits()
     perm = rng.permutation(len(y))
     n_test = int(round(cfg.test_fraction * len(y)))
@@ -191,23 +204,23 @@ def _load_digits(cfg: DataConfig, rng: np.random.Generator) -> Source:
                   official_test=False)
 
 
-def _load_cifar(cfg: DataConfig, rng: np.random.Generator) -> Source:
+def _load_cifar(cfg: DataSettings, rng: np.random.Generator) -> Source:
     return Source(*_cifar(cfg.name, cfg.root), 10 if cfg.name == "cifar10" else 100, CIFAR_STATS[cfg.name])
 
 
-def _load_image_folder(cfg: DataConfig, rng: np.random.Generator) -> Source:
+def _load_image_folder(cfg: DataSettings, rng: np.random.Generator) -> Source:
     return Source(*_image_folder(cfg.root or "", cfg.image_size), IMAGENET_STATS)
 
 
 # name -> loader(config, rng); the rng is the study's split generator (a loader may draw from it, in order)
-DATASETS = Registry[Callable[["DataConfig", np.random.Generator], Source]]("data set")
+DATASETS = Registry[Callable[[DataSettings, np.random.Generator], Source]]("data set")
 DATASETS.register("digits", _load_digits)
 DATASETS.register("cifar10", _load_cifar)
 DATASETS.register("cifar100", _load_cifar)
 DATASETS.register("imagefolder", _load_image_folder)
 
 
-def load_splits(cfg: DataConfig) -> DataSplits:
+def load_splits(cfg: DataSettings) -> DataSplits:
     """Load the data set named in ``cfg`` and carve its seeded splits.
 
     Example:

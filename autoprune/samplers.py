@@ -6,31 +6,37 @@ Every sampler here handles multi-objective studies (accuracy against cost); the 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 import optuna
 
 from autoprune.registry import Registry
 
-if TYPE_CHECKING:
-    from autoprune.config import SamplerConfig
-
-SamplerFactory = Callable[["SamplerConfig", int], optuna.samplers.BaseSampler]
 
 
-def _tpe(config: SamplerConfig, seed: int) -> optuna.samplers.BaseSampler:
+class SamplerSettings(Protocol):
+    """What building a sampler reads (a :class:`~autoprune.config.SamplerConfig` has all of it)."""
+
+    name: str
+    n_startup_trials: int
+
+
+SamplerFactory = Callable[[SamplerSettings, int], optuna.samplers.BaseSampler]
+
+
+def _tpe(config: SamplerSettings, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=config.n_startup_trials, multivariate=True)
 
 
-def _nsga2(config: SamplerConfig, seed: int) -> optuna.samplers.BaseSampler:
+def _nsga2(config: SamplerSettings, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.NSGAIISampler(seed=seed)
 
 
-def _random(config: SamplerConfig, seed: int) -> optuna.samplers.BaseSampler:
+def _random(config: SamplerSettings, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def _gp(config: SamplerConfig, seed: int) -> optuna.samplers.BaseSampler:
+def _gp(config: SamplerSettings, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.GPSampler(seed=seed, n_startup_trials=config.n_startup_trials)
 
 
@@ -41,7 +47,7 @@ SAMPLERS.register("random", _random)
 SAMPLERS.register("gp", _gp)
 
 
-def make_sampler(config: SamplerConfig, seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(config: SamplerSettings, seed: int) -> optuna.samplers.BaseSampler:
     """The sampler ``config`` names, seeded with ``seed``.
 
     Example:

@@ -179,3 +179,31 @@ def test_dashboard_serves_the_study_on_localhost(searched):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_retrain_runs_the_trials_training_loop_with_its_recorded_recovery_settings(searched, knee, tmp_path,
+                                                                                   monkeypatch):
+    """A change to recovery changes both: retrain's optimizer and loss come from the trial's recorded settings
+    (momentum, weight decay, temperature, alpha), through the same make_optimizer / run_steps as a trial."""
+    import dataclasses
+
+    import autoprune.retrain as retrain_module
+
+    study = load_study(searched)
+    ctx = prepare(study, measure_reference=False)
+    record = get_record(load_optuna_study(study), knee["trial"])
+    odd = {"momentum": 0.5, "weight_decay": 0.0123, "temperature": 2.5, "alpha": 0.3}
+    record = dataclasses.replace(record, plan=dataclasses.replace(record.plan,
+                                                                  recovery={**record.plan.recovery, **odd}))
+    seen = {}
+    real_steps = retrain_module.run_steps
+
+    def spy(student, batches, opt, sched, settings, teacher=None, **kwargs):
+        group = opt.param_groups[0]
+        seen.update(momentum=group["momentum"], weight_decay=group["weight_decay"],
+                    temperature=settings.temperature, alpha=settings.alpha, teacher=teacher)
+        return real_steps(student, batches, opt, sched, settings, teacher, **kwargs)
+
+    monkeypatch.setattr(retrain_module, "run_steps", spy)
+    retrain(ctx, record, epochs=1, out_dir=tmp_path / "r")
+    assert {k: seen[k] for k in odd} == odd and seen["teacher"] is ctx.base

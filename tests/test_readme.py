@@ -21,3 +21,12 @@ def test_readme_opens_with_main_job_and_test_commands():
 def test_ci_runs_the_readme_test_command():
     _, tests = _commands()
     assert tests in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_layout_names_every_module_of_the_package():
+    text = (ROOT / "README.md").read_text()
+    layout = text.split("## Layout", 1)[1].split("## ", 1)[0]
+    missing = [p.relative_to(ROOT / "autoprune").as_posix() for p in (ROOT / "autoprune").rglob("*.py")
+               if p.name != "__init__.py" and p.name not in layout]
+    assert missing == [], f"README's Layout does not mention {missing}"
+    assert "## Architecture" in text and "TrialRecord" in text.split("## Architecture", 1)[1]

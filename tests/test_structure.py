@@ -13,16 +13,12 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _runtime_imports(tree: ast.AST, module: str, is_package: bool) -> set[str]:
-    """Every autoprune module imported anywhere in ``tree`` (function bodies too), except under
-    ``if TYPE_CHECKING:``: an import deferred into a function is still a dependency."""
+def _imports(tree: ast.AST, module: str, is_package: bool) -> set[str]:
+    """Every autoprune module imported anywhere in ``tree``: function bodies and ``if TYPE_CHECKING:`` blocks
+    too (an import deferred into a function, or made for types only, is still a dependency)."""
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", "")) == "TYPE_CHECKING":
-            for child in node.orelse:
-                visit(child)
-            return
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("autoprune"))
         elif isinstance(node, ast.ImportFrom):
@@ -45,7 +41,7 @@ def import_graph() -> dict[str, set[str]]:
     files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph = {}
     for name, path in files.items():
-        imported = _runtime_imports(ast.parse(path.read_text()), name, path.name == "__init__.py")
+        imported = _imports(ast.parse(path.read_text()), name, path.name == "__init__.py")
         graph[name] = {m for m in imported if m in files and m != name}
     return graph
 
@@ -90,10 +86,11 @@ def test_cycle_finder_finds_a_cycle_and_only_cycles() -> None:
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
-def test_runtime_imports_count_deferred_imports_but_not_type_checking_ones() -> None:
+def test_imports_count_deferred_and_type_checking_imports() -> None:
     src = ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from autoprune.config import Study\n"
            "def f():\n    from autoprune.pruning import prune\n")
-    assert _runtime_imports(ast.parse(src), "autoprune.x", False) == {"autoprune.pruning", "autoprune.pruning.prune"}
+    assert _imports(ast.parse(src), "autoprune.x", False) == {"autoprune.pruning", "autoprune.pruning.prune",
+                                                              "autoprune.config", "autoprune.config.Study"}
 
 
 def test_the_package_has_no_import_cycle() -> None:

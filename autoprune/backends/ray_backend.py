@@ -109,7 +109,7 @@ def _searcher_class(OptunaSearch):
             ot_trial = self._optuna_trial(trial_id)
             if ot_trial is not None and result and "_autoprune" in result:
                 tell_result(ot_trial, TrialRecord.from_json(result["_autoprune"]), self._autoprune_study)
-            elif ot_trial is not None and error and "fail_reason" not in ot_trial.user_attrs:
+            elif ot_trial is not None and error and TrialRecord.from_user_attrs(ot_trial.user_attrs).failure is None:
                 tell_failure(ot_trial, Failure("the Ray trial errored (see the Ray trial's error file)"))
             if error:
                 result = None  # the NaN placeholders reported with an error are not objective values
