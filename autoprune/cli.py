@@ -240,7 +240,7 @@ def _search_summary(outcome, reference: dict, options, backend: str, seconds: fl
     ost = outcome.study
     c = counts(ost)
     for msg in outcome.messages:
-        console.print(f"[red]errored {backend} trial[/]: {msg}")
+        console.print(f"[red]errored {backend.title()} trial[/]: {msg}")
     console.print(metrics_table(f"Pareto front: {len(ost.best_trials)} of {c['COMPLETE']} complete trials "
                                 f"(accuracy on the validation split)", reference, front(ost)))
     console.print(f"trials: {c}; this run: {outcome.ran_here} ran, {outcome.failed_here} failed, {seconds:.1f} s")
@@ -248,7 +248,7 @@ def _search_summary(outcome, reference: dict, options, backend: str, seconds: fl
         console.print(f"[yellow]interrupted[/]: completed trials are kept; resume with: {_resume_hint()}")
         sys.exit(130)
     if outcome.messages:
-        _fail(f"{len(outcome.messages)} {backend} trial(s) errored (listed above); completed trials are kept, "
+        _fail(f"{len(outcome.messages)} {backend.title()} trial(s) errored (listed above); completed trials are kept, "
               f"resume with: {_resume_hint()}", 1)
     if c["COMPLETE"] < options.n_trials:
         console.print(f"stopped at {c['COMPLETE']}/{options.n_trials} complete trials (timeout); resume with: "
