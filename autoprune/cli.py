@@ -92,12 +92,16 @@ def main() -> None:
 
 # ---------------------------------------------------------------------------------------------------- search
 def _sigterm_as_interrupt() -> None:
+    """SIGTERM and SIGINT raise KeyboardInterrupt, the graceful stop. SIGINT too, explicitly: a process started
+    in the background by a shell (``cmd &``, nohup, CI runners) inherits SIGINT *ignored*, and Python then never
+    turns it into KeyboardInterrupt, so ``kill -INT`` of a ``--workers`` search would do nothing."""
     import signal
 
     def handler(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _resume_hint() -> str:
@@ -334,12 +338,33 @@ def select_cmd(study_file, storage, study_name, checkpoint, data_root, sets, min
                             max_latency_ms=max_latency_ms, knee=knee)
     except LookupError as exc:
         raise AutopruneError(str(exc).strip("'\""), field="select") from None
+    versus = _versus_uniform(study, ost, entry["trial"])
     if as_json:
-        click.echo(json.dumps({**entry, "reason": why}, default=str))
+        click.echo(json.dumps({**entry, "reason": why, **({"vs_uniform": versus} if versus else {})}, default=str))
         return
     console.print(metrics_table(f"Selected trial {entry['trial']}", ost.user_attrs.get("base", {}), [entry]))
     console.print(f"why: {why}")
+    if versus:
+        from autoprune.verdict import describe
+
+        console.print(describe(versus), markup=False, highlight=False)
     console.print(f"next: autoprune retrain {study_file} --trial {entry['trial']}")
+
+
+def _versus_uniform(study, ost, number: int) -> dict | None:
+    """With cost targets: the pick against the uniform baseline at its target (see :mod:`autoprune.verdict`)."""
+    if study.config.targets is None:
+        return None
+    from autoprune.context import prepare
+    from autoprune.storage import get_record
+    from autoprune.telling import records
+    from autoprune.verdict import uniform_baseline, versus_uniform
+
+    pick, done = get_record(ost, number), records(ost)
+    if uniform_baseline(done, pick.plan.target) is None:
+        return None
+    ctx = prepare(study, measure_reference=False, recovery_stream=False)
+    return versus_uniform(ctx, pick, done)
 
 
 # --------------------------------------------------------------------------------------------------- retrain

@@ -186,6 +186,21 @@ class SensitivityConfig(_Strict):
         return sorted(v)
 
 
+class AllocationConfig(_Strict):
+    """Exact-cost candidates (used when the study lists ``targets``): the search samples one weight per group
+    in ``[low, high]`` (how the pruning is shared), and the weights are scaled onto the trial's target
+    (:mod:`autoprune.allocation`). Equal weights are uniform pruning."""
+
+    low: float = Field(0.05, ge=0)
+    high: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> "AllocationConfig":
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
+        return self
+
+
 class SearchSpaceConfig(_Strict):
     groups: GroupsConfig = Field(default_factory=GroupsConfig)
     prunable: list[str] | None = None  # module-name patterns whose output channels may be pruned (None: model default)
@@ -197,6 +212,7 @@ class SearchSpaceConfig(_Strict):
     warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig)
     depth: DepthConfig | None = None
     sensitivity: SensitivityConfig | None = None
+    allocation: AllocationConfig = Field(default_factory=AllocationConfig)
 
     @field_validator("ratio")
     @classmethod
@@ -264,6 +280,23 @@ class ConstraintsConfig(_Strict):
     max_latency_ms: float | None = Field(None, gt=0)
 
 
+class TargetsConfig(_Strict):
+    """Cost targets: every candidate is placed within 1 % of one of them (``macs_reduction: [1.5, 2, 3]``: 1.5x,
+    2x and 3x fewer MACs than the base), so candidates of a target are compared at equal cost."""
+
+    macs_reduction: list[float] = Field(..., min_length=1)
+
+    @field_validator("macs_reduction")
+    @classmethod
+    def _reductions(cls, v: list[float]) -> list[float]:
+        bad = [t for t in v if t <= 1.0]
+        if bad:
+            raise ValueError(f"a MACs reduction target must be > 1 (2 = half the MACs); got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"targets repeat a value: {v}")
+        return sorted(float(t) for t in v)
+
+
 class BudgetConfig(_Strict):
     n_trials: int = Field(20, ge=1)
     timeout: float | None = Field(None, gt=0)
@@ -308,6 +341,7 @@ class StudyConfig(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
+    targets: TargetsConfig | None = None  # cost targets: exact-cost candidates (None: candidates anywhere)
 
     @field_validator("objectives")
     @classmethod
@@ -356,10 +390,13 @@ class Study:
         return {
             "model": self.config.model.model_dump(exclude={"checkpoint"}),
             "data": self.config.data.model_dump(exclude={"root"}),
-            "space": self.space.model_dump(),
+            # allocation settings mean something only with targets: a study without them keeps the fingerprint it
+            # had before they existed, so it resumes
+            "space": self.space.model_dump(exclude=None if self.config.targets else {"allocation"}),
             "objectives": self.config.objectives,
             "recovery": self.config.recovery.model_dump(),
             "fidelity": self.config.fidelity.model_dump(),
+            **({"targets": self.config.targets.model_dump()} if self.config.targets else {}),
         }
 
     def fingerprint(self) -> str:
@@ -479,4 +516,8 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     if not space_path.is_file():
         raise ConfigError(f"search space file {config.search_space!r} not found", source=str(path), field="search_space")
     space = load_search_space(space_path)
+    if config.targets and space.depth is not None:
+        raise ConfigError("cost targets cannot be combined with depth pruning yet (the cost model is of the model "
+                          "without dropped blocks); remove 'depth' or the study's 'targets'", source=str(space_path),
+                          field="depth")
     return Study(config, space, path, space_path)

@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -29,7 +29,9 @@ from autoprune.measure import accuracy, count_macs, count_params, latency_ms
 from autoprune.models import create_model, load_checkpoint, resolve_model
 from autoprune.pruning import GroupLayout, build_layout
 from autoprune.saving import checksum_ok, save_checksummed
-from autoprune.space import distributions
+from autoprune.allocation import Placement, place
+from autoprune.cost import CostModel, build_cost_model
+from autoprune.space import TrialPlan, decode, distributions
 from autoprune.teacher import RecoveryStream, load_or_build_stream, weights_digest
 
 
@@ -57,6 +59,7 @@ class StudyContext:
     stream: RecoveryStream | None = None  # the fine-tune batches with the teacher's cached logits
     droppable: list[str] = field(default_factory=list)  # residual blocks depth pruning may drop
     ratio_highs: dict[str, float] = field(default_factory=dict)  # per-group upper ratios from a sensitivity scan
+    cost: CostModel | None = None  # the per-group MACs model, for a study with cost targets
 
     def share_device(self) -> None:
         """Serialise latency measurements with the other workers on this machine (see :mod:`autoprune.devicelock`)."""
@@ -78,9 +81,31 @@ class StudyContext:
         gen = torch.Generator().manual_seed(self.study.config.seed)
         return val.subset(torch.randperm(len(val), generator=gen)[:n].sort().values)
 
+    @property
+    def targets(self) -> list[float] | None:
+        """The study's MACs-reduction targets (None: candidates land anywhere on the cost axis)."""
+        t = self.study.config.targets
+        return list(t.macs_reduction) if t else None
+
     def distributions(self) -> dict:
         """The Optuna distributions of this study's searchable parameters (see :mod:`autoprune.space`)."""
-        return distributions(self.study.space, self.groups, self.droppable, self.ratio_highs)
+        return distributions(self.study.space, self.groups, self.droppable, self.ratio_highs, self.targets)
+
+    def bounds(self) -> dict[str, tuple[float, float]]:
+        """Each group's ratio range: the search space's, narrowed by a sensitivity scan."""
+        r = self.study.space.ratio
+        return {g: (r.low, max(r.low, min(r.high, self.ratio_highs.get(g, r.high)))) for g in self.groups}
+
+    def place(self, weights: Mapping[str, float], target: float) -> Placement:
+        """An allocation placed on a MACs-reduction target (see :func:`autoprune.allocation.place`)."""
+        if self.cost is None:
+            raise AutopruneError("this study has no cost targets, so allocations cannot be placed", field="targets")
+        return place(weights, target, self.cost.reduction, self.bounds(), nudge=self.cost.channel_steps())
+
+    def decode(self, params: Mapping[str, Any]) -> TrialPlan:
+        """Sampled parameters -> the plan a trial runs (allocations placed on their target)."""
+        return decode(params, self.study.space, self.groups, self.study.config.recovery, self.targets,
+                      lambda w, t: self.place(w, t).ratios)
 
     def fresh_model(self) -> nn.Module:
         cfg = self.study.config.model
@@ -196,8 +221,9 @@ def prepare(study: Study, device: str | torch.device = "cpu", *, measure_referen
     highs = _sensitivity(study, model, example, layout, data, log) if study.space.sensitivity else {}
     stream, stream_source = (_recovery_stream(study, model, data, log, on_stream_step) if recovery_stream
                              else (None, "not prepared: this command runs no trial"))
+    cost = build_cost_model(model, example, layout, study.space.round_to) if cfg.targets else None
     ctx = StudyContext(study, device, data, model, layout, example, lat_x, calibration=calib, stream=stream,
-                       droppable=_droppable(study, model, example), ratio_highs=highs)
+                       droppable=_droppable(study, model, example), ratio_highs=highs, cost=cost)
     if measure_reference:
         ctx.reference = _reference(ctx, source, trained_here, stream_source)
     return ctx

@@ -62,15 +62,18 @@ def latency_ms(model: nn.Module, example_inputs: torch.Tensor, repeats: int = 20
 
 
 @torch.inference_mode()
-def accuracy(model: nn.Module, split: Split, batch_size: int = 256) -> float:
-    """Top-1 accuracy (0..1) of ``model`` on a split."""
+def correct(model: nn.Module, split: Split, batch_size: int = 256) -> torch.Tensor:
+    """Per image of ``split`` (in order), whether ``model``'s top-1 prediction is right (a bool tensor)."""
     was_training = model.training
     model.eval()
-    correct = 0
-    for x, y in split.batches(batch_size):
-        correct += int((model(x).argmax(1) == y).sum())
+    hits = [(model(x).argmax(1) == y).cpu() for x, y in split.batches(batch_size)]
     model.train(was_training)
-    return correct / max(1, len(split))
+    return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+
+
+def accuracy(model: nn.Module, split: Split, batch_size: int = 256) -> float:
+    """Top-1 accuracy (0..1) of ``model`` on a split."""
+    return int(correct(model, split, batch_size).sum()) / max(1, len(split))
 
 
 def measure(

@@ -101,6 +101,7 @@ class PlanRecord:
     seed: int | None = None
     latency_method: str = ""
     teacher: str = ""
+    target: float | None = None  # the MACs-reduction target the allocation was placed on (studies with targets)
 
     def recovery_settings(self, defaults: RecoveryConfig) -> RecoveryConfig:
         """The recovery settings the trial ran, ``defaults`` (the study's) filling what an old record lacks."""
@@ -110,6 +111,8 @@ class PlanRecord:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["dropped"] = list(self.dropped)
+        if self.target is None:
+            del d["target"]  # a study without targets stores what it always stored
         return d
 
     @classmethod
@@ -119,7 +122,8 @@ class PlanRecord:
         return cls(str(d.get("scorer", "")), {str(k): float(v) for k, v in (d.get("ratios") or {}).items()},
                    d.get("round_to"), tuple(d.get("dropped") or ()), rec, steps,
                    int(d.get("finetune_images", steps * int(rec.get("batch_size", 0)))), d.get("seed"),
-                   str(d.get("latency_method", "")), str(d.get("teacher", "")))
+                   str(d.get("latency_method", "")), str(d.get("teacher", "")),
+                   float(d["target"]) if d.get("target") is not None else None)
 
 
 @dataclass(frozen=True)
@@ -154,7 +158,7 @@ class TrialRecord:
     state: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     skipped: str | None = None  # why a trial past the shared budget did not run
-    warm_start: bool = False
+    warm_start: str | None = None  # the hand-set baseline the trial is: "uniform" or "global" ("baseline": older)
 
     @property
     def completed(self) -> bool:
@@ -228,7 +232,7 @@ class TrialRecord:
         failure = Failure(str(attrs["fail_reason"]), str(attrs.get("traceback", ""))) if "fail_reason" in attrs else None
         return cls(metrics, plan, fidelity, dict(attrs.get("timings") or {}), attrs.get("model_file"), failure,
                    attrs.get("ray"), number, state, dict(params or {}), attrs.get("skipped"),
-                   bool(attrs.get("warm_start", False)))
+                   _baseline_kind(attrs.get("warm_start")))
 
     @classmethod
     def from_frozen(cls, frozen: FrozenTrial) -> TrialRecord:
@@ -251,3 +255,10 @@ class TrialRecord:
                 "latency_ms": m.latency_ms, "config": dict(self.params),
                 "plan": self.plan.to_dict() if self.plan else {}, "timings": dict(self.timings),
                 "fidelity": self.fidelity.to_dict(m.accuracy) if self.fidelity else {}}
+
+
+def _baseline_kind(value: Any) -> str | None:
+    """Older studies stored ``warm_start: true``; newer ones the baseline's kind."""
+    if value is True:
+        return "baseline"
+    return str(value) if value else None

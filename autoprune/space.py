@@ -1,13 +1,14 @@
 """The search space as Optuna distributions, and sampled parameters decoded into a trial plan.
 
-Parameter names: ``ratio.<group>`` for each pruning group, ``scorer``, ``recovery.<name>`` for searchable
+Parameter names: ``ratio.<group>`` for each pruning group (or, with cost targets, ``alloc.<group>`` weights and
+``target``), ``scorer``, ``recovery.<name>`` for searchable
 recovery settings, ``drop.<block>`` (true/false) for each residual block depth pruning may drop. The same dict of distributions serves Optuna's ``ask`` and Ray's ``OptunaSearch``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
@@ -19,10 +20,17 @@ INT_RECOVERY = {"steps"}
 
 @dataclass(frozen=True)
 class TrialPlan:
+    """What a trial runs: per-group ratios, the scorer, the recovery settings, the blocks it drops, and (for a
+    study with cost targets) the target its allocation was placed on."""
+
     ratios: dict[str, float]
     scorer: str
     recovery: RecoveryConfig
     dropped: tuple[str, ...] = ()
+    target: float | None = None
+
+
+Placer = Callable[[Mapping[str, float], float], Mapping[str, float]]
 
 
 def _range(p: RangeParam, as_int: bool) -> BaseDistribution:
@@ -32,13 +40,21 @@ def _range(p: RangeParam, as_int: bool) -> BaseDistribution:
 
 
 def distributions(space: SearchSpaceConfig, groups: list[str], droppable: Sequence[str] = (),
-                  highs: Mapping[str, float] | None = None) -> dict[str, BaseDistribution]:
+                  highs: Mapping[str, float] | None = None,
+                  targets: Sequence[float] | None = None) -> dict[str, BaseDistribution]:
     """Optuna distributions for every searchable parameter (fixed values are not parameters); a ``drop.<block>``
-    choice for each block depth pruning may drop. ``highs``: per-group upper ratios from a sensitivity scan."""
+    choice for each block depth pruning may drop. ``highs``: per-group upper ratios from a sensitivity scan.
+    With cost ``targets``, each group gets an allocation weight ``alloc.<group>`` instead of a ratio, and a
+    ``target`` choice where there are several."""
     out: dict[str, BaseDistribution] = {}
     for g in groups:
+        if targets:
+            out[f"alloc.{g}"] = FloatDistribution(space.allocation.low, space.allocation.high)
+            continue
         high = max(space.ratio.low, min(space.ratio.high, (highs or {}).get(g, space.ratio.high)))
         out[f"ratio.{g}"] = _range(space.ratio.model_copy(update={"high": high}), False)
+    if targets and len(targets) > 1:
+        out["target"] = CategoricalDistribution(list(targets))
     for block in droppable:
         out[f"drop.{block}"] = CategoricalDistribution([False, True])
     if len(space.scorers) > 1:
@@ -51,12 +67,22 @@ def distributions(space: SearchSpaceConfig, groups: list[str], droppable: Sequen
     return out
 
 
-def decode(params: Mapping[str, Any], space: SearchSpaceConfig, groups: list[str], recovery: RecoveryConfig) -> TrialPlan:
-    """Sampled parameters -> the plan a trial runs; fixed search-space values fill in the rest."""
-    missing = [g for g in groups if f"ratio.{g}" not in params]
+def decode(params: Mapping[str, Any], space: SearchSpaceConfig, groups: list[str], recovery: RecoveryConfig,
+           targets: Sequence[float] | None = None, place: Placer | None = None) -> TrialPlan:
+    """Sampled parameters -> the plan a trial runs; fixed search-space values fill in the rest. With cost
+    ``targets``, the allocation weights are turned into ratios on the trial's target by ``place``."""
+    kind = "alloc" if targets else "ratio"
+    missing = [g for g in groups if f"{kind}.{g}" not in params]
     if missing:
-        raise AutopruneError(f"parameters lack ratios for groups {missing}")
-    ratios = {g: float(params[f"ratio.{g}"]) for g in groups}
+        raise AutopruneError(f"parameters lack {kind} values for groups {missing}")
+    target = None
+    if targets:
+        if place is None:
+            raise ValueError("a study with targets needs a placer to turn allocations into ratios")
+        target = float(params.get("target", targets[0]))
+        ratios = dict(place({g: float(params[f"alloc.{g}"]) for g in groups}, target))
+    else:
+        ratios = {g: float(params[f"ratio.{g}"]) for g in groups}
     scorer = str(params.get("scorer", space.scorers[0]))
     overrides: dict[str, Any] = {}
     for name, p in space.recovery.items():
@@ -66,4 +92,4 @@ def decode(params: Mapping[str, Any], space: SearchSpaceConfig, groups: list[str
             overrides[name] = p
     rec = recovery.model_copy(update={k: (int(v) if k in INT_RECOVERY else float(v)) for k, v in overrides.items()})
     dropped = tuple(k[len("drop."):] for k, v in params.items() if k.startswith("drop.") and bool(v))
-    return TrialPlan(ratios, scorer, RecoveryConfig.model_validate(rec.model_dump()), dropped)
+    return TrialPlan(ratios, scorer, RecoveryConfig.model_validate(rec.model_dump()), dropped, target)

@@ -19,7 +19,7 @@ from autoprune.measure import accuracy, count_macs, count_params, latency_ms
 from autoprune.pruning import PrunePlan, prune_with_plan
 from autoprune.record import Fidelity, Metrics, PlanRecord, TrialRecord
 from autoprune.saving import save_pruned
-from autoprune.space import TrialPlan, decode
+from autoprune.space import TrialPlan
 
 Promoter = Callable[[Metrics], bool]
 
@@ -54,7 +54,7 @@ def run_trial(ctx: StudyContext, params: Mapping[str, Any], seed: int = 0, save_
     backends record either (and any exception from a user model) as a failed trial.
     """
     cfg = ctx.study.config
-    plan: TrialPlan = decode(params, ctx.study.space, ctx.groups, cfg.recovery)
+    plan: TrialPlan = ctx.decode(params)
     rec = plan.recovery
     clock = _Clock()
     torch.manual_seed(seed)
@@ -88,7 +88,7 @@ def run_trial(ctx: StudyContext, params: Mapping[str, Any], seed: int = 0, save_
     recorded = PlanRecord(pplan.scorer, pplan.ratios, pplan.round_to, tuple(plan.dropped), rec.model_dump(),
                           fidelity.steps, fidelity.steps * rec.batch_size, seed, ctx.latency_method,
                           "cached logits" if ctx.stream is not None and rec.teacher_cache
-                          else "teacher forward every step")
+                          else "teacher forward every step", plan.target)
     return TrialRecord(metrics, recorded, fidelity, clock.done(), model_file)
 
 

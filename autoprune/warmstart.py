@@ -57,31 +57,62 @@ def global_ratios(ctx: StudyContext, ratio: float) -> dict[str, float]:
     return out
 
 
-def warm_start_params(ctx: StudyContext, dists: dict[str, BaseDistribution]) -> list[dict[str, Any]]:
-    """The parameter sets of the configured baselines (only the ratio and scorer parameters; Optuna samples
-    any other searchable parameter)."""
-    ws = ctx.study.space.warm_start
-    scorers = ctx.study.space.scorers
+def _allocation(ratios: dict[str, float], low: float, high: float) -> dict[str, float]:
+    """Per-group ratios as allocation weights of the same shape, scaled so the largest is ``high``.
+
+    >>> _allocation({"a": 0.4, "b": 0.2, "c": 0.0}, 0.05, 1.0)
+    {'a': 1.0, 'b': 0.5, 'c': 0.05}
+    """
+    top = max(ratios.values(), default=0.0)
+    return {g: (min(max(high * r / top, low), high) if top > 0 else high) for g, r in ratios.items()}
+
+
+def _baselines(ctx: StudyContext, dists: dict[str, BaseDistribution]) -> list[tuple[dict[str, Any], str, str]]:
+    """(ratio or allocation parameters, preferred scorer, "uniform" or "global") of each configured baseline. With cost targets, the
+    uniform allocation and the shape of torch-pruning's global allocation (at the first ``global`` ratio, 0.5
+    if none) are placed on every target, whatever ``warm_start`` lists; without targets, each configured ratio is
+    one baseline."""
+    ws, targets = ctx.study.space.warm_start, ctx.targets
+    if targets:
+        a = ctx.study.space.allocation
+        shapes = [({g: a.high for g in ctx.groups}, "l1", "uniform"),
+                  (_allocation(global_ratios(ctx, (ws.global_ or [0.5])[0]), a.low, a.high), "group_l1", "global")]
+        return [({**{f"alloc.{g}": w for g, w in weights.items()}, **({"target": t} if "target" in dists else {})},
+                 scorer, kind) for t in targets for weights, scorer, kind in shapes]
     out = []
     for kind, ratios, scorer in (("uniform", ws.uniform, "l1"), ("global", ws.global_, "group_l1")):
         for r in ratios:
             per_group = {g: r for g in ctx.groups} if kind == "uniform" else global_ratios(ctx, r)
-            params: dict[str, Any] = {f"ratio.{g}": snap(v, dists[f"ratio.{g}"]) for g, v in per_group.items()}
-            if isinstance(dists.get("scorer"), CategoricalDistribution):
-                params["scorer"] = scorer if scorer in scorers else scorers[0]
-            for name, d in dists.items():
-                if name.startswith("drop."):
-                    params[name] = False
-            out.append(params)
+            out.append(({f"ratio.{g}": snap(v, dists[f"ratio.{g}"]) for g, v in per_group.items()}, scorer, kind))
     return out
+
+
+def warm_starts(ctx: StudyContext, dists: dict[str, BaseDistribution]) -> list[tuple[dict[str, Any], str]]:
+    """(parameters, kind) of the configured baselines: only the ratio or allocation, target and scorer
+    parameters (Optuna samples any other searchable parameter); kind is "uniform" or "global"."""
+    scorers = ctx.study.space.scorers
+    out = []
+    for params, scorer, kind in _baselines(ctx, dists):
+        if isinstance(dists.get("scorer"), CategoricalDistribution):
+            params["scorer"] = scorer if scorer in scorers else scorers[0]
+        for name in dists:
+            if name.startswith("drop."):
+                params[name] = False
+        out.append((params, kind))
+    return out
+
+
+def warm_start_params(ctx: StudyContext, dists: dict[str, BaseDistribution]) -> list[dict[str, Any]]:
+    """The parameter sets of :func:`warm_starts`."""
+    return [params for params, _ in warm_starts(ctx, dists)]
 
 
 def enqueue_warm_start(ost: optuna.Study, ctx: StudyContext, dists: dict[str, BaseDistribution]) -> int:
     """Enqueue the baselines as the first trials of a new study (idempotent across workers); returns how many."""
     if ost.user_attrs.get("warm_started") or ost.get_trials(deepcopy=False):
         return 0
-    params = warm_start_params(ctx, dists)
-    ost.set_user_attr("warm_started", len(params))
-    for p in params:
-        ost.enqueue_trial(p, user_attrs={"warm_start": True}, skip_if_exists=True)
-    return len(params)
+    baselines = warm_starts(ctx, dists)
+    ost.set_user_attr("warm_started", len(baselines))
+    for params, kind in baselines:
+        ost.enqueue_trial(params, user_attrs={"warm_start": kind}, skip_if_exists=True)
+    return len(baselines)

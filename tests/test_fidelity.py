@@ -16,6 +16,7 @@ from autoprune.config import RecoveryConfig, load_study
 from autoprune.context import prepare, stream_steps
 from autoprune.distill import finetune, train_step
 from autoprune.pareto import nondominated_ranks, promote
+from autoprune.record import TrialRecord
 from autoprune.telling import records
 from autoprune.teacher import build_stream, load_or_build_stream, sample_stream_indices
 from autoprune.warmstart import global_prune, global_ratios, snap, warm_start_params
@@ -185,8 +186,8 @@ def test_warm_start_enqueues_the_baselines_first(ctx):
     assert params[0]["scorer"] == "l1"
     ost = run_search(ctx, n_trials=4).study
     trials = sorted(ost.get_trials(), key=lambda t: t.number)
-    for t, p in zip(trials[:3], params):
-        assert {k: t.params[k] for k in p} == p and t.user_attrs.get("warm_start") is True
+    for t, p, kind in zip(trials[:3], params, ["uniform", "uniform", "global"]):
+        assert {k: t.params[k] for k in p} == p and TrialRecord.from_frozen(t).warm_start == kind
     assert "warm_start" not in trials[3].user_attrs
     assert run_search(ctx, n_trials=5).study.user_attrs["warm_started"] == 3  # a resume enqueues nothing again
     assert sum(1 for t in ost.get_trials() if t.user_attrs.get("warm_start")) == 3

@@ -1,0 +1,109 @@
+"""Studies with cost targets: every candidate is an allocation placed within 1 % of one target's MACs."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from autoprune.allocation import TOLERANCE
+from autoprune.backends.optuna_backend import run_search
+from autoprune.config import RecoveryConfig, SearchSpaceConfig, load_study
+from autoprune.context import prepare
+from autoprune.errors import ConfigError
+from autoprune.record import TrialRecord
+from autoprune.space import decode, distributions
+
+TARGETS = {"macs_reduction": [2, 1.5]}
+
+
+def test_targets_must_reduce_and_must_not_meet_depth(write_study):
+    with pytest.raises(ConfigError, match="targets.macs_reduction: a MACs reduction target must be > 1"):
+        load_study(write_study({"targets": {"macs_reduction": [0.5, 2]}}))
+    with pytest.raises(ConfigError, match="cannot be combined with depth"):
+        load_study(write_study({"targets": TARGETS}, {"depth": {"blocks": ["features.*"]}}))
+    assert load_study(write_study({"targets": TARGETS})).config.targets.macs_reduction == [1.5, 2.0]
+
+
+def test_with_targets_the_space_samples_allocations_and_a_target():
+    space = SearchSpaceConfig()
+    d = distributions(space, ["a", "b"], targets=[1.5, 2.0])
+    assert set(d) == {"alloc.a", "alloc.b", "target"} and d["target"].choices == (1.5, 2.0)
+    assert set(distributions(space, ["a"], targets=[3.0])) == {"alloc.a"}
+    plan = decode({"alloc.a": 1.0, "alloc.b": 0.5, "target": 2.0}, space, ["a", "b"], RecoveryConfig(), [1.5, 2.0],
+                  lambda w, t: {g: v * 0.4 for g, v in w.items()})
+    assert plan.ratios == {"a": 0.4, "b": 0.2} and plan.target == 2.0
+    with pytest.raises(ValueError, match="needs a placer"):
+        decode({"alloc.a": 1.0}, space, ["a"], RecoveryConfig(), [2.0])
+
+
+@pytest.fixture(scope="module")
+def targeted(tmp_path_factory):
+    """A search of the tiny study (width 32, so channel steps are fine enough for 1 %) with targets 1.5x and 2x."""
+    import yaml
+
+    from tests.conftest import TINY_SPACE, TINY_STUDY
+
+    d = tmp_path_factory.mktemp("targets")
+    model = {"name": "quickstart_cnn", "kwargs": {"width": 32}, "base_training": {"epochs": 2, "lr": 0.05, "batch_size": 64}}
+    study = dict(TINY_STUDY, workdir=str(d / "run"), targets=TARGETS, budget={"n_trials": 6}, model=model)
+    (d / "space.yaml").write_text(yaml.safe_dump(TINY_SPACE))
+    (d / "study.yaml").write_text(yaml.safe_dump(study))
+    ctx = prepare(load_study(d / "study.yaml"))
+    out = run_search(ctx, n_trials=6)
+    records = [TrialRecord.from_frozen(t) for t in out.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))]
+    return d / "study.yaml", ctx, sorted(records, key=lambda r: r.number)
+
+
+@pytest.mark.slow
+def test_every_candidate_lands_on_its_target_and_the_baselines_come_first(targeted):
+    _, ctx, records = targeted
+    assert len(records) == 6
+    base = ctx.reference["macs"]
+    for r in records:
+        assert r.plan.target in (1.5, 2.0)
+        assert base / r.metrics.macs == pytest.approx(r.plan.target, rel=TOLERANCE), (r.number, r.plan.ratios)
+    # trials 0-3: the uniform allocation and the global-magnitude shape at each target
+    first = records[:4]
+    assert [(r.plan.target, r.warm_start) for r in first] == [(1.5, "uniform"), (1.5, "global"), (2.0, "uniform"),
+                                                             (2.0, "global")]
+    uniform = first[0].plan.ratios
+    steps = ctx.cost.channel_steps()
+    assert max(uniform.values()) - min(uniform.values()) <= max(steps.values()) + 1e-9
+    assert first[1].plan.ratios != uniform
+
+
+@pytest.mark.slow
+def test_the_pick_is_compared_with_the_uniform_baseline_on_the_same_images(targeted):
+    from autoprune.measure import accuracy
+    from autoprune.saving import load_pruned
+    from autoprune.verdict import uniform_baseline, versus_uniform
+
+    _, ctx, records = targeted
+    pick = next(r for r in records if r.warm_start == "global" and r.plan.target == 2.0)
+    v = versus_uniform(ctx, pick, records)
+    base = uniform_baseline(records, 2.0)
+    assert v["baseline_trial"] == base.number and v["images"] == len(ctx.data.val)
+    for r, acc in ((pick, v["accuracy_a"]), (base, v["accuracy_b"])):
+        model = load_pruned(r.model_file, ctx.fresh_model())
+        assert acc == pytest.approx(accuracy(model, ctx.data.val, 256))
+    assert 0.0 <= v["p_value"] <= 1.0 and v["only_a"] + v["only_b"] <= v["images"]
+    assert versus_uniform(ctx, base, records) is None  # the baseline is not compared with itself
+
+
+@pytest.mark.slow
+def test_select_prints_the_comparison(targeted):
+    import json
+
+    from click.testing import CliRunner
+
+    from autoprune.cli import main
+
+    path, _, records = targeted
+    result = CliRunner().invoke(main, ["select", str(path), "--max-macs", "1e12", "--json"])
+    assert result.exit_code == 0, result.output
+    chosen = json.loads(result.stdout)
+    picked = next(r for r in records if r.number == chosen["trial"])
+    assert picked.warm_start != "uniform", "with this seed the most accurate trial is a searched one"
+    assert chosen["vs_uniform"]["target"] == picked.plan.target and "p_value" in chosen["vs_uniform"]
+    text = CliRunner().invoke(main, ["select", str(path), "--max-macs", "1e12"])
+    assert "McNemar exact p =" in text.stderr and f"trial {chosen['vs_uniform']['baseline_trial']}" in text.stderr
