@@ -122,3 +122,17 @@ def test_a_legacy_trial_whose_model_file_is_gone_retrains_from_its_recorded_plan
     report = json.loads((out / "report.json").read_text())
     assert report["final"]["params"] == trials[0].user_attrs["metrics"]["params"]
     assert report["search"]["plan"]["recovery"] == trials[0].user_attrs["plan"]["recovery"]
+
+
+@pytest.mark.slow
+def test_a_legacy_study_resumes_with_a_larger_budget(legacy):
+    """Its fingerprint still matches (settings added since, such as allocation, do not change it), so the same
+    search command continues it: the old trials stay as they were and one more runs."""
+    before = {t.number: t.user_attrs for t in _legacy_trials(legacy, "legacy")}
+    result = CliRunner().invoke(main, ["search", str(legacy), "--n-trials", "6"])
+    assert result.exit_code == 0, result.output
+    after = _legacy_trials(legacy, "legacy")
+    assert sum(t.state.name == "COMPLETE" for t in after) == 6
+    assert all(t.user_attrs == before[t.number] for t in after if t.number in before)
+    new = TrialRecord.from_frozen(max(after, key=lambda t: t.number))
+    assert new.completed and new.plan.scorer
