@@ -245,8 +245,10 @@ def _search_summary(outcome, reference: dict, options, backend: str, seconds: fl
     c = counts(ost)
     for msg in outcome.messages:
         console.print(f"[red]errored {backend.title()} trial[/]: {msg}")
-    console.print(metrics_table(f"Pareto front: {len(ost.best_trials)} of {c['COMPLETE']} complete trials "
-                                f"(accuracy on the validation split)", reference, front(ost)))
+    entries = front(ost)
+    at = f" at {entries[0]['rung']} fine-tune steps" if entries else ""
+    console.print(metrics_table(f"Pareto front: {len(entries)} of {c['COMPLETE']} complete trials (accuracy on the "
+                                f"validation split{at})", reference, entries))
     console.print(f"trials: {c}; this run: {outcome.ran_here} ran, {outcome.failed_here} failed, {seconds:.1f} s")
     if outcome.interrupted:
         console.print(f"[yellow]interrupted[/]: completed trials are kept; resume with: {_resume_hint()}")
@@ -293,9 +295,11 @@ def status(study_file, storage, study_name, checkpoint, data_root, sets, as_json
 @main.command()
 @study_options
 @click.option("--json", "as_json", is_flag=True, help="Print {objectives, base, front} as JSON.")
+@click.option("--rung", type=click.IntRange(min=0), help="Compare the trials that reached this many fine-tune steps "
+              "(default: the highest rung every trial reached).")
 @handle_errors
-def pareto(study_file, storage, study_name, checkpoint, data_root, sets, as_json) -> None:
-    """The non-dominated completed trials."""
+def pareto(study_file, storage, study_name, checkpoint, data_root, sets, as_json, rung) -> None:
+    """The non-dominated completed trials, compared at one rung."""
     from autoprune.config import DIRECTIONS
     from autoprune.display import console, metrics_table
     from autoprune.storage import front, load_optuna_study
@@ -303,13 +307,14 @@ def pareto(study_file, storage, study_name, checkpoint, data_root, sets, as_json
     study = _load(study_file, checkpoint, data_root, storage, sets, study_name)
     ost = load_optuna_study(study)
     base = ost.user_attrs.get("base", {})
-    entries = front(ost)
+    entries = front(ost, rung)
     if as_json:
         objectives = {o: DIRECTIONS[o] for o in ost.user_attrs.get("objectives", study.config.objectives)}
         base_out = {k: base.get(k) for k in ("accuracy", "macs", "params", "latency_ms", "split", "source", "data")}
         click.echo(json.dumps({"objectives": objectives, "base": base_out, "front": entries}, default=str))
         return
-    console.print(metrics_table(f"Pareto front of {ost.study_name}", base, entries,
+    steps = entries[0]["rung"] if entries else rung
+    console.print(metrics_table(f"Pareto front of {ost.study_name} at {steps} fine-tune steps", base, entries,
                                 caption=base.get("data", {}).get("note", "")))
 
 
@@ -321,9 +326,11 @@ def pareto(study_file, storage, study_name, checkpoint, data_root, sets, as_json
 @click.option("--max-latency-ms", type=click.FloatRange(min=0, min_open=True), help="Most accurate under this latency.")
 @click.option("--knee", is_flag=True, help="The knee of the front (after any constraints).")
 @click.option("--json", "as_json", is_flag=True, help="Print the chosen front entry (as in pareto --json) plus reason.")
+@click.option("--rung", type=click.IntRange(min=0), help="Choose among the trials that reached this many fine-tune "
+              "steps, by their accuracy there (default: the highest rung every trial reached).")
 @handle_errors
 def select_cmd(study_file, storage, study_name, checkpoint, data_root, sets, min_accuracy, max_macs, max_latency_ms,
-               knee, as_json) -> None:
+               knee, as_json, rung) -> None:
     """Pick one trial of the Pareto front and say why."""
     from autoprune.display import console, metrics_table
     from autoprune.pareto import select
@@ -331,7 +338,7 @@ def select_cmd(study_file, storage, study_name, checkpoint, data_root, sets, min
 
     study = _load(study_file, checkpoint, data_root, storage, sets, study_name)
     ost = load_optuna_study(study)
-    entries = front(ost)
+    entries = front(ost, rung)
     cost = next(o for o in ost.user_attrs.get("objectives", study.config.objectives) if o != "accuracy")
     try:
         entry, why = select(entries, cost, min_accuracy=min_accuracy, max_macs=max_macs,

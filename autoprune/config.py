@@ -262,6 +262,9 @@ class FidelityConfig(_Strict):
 
     promote_steps: int = Field(0, ge=0)
     eta: float = Field(3.0, gt=1)
+    # Rung 0: every candidate is first scored after BatchNorm re-calibration alone (a few forward passes), and
+    # only the best 1/eta of each target's rung-0 candidates get the short recovery.
+    bn_rung: bool = False
     # Score the short recovery on this many validation images (a seeded subset) instead of all of them; promoted
     # trials are re-scored on the whole validation split. None: every score uses the whole split.
     short_val_images: int | None = Field(None, ge=1)
@@ -395,7 +398,8 @@ class Study:
             "space": self.space.model_dump(exclude=None if self.config.targets else {"allocation"}),
             "objectives": self.config.objectives,
             "recovery": self.config.recovery.model_dump(),
-            "fidelity": self.config.fidelity.model_dump(),
+            # a setting added since (bn_rung) counts only when it is on, so older studies keep their fingerprint
+            "fidelity": self.config.fidelity.model_dump(exclude=None if self.config.fidelity.bn_rung else {"bn_rung"}),
             **({"targets": self.config.targets.model_dump()} if self.config.targets else {}),
         }
 

@@ -37,7 +37,9 @@ def metrics_table(title: str, base: dict[str, Any], rows: Iterable[dict[str, Any
     table = Table(title=title, caption=caption or None)
     # "faster": the measured latency speed-up over the base, to read beside the MACs reduction
     rows = list(rows)
-    promoted = any((r.get("fidelity") or {}).get("promoted") for r in rows)  # then a column of fine-tune steps
+    # a column of the fine-tune steps behind each accuracy (the rung) where the study has several rungs
+    promoted = any((r.get("fidelity") or {}).get("promoted") or len((r.get("fidelity") or {}).get("scores") or {}) > 1
+                   for r in rows)
     cols = ["trial", "accuracy", "MACs", "MACs ↓", "params", "ms", "faster"] + (["steps"] if promoted else []) + ["scorer"]
     for col in cols:
         table.add_column(col, justify="right" if col != "scorer" else "left", no_wrap=col != "scorer")
@@ -45,7 +47,8 @@ def metrics_table(title: str, base: dict[str, Any], rows: Iterable[dict[str, Any
                   f"{base['latency_ms']:.3f}", "1.00x", *([""] if promoted else []), "", style="dim")
     for r in rows:
         fid = r.get("fidelity") or {}
-        steps = [f"{fid.get('steps', '')}{'*' if fid.get('promoted') else ''}"] if promoted else []
+        rung = r.get("rung", fid.get("steps", ""))
+        steps = [f"{rung}{'*' if fid.get('promoted') and rung != fid.get('steps') else ''}"] if promoted else []
         table.add_row(
             str(r["trial"]), f"{r['accuracy']:.4f}", fmt_macs(r["macs"]), f"{base['macs'] / max(1, r['macs']):.2f}x",
             f"{r['params']:,}", f"{r['latency_ms']:.3f}",
@@ -74,18 +77,8 @@ def _promotion_note(p: dict[str, Any]) -> str:
     if not p.get("promoted"):
         return ""
     tau = p.get("kendall_tau")
-    corr = f", Kendall tau short vs longer recovery {tau:+.2f} (p {p['p_value']:.3f})" if tau is not None else ""
-    return f"; {p['promoted']} trials promoted to the longer recovery{corr}"
-
-
-def _feasible(trial) -> bool:
-    """All constraint values Optuna stored on the trial ("constraints" list or "constraints:<name>" keys) <= 0."""
-    for key, value in trial.system_attrs.items():
-        if key == "constraints" or key.startswith("constraints:"):
-            values = value if isinstance(value, (list, tuple)) else [value]
-            if any(v > 0 for v in values):
-                return False
-    return True
+    corr = f", Kendall tau first vs highest rung {tau:+.2f} (p {p['p_value']:.3f})" if tau is not None else ""
+    return f"; {p['promoted']} trials promoted past their first rung{corr}"
 
 
 class SearchMonitor:
@@ -109,6 +102,7 @@ class SearchMonitor:
         import time
 
         from autoprune.pareto import non_dominated
+        from autoprune.storage import feasible
 
         now = time.monotonic()
         if not force and now - self._last_refresh < self.min_interval:
@@ -116,8 +110,8 @@ class SearchMonitor:
         self._last_refresh = now
         trials = ost.get_trials(deepcopy=False)
         complete = [t for t in trials if t.state.name == "COMPLETE"]
-        feasible = [t for t in complete if _feasible(t)]
-        front = non_dominated([t.values for t in feasible], self.directions)
+        feasible_ = [t for t in complete if feasible(t)]
+        front = non_dominated([t.values for t in feasible_], self.directions)
         last = ""
         for t in trials:
             if not t.state.is_finished() or t.number in self.seen:

@@ -16,8 +16,8 @@ from autoprune.measure import accuracy, count_macs, count_params, latency_ms
 from autoprune.record import TrialRecord
 from autoprune.retrain import RetrainResult
 from autoprune.saving import atomic_write_text, save_pruned
+from autoprune.storage import entries_at
 from autoprune.storage import front as study_front
-from autoprune.telling import records
 
 
 def _measure(model, ctx: StudyContext, split_name: str, large_batch: int) -> dict[str, Any]:
@@ -83,8 +83,9 @@ def _html_sections(ctx: StudyContext, ost, record: TrialRecord, result: RetrainR
                                        ["export", "file", "bytes", "max_abs_diff", "test_accuracy", "latency_ms_b1"]),
     ]
     if ost is not None:
-        trials = [r.entry() for r in records(ost)]
-        chosen, fr, base = record.entry(), study_front(ost), ost.user_attrs.get("base", {})
+        fr, base = study_front(ost), ost.user_attrs.get("base", {})
+        rung = fr[0]["rung"] if fr else None  # everything on the plot at the front's rung
+        trials, chosen = entries_at(ost, rung), record.entry(rung if record.accuracy_at(rung) is not None else None)
         sections += ["<h2>The front and the chosen trial: accuracy vs MACs</h2>",
                      front_plotly(trials, fr, base, "macs", chosen, "front-macs"),
                      "<h2>Accuracy vs latency</h2>", front_plotly(trials, fr, base, "latency_ms", chosen, "front-latency")]

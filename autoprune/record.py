@@ -57,30 +57,72 @@ class Metrics:
 
 @dataclass(frozen=True)
 class Fidelity:
-    """How much recovery stands behind a trial's scores.
+    """The rungs a trial climbed: its validation accuracy after each fine-tune budget it reached.
 
-    ``short_*``: the short recovery (``recovery.steps``) and its score; ``steps``: the fine-tune steps behind the
-    reported accuracy (more than ``short_steps`` when the trial was promoted); ``*_val_images``: how many
-    validation images each score used.
+    ``scores``: fine-tune steps -> accuracy after them (0: BatchNorm re-calibration only); ``images``: steps -> the
+    validation images that score used. Every score records its rung, so comparisons can be made at one rung
+    (:func:`common_rung`). The first rung is the *short* score every trial has; a trial that climbed further was
+    *promoted*, and its reported accuracy is the one at its highest rung.
     """
 
-    steps: int
-    short_steps: int
-    short_accuracy: float
-    promoted: bool = False
-    short_val_images: int | None = None
-    val_images: int | None = None
+    scores: dict[int, float]
+    images: dict[int, int | None] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        """Fine-tune steps behind the reported (highest-rung) accuracy."""
+        return max(self.scores)
+
+    @property
+    def short_steps(self) -> int:
+        return min(self.scores)
+
+    @property
+    def short_accuracy(self) -> float:
+        return self.scores[self.short_steps]
+
+    @property
+    def promoted(self) -> bool:
+        return len(self.scores) > 1
+
+    def score(self, steps: int) -> float | None:
+        """The accuracy at the rung of ``steps`` fine-tune steps, if the trial reached it."""
+        return self.scores.get(steps)
 
     def to_dict(self, accuracy: float) -> dict[str, Any]:
         return {"steps": self.steps, "short_steps": self.short_steps, "short_accuracy": self.short_accuracy,
-                "accuracy": accuracy, "promoted": self.promoted, "short_val_images": self.short_val_images,
-                "val_images": self.val_images}
+                "accuracy": accuracy, "promoted": self.promoted,
+                "short_val_images": self.images.get(self.short_steps), "val_images": self.images.get(self.steps),
+                "scores": {str(k): v for k, v in sorted(self.scores.items())},
+                "images": {str(k): v for k, v in sorted(self.images.items())}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], accuracy: float, steps: int) -> Fidelity:
-        return cls(int(d.get("steps", steps)), int(d.get("short_steps", d.get("steps", steps))),
-                   float(d.get("short_accuracy", accuracy)), bool(d.get("promoted", False)),
-                   d.get("short_val_images"), d.get("val_images"))
+        """Today's layout (``scores`` per rung) or the older one (a short score, and a longer one if promoted)."""
+        if "scores" in d:
+            return cls({int(k): float(v) for k, v in d["scores"].items()},
+                       {int(k): v for k, v in (d.get("images") or {}).items()})
+        top, short = int(d.get("steps", steps)), int(d.get("short_steps", d.get("steps", steps)))
+        scores = {short: float(d.get("short_accuracy", accuracy))}
+        images = {short: d.get("short_val_images")}
+        if d.get("promoted") and top != short:
+            scores[top], images[top] = float(d.get("accuracy", accuracy)), d.get("val_images")
+        return cls(scores, images)
+
+
+def common_rung(fidelities: Sequence[Fidelity]) -> int | None:
+    """The highest rung (fine-tune steps) that every one of ``fidelities`` reached: the rung at which they can
+    be compared (None for none).
+
+    >>> common_rung([Fidelity({0: 0.5, 20: 0.8}), Fidelity({0: 0.4, 20: 0.7, 220: 0.9})])
+    20
+    >>> common_rung([Fidelity({0: 0.5}), Fidelity({20: 0.7})]) is None
+    True
+    """
+    if not fidelities:
+        return None
+    shared = set(fidelities[0].scores).intersection(*(f.scores for f in fidelities[1:]))
+    return max(shared) if shared else None
 
 
 @dataclass(frozen=True)
@@ -170,12 +212,22 @@ class TrialRecord:
 
     @property
     def short_accuracy(self) -> float:
-        """The accuracy after the short recovery (the reported accuracy for a trial never promoted)."""
-        assert self.metrics is not None
+        """The accuracy at the first rung (the reported accuracy for a trial never promoted)."""
+        if self.metrics is None:
+            raise ValueError("a failed trial has no accuracy")
         return self.fidelity.short_accuracy if self.fidelity else self.metrics.accuracy
 
+    def accuracy_at(self, steps: int | None) -> float | None:
+        """The accuracy at the rung of ``steps`` fine-tune steps (None: the reported one), if reached."""
+        if self.metrics is None:
+            return None
+        if steps is None:
+            return self.metrics.accuracy
+        return self.fidelity.score(steps) if self.fidelity else None
+
     def objective_values(self, objectives: Sequence[str]) -> list[float]:
-        assert self.metrics is not None, "a failed trial has no objective values"
+        if self.metrics is None:
+            raise ValueError("a failed trial has no objective values")
         return [float(self.metrics[o]) for o in objectives]
 
     def short_point(self, objectives: Sequence[str]) -> list[float]:
@@ -184,7 +236,8 @@ class TrialRecord:
 
     def constraint_values(self, constraints: ConstraintsConfig) -> dict[str, float]:
         """Optuna constraint values (<= 0 is feasible) for the study's constraints that are set."""
-        assert self.metrics is not None
+        if self.metrics is None:
+            raise ValueError("a failed trial has no constraint values")
         m, c, out = self.metrics, constraints, {}
         if c.min_accuracy is not None:
             out["min_accuracy"] = c.min_accuracy - m.accuracy
@@ -247,12 +300,15 @@ class TrialRecord:
     def from_json(cls, text: str) -> TrialRecord:
         return cls.from_user_attrs(json.loads(text))
 
-    def entry(self) -> dict[str, Any]:
-        """A completed trial as a front entry (``pareto --json``): trial, accuracy, macs, params, latency_ms,
-        config (the sampled parameters), plan, timings, fidelity."""
+    def entry(self, rung: int | None = None) -> dict[str, Any]:
+        """A completed trial as a front entry (``pareto --json``): trial, accuracy (at the rung of ``rung``
+        fine-tune steps; None: the reported one), rung, macs, params, latency_ms, config (the sampled
+        parameters), plan, timings, fidelity."""
         m = self.metrics or Metrics.from_dict({})
-        return {"trial": self.number, "accuracy": m.accuracy, "macs": m.macs, "params": m.params,
-                "latency_ms": m.latency_ms, "config": dict(self.params),
+        acc = self.accuracy_at(rung)
+        return {"trial": self.number, "accuracy": m.accuracy if acc is None else acc,
+                "rung": self.fidelity.steps if rung is None and self.fidelity else rung,
+                "macs": m.macs, "params": m.params, "latency_ms": m.latency_ms, "config": dict(self.params),
                 "plan": self.plan.to_dict() if self.plan else {}, "timings": dict(self.timings),
                 "fidelity": self.fidelity.to_dict(m.accuracy) if self.fidelity else {}}
 

@@ -108,14 +108,16 @@ def study_report(ost, out_dir: Path, chosen: dict | None = None) -> dict[str, st
     """Front plots (PNG + HTML), the table of trials and parameter importances for a study."""
     import optuna
 
-    from autoprune.storage import front, trial_entry
+    from autoprune.storage import entries_at, front
 
     out_dir.mkdir(parents=True, exist_ok=True)
     base = ost.user_attrs.get("base", {})
-    trials = [trial_entry(t) for t in ost.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    fr = front(ost)  # at the highest rung every trial reached; the other trials are plotted at that rung too
+    trials = entries_at(ost, fr[0]["rung"] if fr else None)
     if not trials:
         raise AutopruneError(f"study {ost.study_name!r} has no completed trials to report")
-    fr = front(ost)
+    if chosen is not None:  # ringed where it sits at the front's rung
+        chosen = next((e for e in trials if e["trial"] == chosen["trial"]), chosen)
     files = {}
     for x in ("macs", "latency_ms"):
         files[f"front_{x}_png"] = str(front_png(trials, fr, base, out_dir / f"front_{x}.png", x, chosen))

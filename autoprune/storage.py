@@ -229,9 +229,44 @@ def trial_entry(t: FrozenTrial) -> dict[str, Any]:
     return TrialRecord.from_frozen(t).entry()
 
 
-def front(ost: optuna.Study) -> list[dict[str, Any]]:
-    """The non-dominated feasible completed trials, sorted by MACs."""
-    return sorted((trial_entry(t) for t in ost.best_trials), key=lambda e: (e["macs"], -e["accuracy"]))
+def entries_at(ost: optuna.Study, rung: int | None) -> list[dict[str, Any]]:
+    """Every completed trial that reached the rung of ``rung`` fine-tune steps, as an entry scored there (all of
+    them, with their reported accuracy, for None): what a plot beside :func:`front` shows."""
+    done = [TrialRecord.from_frozen(t) for t in ost.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    return [r.entry(rung) for r in done if r.accuracy_at(rung) is not None]
+
+
+def feasible(trial: FrozenTrial) -> bool:
+    """All constraint values Optuna stored on the trial ("constraints" list or "constraints:<name>" keys) <= 0."""
+    for key, value in trial.system_attrs.items():
+        if key == "constraints" or key.startswith("constraints:"):
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if any(v > 0 for v in values):
+                return False
+    return True
+
+
+def front(ost: optuna.Study, rung: int | None = None) -> list[dict[str, Any]]:
+    """The non-dominated feasible completed trials, compared at one rung, sorted by MACs.
+
+    ``rung`` (fine-tune steps): compare the trials that reached it, by their accuracy there; None: the highest
+    rung every completed trial reached. A front never mixes rungs: each entry's ``accuracy`` is at ``rung``.
+    """
+    from autoprune.pareto import non_dominated
+    from autoprune.record import common_rung
+
+    done = [TrialRecord.from_frozen(t) for t in ost.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if feasible(t)]
+    done = [r for r in done if r.completed and r.fidelity]
+    if rung is None:
+        rung = common_rung([r.fidelity for r in done])
+    reached = [r for r in done if rung is not None and r.fidelity.score(rung) is not None]
+    objectives = list(ost.user_attrs.get("objectives", ["accuracy", "macs"]))
+    points = [[r.fidelity.scores[rung] if o == "accuracy" else float(r.metrics[o]) for o in objectives]
+              for r in reached]
+    directions = [d.name.lower() for d in ost.directions]
+    entries = [reached[i].entry(rung) for i in non_dominated(points, directions)]
+    return sorted(entries, key=lambda e: (e["macs"], -e["accuracy"]))
 
 
 def get_record(ost: optuna.Study, number: int) -> TrialRecord:

@@ -45,12 +45,13 @@ def suggest_all(trial: optuna.Trial, dists: dict[str, BaseDistribution]) -> dict
 
 def tell_result(trial: optuna.Trial, record: TrialRecord, study: Study) -> list[float]:
     """Store ``record`` on the running ``trial`` (user attributes and constraint values); return the objective
-    values to tell Optuna."""
+    values to tell Optuna: accuracy at the first rung, which every trial has, so the sampler learns from scores
+    of one rung only (the higher rungs' scores are in the record)."""
     for key, value in record.to_user_attrs().items():
         trial.set_user_attr(key, value)
     for name, value in record.constraint_values(study.config.constraints).items():
         trial.set_constraint(name, value)
-    return record.objective_values(study.config.objectives)
+    return record.short_point(study.config.objectives)
 
 
 def tell_failure(trial: optuna.Trial, failure: Failure) -> None:

@@ -6,6 +6,7 @@ import copy
 import time
 import uuid
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -15,13 +16,14 @@ from torch import nn
 from autoprune.context import StudyContext
 from autoprune.depth import drop_blocks
 from autoprune.distill import finetune, recalibrate_bn
+from autoprune.fidelity import rung_ladder
 from autoprune.measure import accuracy, count_macs, count_params, latency_ms
 from autoprune.pruning import PrunePlan, prune_with_plan
 from autoprune.record import Fidelity, Metrics, PlanRecord, TrialRecord
 from autoprune.saving import save_pruned
 from autoprune.space import TrialPlan
 
-Promoter = Callable[[Metrics], bool]
+Promoter = Callable[[Metrics, int, "float | None"], bool]  # (metrics at a rung, its steps, target) -> go on?
 
 
 class _Clock:
@@ -47,11 +49,12 @@ def run_trial(ctx: StudyContext, params: Mapping[str, Any], seed: int = 0, save_
               promote: Promoter | None = None) -> TrialRecord:
     """Run one trial with sampled ``params`` (see :mod:`autoprune.space`) and return its record.
 
-    ``promote``: with ``fidelity.promote_steps`` set, called with the short-recovery metrics; when it answers
-    True the trial fine-tunes ``promote_steps`` more steps (continuing the cached stream) and reports the
-    accuracy on the whole validation split.
-    Raises FloatingPointError on a non-finite fine-tune loss and AutopruneError where the plan cannot apply;
-    backends record either (and any exception from a user model) as a failed trial.
+    The trial climbs the study's rungs (:func:`autoprune.fidelity.rung_ladder`): BN re-calibration only (with
+    ``fidelity.bn_rung``), the short recovery, and ``fidelity.promote_steps`` more steps (continuing the cached
+    stream). After each rung but the last, ``promote(metrics at that rung, rung steps, target)`` says whether it
+    goes on; the last rung of a ladder of several is scored on the whole validation split, the others on the
+    seeded subset. Raises FloatingPointError on a non-finite fine-tune loss and AutopruneError where the plan
+    cannot apply; backends record either (and any exception from a user model) as a failed trial.
     """
     cfg = ctx.study.config
     plan: TrialPlan = ctx.decode(params)
@@ -74,16 +77,23 @@ def run_trial(ctx: StudyContext, params: Mapping[str, Any], seed: int = 0, save_
         with clock.phase("evaluate"), ctx.lock.shared():
             return accuracy(model, split, cfg.data.batch_size)
 
-    recover(rec.steps, 0)
-    short = evaluate(ctx.short_val)
-    with clock.phase("measure"):
-        metrics = _measure(ctx, model, short)
-    fidelity = Fidelity(rec.steps, rec.steps, short, False, len(ctx.short_val), len(ctx.short_val))
-    extra = cfg.fidelity.promote_steps
-    if extra and promote is not None and promote(metrics):
-        recover(extra, rec.steps)
-        metrics = Metrics(evaluate(ctx.data.val), metrics.macs, metrics.params, metrics.latency_ms)
-        fidelity = Fidelity(rec.steps + extra, rec.steps, short, True, len(ctx.short_val), len(ctx.data.val))
+    ladder = rung_ladder(rec.steps, cfg.fidelity.promote_steps, cfg.fidelity.bn_rung)
+    scores: dict[int, float] = {}
+    images: dict[int, int | None] = {}
+    metrics: Metrics | None = None
+    for i, steps in enumerate(ladder):
+        done = max(scores, default=0)
+        if steps > done:
+            recover(steps - done, done)
+        split = ctx.data.val if 0 < i == len(ladder) - 1 else ctx.short_val
+        scores[steps], images[steps] = evaluate(split), len(split)
+        if metrics is None:
+            with clock.phase("measure"):
+                metrics = _measure(ctx, model, scores[steps])
+        metrics = replace(metrics, accuracy=scores[steps])
+        if i == len(ladder) - 1 or promote is None or not promote(metrics, steps, plan.target):
+            break
+    fidelity = Fidelity(scores, images)
     model_file = _save(ctx, model, pplan, plan, save_dir)
     recorded = PlanRecord(pplan.scorer, pplan.ratios, pplan.round_to, tuple(plan.dropped), rec.model_dump(),
                           fidelity.steps, fidelity.steps * rec.batch_size, seed, ctx.latency_method,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import math
 
+import optuna
+
 import pytest
 import torch
 import yaml
@@ -191,3 +193,72 @@ def test_warm_start_enqueues_the_baselines_first(ctx):
     assert "warm_start" not in trials[3].user_attrs
     assert run_search(ctx, n_trials=5).study.user_attrs["warm_started"] == 3  # a resume enqueues nothing again
     assert sum(1 for t in ost.get_trials() if t.user_attrs.get("warm_start")) == 3
+
+
+# ------------------------------------------------------------------------------------------ rungs and targets
+def _rec(number: int, scores: dict, target: float | None = None, macs: int = 100):
+    from autoprune.record import Fidelity, Metrics, PlanRecord
+
+    top = max(scores)
+    return TrialRecord(Metrics(scores[top], macs, 10, 0.1), PlanRecord("l1", {"g": 0.3}, target=target),
+                       Fidelity(dict(scores)), number=number, state="COMPLETE")
+
+
+def test_promotion_counts_peers_and_quota_within_one_target_and_one_rung():
+    from autoprune.fidelity import promoter
+    from autoprune.record import Metrics
+
+    done = [_rec(0, {0: 0.80, 20: 0.85}, 2.0), _rec(1, {0: 0.70}, 2.0), _rec(2, {0: 0.60}, 2.0),
+            _rec(3, {0: 0.95, 20: 0.96, 220: 0.97}, 3.0)]
+    decide = promoter(lambda: done, ["accuracy"], ["maximize"], eta=2)
+    cand = Metrics(0.75, 100, 10, 0.1)
+    # at 2x, rung 0: peers 0.80, 0.70, 0.60; 0.75 is second of four (best half) and one of the two allowed
+    assert decide(cand, 0, 2.0)
+    # other targets' trials are not peers: at 1.5x nobody has been scored, so even a poor candidate goes up
+    assert decide(Metrics(0.1, 100, 10, 0.1), 0, 1.5)
+    # at 3x the one peer went up already, so the quota (ceil(2 / 2) = 1) is used even for a better candidate
+    assert not decide(Metrics(0.99, 100, 10, 0.1), 0, 3.0)
+    # at 2x, rung 20: one peer (0.85) which went no further; 0.75 is worse: ranks 2 of 2, not in the best half
+    assert not decide(cand, 20, 2.0)
+    # quota: with two of three peers already promoted from rung 0 at 2x, even the best candidate waits
+    done[1] = _rec(1, {0: 0.70, 20: 0.72}, 2.0)
+    assert not decide(Metrics(0.99, 100, 10, 0.1), 0, 2.0)
+
+
+def test_a_front_never_mixes_rungs(tmp_path):
+    """A promoted trial's longer-recovery accuracy never competes with others' short scores: the default front
+    compares every trial at the rung all reached, and --rung N compares only the trials that reached N."""
+    from autoprune.storage import front
+
+    study = _study(tmp_path, study={"fidelity": {"promote_steps": 6, "eta": 2}, "budget": {"n_trials": 6}})
+    ost = run_search(prepare(study), n_trials=6).study
+    recs = {r.number: r for r in records(ost)}
+    short = front(ost)
+    assert short and {e["rung"] for e in short} == {5}
+    for e in short:
+        assert e["accuracy"] == recs[e["trial"]].fidelity.scores[5]
+    longer = front(ost, rung=11)
+    assert longer and all(recs[e["trial"]].promoted for e in longer)
+    for e in longer:
+        assert e["rung"] == 11 and e["accuracy"] == recs[e["trial"]].fidelity.scores[11]
+    # what Optuna was told (the sampler's data) is the first-rung score for every trial
+    for t in ost.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        assert t.values[0] == recs[t.number].fidelity.scores[5]
+
+
+def test_bn_rung_scores_every_candidate_before_any_fine_tune(tmp_path):
+    study = _study(tmp_path, study={"fidelity": {"bn_rung": True, "promote_steps": 4, "eta": 2},
+                                    "budget": {"n_trials": 8}, "targets": {"macs_reduction": [1.5, 2]}},
+                   space={"scorers": ["l1"]})
+    recs = records(run_search(prepare(study), n_trials=8).study)
+    assert len(recs) == 8
+    ladders = [sorted(r.fidelity.scores) for r in recs]
+    assert all(lad[0] == 0 and lad in ([0], [0, 5], [0, 5, 9]) for lad in ladders), ladders
+    assert any(lad == [0] for lad in ladders), "some candidates stop after rung 0"
+    for t in (1.5, 2.0):  # per target, at most ceil(n/eta) went past rung 0
+        at = [r for r in recs if r.plan.target == t]
+        assert sum(r.promoted for r in at) <= -(-len(at) // 2)
+    for r in recs:
+        assert r.plan.finetune_steps == r.fidelity.steps and r.timings.get("finetune", 0.0) >= 0.0
+        if r.fidelity.steps == 0:
+            assert "finetune" not in r.timings

@@ -21,7 +21,7 @@ LEGACY = Path(__file__).parent / "data" / "legacy_study"
 def _record() -> TrialRecord:
     return TrialRecord(Metrics(0.91, 1200, 300, 0.25), PlanRecord("l1", {"a": 0.3, "b": 0.5}, 8, ("layer1.0",),
                                                                   {"lr": 0.02, "momentum": 0.8, "steps": 20}, 30, 1920),
-                       Fidelity(30, 20, 0.85, True, 500, 1000), {"prune": 0.1, "total": 1.0}, "/m.pt")
+                       Fidelity({20: 0.85, 30: 0.91}, {20: 500, 30: 1000}), {"prune": 0.1, "total": 1.0}, "/m.pt")
 
 
 def test_a_record_survives_the_user_attrs_and_json_round_trips():
@@ -29,6 +29,7 @@ def test_a_record_survives_the_user_attrs_and_json_round_trips():
     back = TrialRecord.from_user_attrs(json.loads(json.dumps(rec.to_user_attrs())))
     assert back == rec
     assert TrialRecord.from_json(rec.to_json()) == rec
+    assert (rec.fidelity.short_steps, rec.fidelity.steps, rec.fidelity.promoted) == (20, 30, True)
 
 
 def test_objective_short_point_and_constraints_come_from_the_typed_fields():
@@ -89,8 +90,13 @@ def test_every_trial_of_a_legacy_study_reads_back_as_a_record(legacy):
         if r.state == "COMPLETE":
             assert r.completed and r.plan.scorer and set(r.plan.ratios) and r.fidelity.short_steps == 5
             assert r.metrics.accuracy == t.user_attrs["metrics"]["accuracy"]
-            # the record writes back exactly what the old code stored
-            assert r.to_user_attrs() == {k: v for k, v in t.user_attrs.items() if k != "warm_start"}
+            # the record writes back everything the old code stored, as it stored it (and adds per-rung scores)
+            new = r.to_user_attrs()
+            for key, old in t.user_attrs.items():
+                if key == "fidelity":
+                    assert {k: new[key][k] for k in old} == old
+                elif key != "warm_start":
+                    assert new[key] == old, key
         else:
             assert r.failure.reason.startswith("ModelBug:") and not r.completed
     assert sum(r.promoted for r in complete) >= 1
