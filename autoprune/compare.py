@@ -7,6 +7,7 @@ so the two-sided p-value is an exact binomial test of ``min(b, c)`` successes in
 
 from __future__ import annotations
 
+import base64
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -65,3 +66,26 @@ def paired(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> Paired:
     only_b = sum(1 for a, b in zip(correct_a, correct_b) if b and not a)
     return Paired(n, sum(map(bool, correct_a)) / max(1, n), sum(map(bool, correct_b)) / max(1, n), only_a, only_b,
                   mcnemar_exact(only_a, only_b))
+
+
+def encode_hits(hits: Sequence[bool]) -> str:
+    """Per-image correctness packed into a short string (one bit an image, base64), to store with a score.
+
+    >>> encode_hits([True, False, True])
+    'oA=='
+    >>> decode_hits(encode_hits([True, False, True] * 5), 15) == [True, False, True] * 5
+    True
+    """
+    packed = bytearray((len(hits) + 7) // 8)
+    for i, hit in enumerate(hits):
+        if hit:
+            packed[i // 8] |= 0x80 >> (i % 8)
+    return base64.b64encode(bytes(packed)).decode("ascii")
+
+
+def decode_hits(text: str, n: int) -> list[bool]:
+    """The first ``n`` per-image results of :func:`encode_hits`."""
+    packed = base64.b64decode(text.encode("ascii"))
+    if len(packed) * 8 < n:
+        raise ValueError(f"the stored results hold {len(packed) * 8} images, not {n}")
+    return [bool(packed[i // 8] & (0x80 >> (i % 8))) for i in range(n)]

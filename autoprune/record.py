@@ -67,6 +67,7 @@ class Fidelity:
 
     scores: dict[int, float]
     images: dict[int, int | None] = field(default_factory=dict)
+    hits: dict[int, str] = field(default_factory=dict)  # steps -> which images it got right (compare.encode_hits)
 
     @property
     def steps(self) -> int:
@@ -94,14 +95,16 @@ class Fidelity:
                 "accuracy": accuracy, "promoted": self.promoted,
                 "short_val_images": self.images.get(self.short_steps), "val_images": self.images.get(self.steps),
                 "scores": {str(k): v for k, v in sorted(self.scores.items())},
-                "images": {str(k): v for k, v in sorted(self.images.items())}}
+                "images": {str(k): v for k, v in sorted(self.images.items())},
+                **({"hits": {str(k): v for k, v in sorted(self.hits.items())}} if self.hits else {})}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], accuracy: float, steps: int) -> Fidelity:
         """Today's layout (``scores`` per rung) or the older one (a short score, and a longer one if promoted)."""
         if "scores" in d:
             return cls({int(k): float(v) for k, v in d["scores"].items()},
-                       {int(k): v for k, v in (d.get("images") or {}).items()})
+                       {int(k): v for k, v in (d.get("images") or {}).items()},
+                       {int(k): str(v) for k, v in (d.get("hits") or {}).items()})
         top, short = int(d.get("steps", steps)), int(d.get("short_steps", d.get("steps", steps)))
         scores = {short: float(d.get("short_accuracy", accuracy))}
         images = {short: d.get("short_val_images")}

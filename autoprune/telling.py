@@ -67,9 +67,9 @@ def records(ost: optuna.Study, states: Iterable[TrialState] = (TrialState.COMPLE
 
 def study_promoter(load: Callable[[], optuna.Study], study: Study) -> Callable[[Metrics], bool] | None:
     """The promotion rule of :mod:`autoprune.fidelity` against the study's completed trials, read from the
-    storage (``load``) when a trial asks; None when promotion is off."""
+    storage (``load``) when a trial asks; None when the study has a single rung."""
     fid = study.config.fidelity
-    if not fid.promote_steps:
+    if not (fid.promote_steps or fid.bn_rung):  # one rung: nothing to promote to
         return None
     return promoter(lambda: records(load()), list(study.config.objectives), study.directions, fid.eta)
 

@@ -17,7 +17,8 @@ from autoprune.context import StudyContext
 from autoprune.depth import drop_blocks
 from autoprune.distill import finetune, recalibrate_bn
 from autoprune.fidelity import rung_ladder
-from autoprune.measure import accuracy, count_macs, count_params, latency_ms
+from autoprune.compare import encode_hits
+from autoprune.measure import correct, count_macs, count_params, latency_ms
 from autoprune.pruning import PrunePlan, prune_with_plan
 from autoprune.record import Fidelity, Metrics, PlanRecord, TrialRecord
 from autoprune.saving import save_pruned
@@ -73,27 +74,31 @@ def run_trial(ctx: StudyContext, params: Mapping[str, Any], seed: int = 0, save_
                      generator=gen, step_guard=ctx.lock.shared, stream=ctx.stream if rec.teacher_cache else None,
                      stream_start=start)
 
-    def evaluate(split) -> float:
+    def evaluate(split) -> tuple[float, str]:
+        """Accuracy on ``split`` and which of its images were right (kept, so that two trials can be compared
+        image by image at a rung both reached, without their models)."""
         with clock.phase("evaluate"), ctx.lock.shared():
-            return accuracy(model, split, cfg.data.batch_size)
+            right = correct(model, split, cfg.data.batch_size)
+        return int(right.sum()) / max(1, len(split)), encode_hits(right.tolist())
 
     ladder = rung_ladder(rec.steps, cfg.fidelity.promote_steps, cfg.fidelity.bn_rung)
     scores: dict[int, float] = {}
     images: dict[int, int | None] = {}
+    hits: dict[int, str] = {}
     metrics: Metrics | None = None
     for i, steps in enumerate(ladder):
         done = max(scores, default=0)
         if steps > done:
             recover(steps - done, done)
         split = ctx.data.val if 0 < i == len(ladder) - 1 else ctx.short_val
-        scores[steps], images[steps] = evaluate(split), len(split)
+        (scores[steps], hits[steps]), images[steps] = evaluate(split), len(split)
         if metrics is None:
             with clock.phase("measure"):
                 metrics = _measure(ctx, model, scores[steps])
         metrics = replace(metrics, accuracy=scores[steps])
         if i == len(ladder) - 1 or promote is None or not promote(metrics, steps, plan.target):
             break
-    fidelity = Fidelity(scores, images)
+    fidelity = Fidelity(scores, images, hits)
     model_file = _save(ctx, model, pplan, plan, save_dir)
     recorded = PlanRecord(pplan.scorer, pplan.ratios, pplan.round_to, tuple(plan.dropped), rec.model_dump(),
                           fidelity.steps, fidelity.steps * rec.batch_size, seed, ctx.latency_method,

@@ -1,15 +1,16 @@
 """Did the search pay off? The selected trial against the uniform baseline at its cost target, on the same
 validation images, with McNemar's exact test (:mod:`autoprune.compare`).
 
-Only studies with cost targets have a uniform baseline at every target (it is enqueued as a warm start); the
-comparison loads both trials' saved models and scores them on the whole validation split.
+Only studies with cost targets have a uniform baseline at every target (it is enqueued as a warm start). Each
+trial keeps which validation images it got right at every rung, so the two are compared at the highest rung both
+reached, on the images that rung was scored on, without loading a model.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-from autoprune.compare import paired
+from autoprune.compare import decode_hits, paired
 from autoprune.context import StudyContext
 from autoprune.measure import correct
 from autoprune.record import TrialRecord
@@ -24,21 +25,39 @@ def uniform_baseline(records: Sequence[TrialRecord], target: float | None) -> Tr
     return max(same, key=lambda r: (r.fidelity.steps if r.fidelity else 0, r.number or 0), default=None)
 
 
-def versus_uniform(ctx: StudyContext, pick: TrialRecord, records: Sequence[TrialRecord]) -> dict[str, Any] | None:
-    """The pick against the uniform baseline at its target: accuracies on the same validation images, the
-    images only one of them gets right, McNemar's p-value, and each one's fine-tune steps. None where the study
-    has no such baseline (no targets), or the pick is the baseline itself."""
-    base = uniform_baseline(records, pick.plan.target if pick.plan else None)
-    if base is None or base.number == pick.number or not (pick.model_file and base.model_file):
+def _at_common_rung(pick: TrialRecord, base: TrialRecord) -> tuple[int, list[bool], list[bool]] | None:
+    """(rung, pick's and baseline's per-image results) at the highest rung both reached and recorded, if any."""
+    shared = [s for s in pick.fidelity.hits if s in base.fidelity.hits
+              and pick.fidelity.images.get(s) == base.fidelity.images.get(s)]
+    if not shared:
         return None
-    split = ctx.data.val
-    bs = ctx.study.config.data.batch_size
-    hits = [correct(load_pruned(r.model_file, ctx.fresh_model()).to(ctx.device), split, bs).tolist()
-            for r in (pick, base)]
-    result = paired(hits[0], hits[1]).to_dict()
-    return {"baseline_trial": base.number, "target": pick.plan.target, "split": "val",
-            "steps": {"pick": pick.fidelity.steps if pick.fidelity else None,
-                      "baseline": base.fidelity.steps if base.fidelity else None}, **result}
+    rung = max(shared)
+    n = int(pick.fidelity.images[rung])
+    return rung, decode_hits(pick.fidelity.hits[rung], n), decode_hits(base.fidelity.hits[rung], n)
+
+
+def versus_uniform(ctx: StudyContext, pick: TrialRecord, records: Sequence[TrialRecord]) -> dict[str, Any] | None:
+    """The pick against the uniform baseline at its target, at the highest rung both reached, on the same
+    validation images: accuracies, the images only one of them gets right, McNemar's p-value. Studies whose
+    trials recorded no per-image results (older ones) compare the two saved models on the whole validation
+    split instead (each at its own fine-tune budget, said in ``steps``). None where the study has no such
+    baseline (no targets), or the pick is the baseline itself."""
+    base = uniform_baseline(records, pick.plan.target if pick.plan else None)
+    if base is None or base.number == pick.number:
+        return None
+    common = _at_common_rung(pick, base)
+    if common is not None:
+        rung, hits_pick, hits_base = common
+        steps = {"pick": rung, "baseline": rung}
+    elif pick.model_file and base.model_file:
+        rung, bs = None, ctx.study.config.data.batch_size
+        hits_pick, hits_base = (correct(load_pruned(r.model_file, ctx.fresh_model()).to(ctx.device), ctx.data.val,
+                                        bs).tolist() for r in (pick, base))
+        steps = {"pick": pick.fidelity.steps, "baseline": base.fidelity.steps}
+    else:
+        return None
+    return {"baseline_trial": base.number, "target": pick.plan.target, "split": "val", "rung": rung,
+            "steps": steps, **paired(hits_pick, hits_base).to_dict()}
 
 
 def describe(v: dict[str, Any]) -> str:
@@ -47,5 +66,6 @@ def describe(v: dict[str, Any]) -> str:
     return (f"vs uniform pruning at {v['target']:g}x (trial {v['baseline_trial']}), on the same {v['images']:,} "
             f"validation images: {v['difference'] * 100:+.2f} points ({v['accuracy_a']:.4f} vs {v['accuracy_b']:.4f}; "
             f"right where it is wrong on {v['only_a']}, wrong where it is right on {v['only_b']}), McNemar exact "
-            f"p = {v['p_value']:.3g}: {verdict} at the 5 % level (fine-tune steps {v['steps']['pick']} vs "
-            f"{v['steps']['baseline']})")
+            f"p = {v['p_value']:.3g}: {verdict} at the 5 % level ("
+            + (f"both at the rung of {v['rung']} fine-tune steps)" if v["rung"] is not None else
+               f"saved models, fine-tune steps {v['steps']['pick']} vs {v['steps']['baseline']})"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 import signal
 import socket
 import subprocess
@@ -133,8 +134,14 @@ def test_killed_worker_trial_is_failed_and_retried(write_study, tmp_path):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_sigint_stops_gracefully_and_rerun_completes(write_study, tmp_path, workers):
-    path = write_study({"budget": {"n_trials": 6}, "recovery": {"steps": 200, "batch_size": 64}})
+def test_sigint_stops_gracefully_and_rerun_completes(write_study, tmp_path, workers, monkeypatch):
+    # the quickstart CNN whose pruned copies sleep 50 ms a training step: trials of 40 steps take 2 s or more, so
+    # the search is still running, whatever the machine's load, when the signal comes
+    monkeypatch.setenv("FAILING_MODEL", "slow")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    path = write_study({"budget": {"n_trials": 6}, "recovery": {"steps": 40, "batch_size": 64},
+                        "model": {"name": "tests.failing_models:fails_when_pruned", "kwargs": {"width": 8},
+                                  "base_training": {"epochs": 4, "lr": 0.05, "batch_size": 64}}})
     url = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
     proc = start("search", path, "--workers", workers)
 

@@ -262,3 +262,10 @@ def test_bn_rung_scores_every_candidate_before_any_fine_tune(tmp_path):
         assert r.plan.finetune_steps == r.fidelity.steps and r.timings.get("finetune", 0.0) >= 0.0
         if r.fidelity.steps == 0:
             assert "finetune" not in r.timings
+
+
+def test_a_bn_rung_alone_still_promotes_to_the_short_recovery(tmp_path):
+    study = _study(tmp_path, study={"fidelity": {"bn_rung": True, "eta": 2}, "budget": {"n_trials": 4}})
+    recs = records(run_search(prepare(study), n_trials=4).study)
+    assert {tuple(sorted(r.fidelity.scores)) for r in recs} <= {(0,), (0, 5)}
+    assert any(r.fidelity.steps == 5 for r in recs) and any(r.fidelity.steps == 0 for r in recs)

@@ -82,12 +82,20 @@ def test_the_pick_is_compared_with_the_uniform_baseline_on_the_same_images(targe
     pick = next(r for r in records if r.warm_start == "global" and r.plan.target == 2.0)
     v = versus_uniform(ctx, pick, records)
     base = uniform_baseline(records, 2.0)
-    assert v["baseline_trial"] == base.number and v["images"] == len(ctx.data.val)
-    for r, acc in ((pick, v["accuracy_a"]), (base, v["accuracy_b"])):
+    assert v["baseline_trial"] == base.number and v["rung"] == 5 and v["images"] == len(ctx.short_val)
+    # the per-image results recorded at the rung give the scores recorded there, image for image
+    assert (v["accuracy_a"], v["accuracy_b"]) == (pick.fidelity.scores[5], base.fidelity.scores[5])
+    for r, acc in ((pick, v["accuracy_a"]), (base, v["accuracy_b"])):  # and the saved model agrees (no promotion)
         model = load_pruned(r.model_file, ctx.fresh_model())
-        assert acc == pytest.approx(accuracy(model, ctx.data.val, 256))
+        assert acc == pytest.approx(accuracy(model, ctx.short_val, 256))
     assert 0.0 <= v["p_value"] <= 1.0 and v["only_a"] + v["only_b"] <= v["images"]
     assert versus_uniform(ctx, base, records) is None  # the baseline is not compared with itself
+    # records without per-image results (older studies) fall back to the saved models on the whole split
+    import dataclasses
+
+    strip = lambda r: dataclasses.replace(r, fidelity=dataclasses.replace(r.fidelity, hits={}))  # noqa: E731
+    old = versus_uniform(ctx, strip(pick), [strip(r) for r in records])
+    assert old["rung"] is None and old["images"] == len(ctx.data.val)
 
 
 @pytest.mark.slow
@@ -107,3 +115,32 @@ def test_select_prints_the_comparison(targeted):
     assert chosen["vs_uniform"]["target"] == picked.plan.target and "p_value" in chosen["vs_uniform"]
     text = CliRunner().invoke(main, ["select", str(path), "--max-macs", "1e12"])
     assert "McNemar exact p =" in text.stderr and f"trial {chosen['vs_uniform']['baseline_trial']}" in text.stderr
+
+
+def test_the_shipped_targets_study_validates():
+    from tests.conftest import ROOT
+
+    study = load_study(ROOT / "studies" / "cifar10_resnet20_targets.yaml")
+    assert study.config.targets.macs_reduction == [1.5, 2.0, 3.0] and study.config.fidelity.bn_rung
+
+
+@pytest.mark.slow
+def test_the_ray_backend_places_candidates_on_targets_too(write_study, tmp_path):
+    pytest.importorskip("ray", reason="the Ray backend needs ray[tune] (pip install -e '.[test]')")
+    import os
+    import subprocess
+    import sys
+
+    model = {"name": "quickstart_cnn", "kwargs": {"width": 32}, "base_training": {"epochs": 2, "lr": 0.05, "batch_size": 64}}
+    path = write_study({"targets": TARGETS, "budget": {"n_trials": 4}, "model": model,
+                        "fidelity": {"bn_rung": True, "promote_steps": 3, "eta": 2}})
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    result = subprocess.run([sys.executable, "-m", "autoprune.cli", "search", str(path), "--backend", "ray"],
+                            capture_output=True, text=True, timeout=400, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ost = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    recs = [TrialRecord.from_frozen(t) for t in ost.get_trials(states=(optuna.trial.TrialState.COMPLETE,))]
+    base = ost.user_attrs["base"]["macs"]
+    assert len(recs) == 4 and {r.warm_start for r in recs} == {"uniform", "global"}
+    for r in recs:
+        assert base / r.metrics.macs == pytest.approx(r.plan.target, rel=TOLERANCE) and 0 in r.fidelity.scores

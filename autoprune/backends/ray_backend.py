@@ -66,7 +66,8 @@ def trainable(config: dict[str, Any], spec: dict[str, Any]) -> None:
     ctx = _worker_context(spec)
     params = {k: v for k, v in config.items() if not k.startswith("_")}
     # promotion reads the study's completed trials from its storage (the driver alone writes)
-    storage = open_storage(spec["storage_url"]) if ctx.study.config.fidelity.promote_steps else None
+    fid = ctx.study.config.fidelity
+    storage = open_storage(spec["storage_url"]) if (fid.promote_steps or fid.bn_rung) else None
     promote = study_promoter(lambda: optuna.load_study(study_name=spec["study_name"], storage=storage), ctx.study)
     try:
         record = run_trial(ctx, params, seed=int(config["_seed"]), save_dir=Path(spec["models_dir"]), promote=promote)
