@@ -1,7 +1,7 @@
 """The search space as Optuna distributions, and sampled parameters decoded into a trial plan.
 
-Parameter names: ``ratio.<group>`` for each pruning group (or, with cost targets, ``alloc.<group>`` weights and
-``target``), ``scorer``, ``recovery.<name>`` for searchable
+Parameter names: ``ratio.<group>`` for each pruning group (or, with cost targets, ``alloc.<group>`` weights;
+the trial's ``target`` is given, not sampled), ``scorer``, ``recovery.<name>`` for searchable
 recovery settings, ``drop.<block>`` (true/false) for each residual block depth pruning may drop. The same dict of distributions serves Optuna's ``ask`` and Ray's ``OptunaSearch``.
 """
 
@@ -44,8 +44,9 @@ def distributions(space: SearchSpaceConfig, groups: list[str], droppable: Sequen
                   targets: Sequence[float] | None = None) -> dict[str, BaseDistribution]:
     """Optuna distributions for every searchable parameter (fixed values are not parameters); a ``drop.<block>``
     choice for each block depth pruning may drop. ``highs``: per-group upper ratios from a sensitivity scan.
-    With cost ``targets``, each group gets an allocation weight ``alloc.<group>`` instead of a ratio, and a
-    ``target`` choice where there are several."""
+    With cost ``targets``, each group gets an allocation weight ``alloc.<group>`` instead of a ratio; the
+    target is not sampled but given to each trial in turn (:func:`autoprune.telling.trial_target`), so every
+    target gets its share of the trials."""
     out: dict[str, BaseDistribution] = {}
     for g in groups:
         if targets:
@@ -53,8 +54,6 @@ def distributions(space: SearchSpaceConfig, groups: list[str], droppable: Sequen
             continue
         high = max(space.ratio.low, min(space.ratio.high, (highs or {}).get(g, space.ratio.high)))
         out[f"ratio.{g}"] = _range(space.ratio.model_copy(update={"high": high}), False)
-    if targets and len(targets) > 1:
-        out["target"] = CategoricalDistribution(list(targets))
     for block in droppable:
         out[f"drop.{block}"] = CategoricalDistribution([False, True])
     if len(space.scorers) > 1:

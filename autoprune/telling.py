@@ -8,7 +8,7 @@ trial a dead process left RUNNING with :func:`fail_running`. Only Optuna's publi
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -41,6 +41,19 @@ def suggest_all(trial: optuna.Trial, dists: dict[str, BaseDistribution]) -> dict
         else:
             raise TypeError(f"unsupported distribution {type(d).__name__} for {name}")
     return dict(trial.params)
+
+
+def trial_target(trial: optuna.Trial, targets: Sequence[float] | None) -> float | None:
+    """The cost target of ``trial``: the one it was enqueued with (a warm start), else the targets in turn by
+    trial number, so each target gets its share of the trials whatever the sampler prefers (a sampler told
+    accuracy and MACs would otherwise crowd the cheapest target). Stored on the trial as ``target``."""
+    if not targets:
+        return None
+    target = trial.user_attrs.get("target")
+    if target is None:
+        target = targets[trial.number % len(targets)]
+        trial.set_user_attr("target", float(target))
+    return float(target)
 
 
 def tell_result(trial: optuna.Trial, record: TrialRecord, study: Study) -> list[float]:

@@ -77,8 +77,8 @@ def _baselines(ctx: StudyContext, dists: dict[str, BaseDistribution]) -> list[tu
         a = ctx.study.space.allocation
         shapes = [({g: a.high for g in ctx.groups}, "l1", "uniform"),
                   (_allocation(global_ratios(ctx, (ws.global_ or [0.5])[0]), a.low, a.high), "group_l1", "global")]
-        return [({**{f"alloc.{g}": w for g, w in weights.items()}, **({"target": t} if "target" in dists else {})},
-                 scorer, kind) for t in targets for weights, scorer, kind in shapes]
+        return [({**{f"alloc.{g}": w for g, w in weights.items()}, "target": t}, scorer, kind)
+                for t in targets for weights, scorer, kind in shapes]
     out = []
     for kind, ratios, scorer in (("uniform", ws.uniform, "l1"), ("global", ws.global_, "group_l1")):
         for r in ratios:
@@ -113,6 +113,8 @@ def enqueue_warm_start(ost: optuna.Study, ctx: StudyContext, dists: dict[str, Ba
         return 0
     baselines = warm_starts(ctx, dists)
     ost.set_user_attr("warm_started", len(baselines))
-    for params, kind in baselines:
-        ost.enqueue_trial(params, user_attrs={"warm_start": kind}, skip_if_exists=True)
+    for params, kind in baselines:  # the target is the trial's, not a sampled parameter (telling.trial_target)
+        target = params.pop("target", None)
+        ost.enqueue_trial(params, user_attrs={"warm_start": kind, **({"target": target} if target else {})},
+                          skip_if_exists=False)  # one allocation at several targets: several trials
     return len(baselines)

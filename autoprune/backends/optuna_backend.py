@@ -25,7 +25,7 @@ from autoprune.context import StudyContext
 from autoprune.errors import SearchFailedError
 from autoprune.record import Failure
 from autoprune.storage import create_or_load, heartbeat_settings, open_storage, register_host
-from autoprune.telling import study_promoter, study_sampler, suggest_all, tell_failure, tell_result
+from autoprune.telling import study_promoter, study_sampler, suggest_all, tell_failure, tell_result, trial_target
 from autoprune.trial import run_trial
 from autoprune.warmstart import enqueue_warm_start
 
@@ -148,6 +148,8 @@ def _objective(ctx: StudyContext, ost: optuna.Study, n_trials: int, seed: int, t
                 ost.stop()
                 raise optuna.TrialPruned("budget reached by other workers")
             params = suggest_all(trial, dists)
+            if ctx.targets:
+                params["target"] = trial_target(trial, ctx.targets)
             tally.ran += 1
             with interrupts.interruptible():
                 record = run_trial(ctx, params, seed=seed + trial.number, save_dir=save_dir, promote=promote)

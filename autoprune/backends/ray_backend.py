@@ -24,7 +24,7 @@ from autoprune.errors import AutopruneError, first_line
 from autoprune.optional import require
 from autoprune.record import Failure, TrialRecord
 from autoprune.storage import counts, create_or_load, open_storage
-from autoprune.telling import fail_running, study_promoter, study_sampler, tell_failure, tell_result
+from autoprune.telling import fail_running, study_promoter, study_sampler, tell_failure, tell_result, trial_target
 from autoprune.warmstart import enqueue_warm_start
 
 _WORKER_CTX: dict[str, StudyContext] = {}
@@ -89,6 +89,8 @@ def _searcher_class(OptunaSearch):
         def __init__(self, *args, study, seed, driver, **kwargs):
             super().__init__(*args, **kwargs)
             self._autoprune_study, self._base_seed, self._driver = study, seed, driver
+            targets = study.config.targets
+            self._targets = list(targets.macs_reduction) if targets else None
 
         def _optuna_trial(self, trial_id: str):
             return self._ot_trials.get(trial_id)  # Ray's OptunaSearch keeps its Optuna trial per Ray trial id
@@ -99,7 +101,9 @@ def _searcher_class(OptunaSearch):
                 return params
             ot_trial = self._optuna_trial(trial_id)
             ot_trial.set_user_attr("driver", self._driver)
-            return {**params, "_seed": self._base_seed + ot_trial.number}
+            target = trial_target(ot_trial, self._targets)
+            return {**params, **({"target": target} if target is not None else {}),
+                    "_seed": self._base_seed + ot_trial.number}
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             ot_trial = self._optuna_trial(trial_id)
