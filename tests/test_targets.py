@@ -145,3 +145,16 @@ def test_the_ray_backend_places_candidates_on_targets_too(write_study, tmp_path)
     assert len(recs) == 4 and {r.warm_start for r in recs} == {"uniform", "global"}
     for r in recs:
         assert base / r.metrics.macs == pytest.approx(r.plan.target, rel=TOLERANCE) and 0 in r.fidelity.scores
+
+
+@pytest.mark.slow
+def test_a_targets_study_resumes_without_enqueueing_its_baselines_again(write_study, tmp_path):
+    model = {"name": "quickstart_cnn", "kwargs": {"width": 32}, "base_training": {"epochs": 2, "lr": 0.05, "batch_size": 64}}
+    study = load_study(write_study({"targets": TARGETS, "model": model, "fidelity": {"bn_rung": True, "eta": 2}}))
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    first = run_search(prepare(study), n_trials=5, storage_url=url, study_name="r")
+    again = run_search(prepare(study), n_trials=8, storage_url=url, study_name="r")
+    recs = sorted((TrialRecord.from_frozen(t) for t in again.study.get_trials()), key=lambda r: r.number)
+    assert first.completed == 5 and again.completed == 8 and len(recs) == 8
+    assert sum(r.warm_start is not None for r in recs) == 4  # 2 shapes x 2 targets, once
+    assert [r.plan.target for r in recs[4:]] == [[1.5, 2.0][r.number % 2] for r in recs[4:]]
