@@ -251,6 +251,8 @@ def front(ost: optuna.Study, rung: int | None = None) -> list[dict[str, Any]]:
 
     ``rung`` (fine-tune steps): compare the trials that reached it, by their accuracy there; None: the highest
     rung every completed trial reached. A front never mixes rungs: each entry's ``accuracy`` is at ``rung``.
+    With cost targets the front is made of each target's best candidate (candidates of one target differ in MACs
+    only within the placement tolerance, which is no trade-off).
     """
     from autoprune.pareto import non_dominated
     from autoprune.record import common_rung
@@ -261,6 +263,13 @@ def front(ost: optuna.Study, rung: int | None = None) -> list[dict[str, Any]]:
     if rung is None:
         rung = common_rung([r.fidelity for r in done])
     reached = [r for r in done if rung is not None and r.fidelity.score(rung) is not None]
+    if any(r.plan and r.plan.target is not None for r in reached):  # cost targets: each target's best candidate
+        best: dict[Any, TrialRecord] = {}
+        for r in reached:
+            key = r.plan.target if r.plan else None
+            if key not in best or r.fidelity.scores[rung] > best[key].fidelity.scores[rung]:
+                best[key] = r
+        reached = list(best.values())
     objectives = list(ost.user_attrs.get("objectives", ["accuracy", "macs"]))
     points = [[r.fidelity.scores[rung] if o == "accuracy" else float(r.metrics[o]) for o in objectives]
               for r in reached]

@@ -74,6 +74,19 @@ def test_every_candidate_lands_on_its_target_and_the_baselines_come_first(target
 
 
 @pytest.mark.slow
+def test_with_targets_the_front_is_each_targets_best_candidate(targeted):
+    from autoprune.storage import front, load_optuna_study
+
+    path, _, records = targeted
+    entries = front(load_optuna_study(load_study(path)))
+    rung = entries[0]["rung"]
+    assert sorted(e["plan"]["target"] for e in entries) == [1.5, 2.0]
+    for e in entries:
+        peers = [r.fidelity.scores[rung] for r in records if r.plan.target == e["plan"]["target"]]
+        assert e["accuracy"] == max(peers)
+
+
+@pytest.mark.slow
 def test_the_pick_is_compared_with_the_uniform_baseline_on_the_same_images(targeted):
     from autoprune.measure import accuracy
     from autoprune.saving import load_pruned
