@@ -25,15 +25,29 @@ def uniform_baseline(records: Sequence[TrialRecord], target: float | None) -> Tr
     return max(same, key=lambda r: (r.fidelity.steps if r.fidelity else 0, r.number or 0), default=None)
 
 
-def _at_common_rung(pick: TrialRecord, base: TrialRecord) -> tuple[int, list[bool], list[bool]] | None:
-    """(rung, pick's and baseline's per-image results) at the highest rung both reached and recorded, if any."""
+def _at_common_rung(pick: TrialRecord, base: TrialRecord,
+                    rung: int | None = None) -> tuple[int, list[bool], list[bool]] | None:
+    """(rung, pick's and baseline's per-image results) at ``rung``, or at the highest rung both reached and
+    recorded on the same images, if any."""
     shared = [s for s in pick.fidelity.hits if s in base.fidelity.hits
               and pick.fidelity.images.get(s) == base.fidelity.images.get(s)]
+    if rung is not None:
+        shared = [s for s in shared if s == rung]
     if not shared:
         return None
     rung = max(shared)
     n = int(pick.fidelity.images[rung])
     return rung, decode_hits(pick.fidelity.hits[rung], n), decode_hits(base.fidelity.hits[rung], n)
+
+
+def compare_at(a: TrialRecord, b: TrialRecord, rung: int | None = None) -> dict[str, Any] | None:
+    """``a`` against ``b`` on the same images at ``rung`` (None: the highest rung both reached), from their
+    recorded per-image results; None where they share no such rung."""
+    common = _at_common_rung(a, b, rung)
+    if common is None:
+        return None
+    at, hits_a, hits_b = common
+    return {"vs_trial": b.number, "rung": at, **paired(hits_a, hits_b).to_dict()}
 
 
 def versus_uniform(ctx: StudyContext, pick: TrialRecord, records: Sequence[TrialRecord]) -> dict[str, Any] | None:

@@ -26,19 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autoprune.backends.optuna_backend import run_search  # noqa: E402
-from autoprune.compare import decode_hits, paired  # noqa: E402
 from autoprune.config import load_study  # noqa: E402
 from autoprune.context import prepare  # noqa: E402
 from autoprune.telling import records  # noqa: E402
-
-
-def compare_at(rung: int, a, b) -> dict | None:
-    """``a`` against ``b`` at ``rung`` on the same images, if both reached it."""
-    if rung not in a.fidelity.hits or rung not in b.fidelity.hits:
-        return None
-    n = int(a.fidelity.images[rung])
-    p = paired(decode_hits(a.fidelity.hits[rung], n), decode_hits(b.fidelity.hits[rung], n))
-    return {"vs_trial": b.number, **p.to_dict()}
+from autoprune.verdict import compare_at  # noqa: E402
 
 
 def per_target(recs: list, target: float) -> dict:
@@ -57,7 +48,7 @@ def per_target(recs: list, target: float) -> dict:
             row["best_searched"] = {"trial": best.number, "accuracy": best.fidelity.scores[rung]}
             for kind, b in base.items():
                 if b is not None:
-                    row[f"vs_{kind}"] = compare_at(rung, best, b)
+                    row[f"vs_{kind}"] = compare_at(best, b, rung)
         out[str(rung)] = row
     return out
 
