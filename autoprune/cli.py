@@ -270,16 +270,17 @@ def status(study_file, storage, study_name, checkpoint, data_root, sets, as_json
     """Trials by state, and where the study's time went (per phase, fine-tune budget, promotions)."""
     from autoprune.accounting import cost_summary
     from autoprune.display import console, cost_table
-    from autoprune.record import TrialRecord
-    from autoprune.storage import counts, load_optuna_study
+    from optuna.trial import TrialState
+
+    from autoprune.storage import counts, load_optuna_study, records
 
     study = _load(study_file, checkpoint, data_root, storage, sets, study_name)
     ost = load_optuna_study(study)
     c = counts(ost)
-    records = [TrialRecord.from_frozen(t) for t in ost.get_trials(deepcopy=False) if t.state.is_finished()]
-    cost = cost_summary(records)
+    finished = records(ost, [s for s in TrialState if s.is_finished()])
+    cost = cost_summary(finished)
     reasons = collections.Counter(r.failure.reason if r.failure else "no reason recorded"
-                                  for r in records if r.state == "FAIL")
+                                  for r in finished if r.state == "FAIL")
     if as_json:
         click.echo(json.dumps({"trials": c, **{k: v for k, v in cost.items() if k != "trials"},
                                "fail_reasons": dict(reasons.most_common())}))
@@ -363,15 +364,12 @@ def _versus_uniform(study, ost, number: int) -> dict | None:
     if study.config.targets is None:
         return None
     from autoprune.context import prepare
-    from autoprune.storage import get_record
-    from autoprune.telling import records
-    from autoprune.verdict import uniform_baseline, versus_uniform
+    from autoprune.storage import get_record, records
+    from autoprune.verdict import versus_uniform
 
-    pick, done = get_record(ost, number), records(ost)
-    if uniform_baseline(done, pick.plan.target) is None:
-        return None
-    ctx = prepare(study, measure_reference=False, recovery_stream=False)
-    return versus_uniform(ctx, pick, done)
+    # the data and the base model are loaded only for trials that recorded no per-image results (older ones)
+    return versus_uniform(lambda: prepare(study, measure_reference=False, recovery_stream=False),
+                          get_record(ost, number), records(ost))
 
 
 # --------------------------------------------------------------------------------------------------- retrain

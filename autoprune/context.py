@@ -91,8 +91,9 @@ class StudyContext:
         """The Optuna distributions of this study's searchable parameters (see :mod:`autoprune.space`)."""
         return distributions(self.study.space, self.groups, self.droppable, self.ratio_highs, self.targets)
 
+    @functools.cached_property
     def bounds(self) -> dict[str, tuple[float, float]]:
-        """Each group's ratio range: the search space's, narrowed by a sensitivity scan."""
+        """Each group's ratio range: the search space's, narrowed by a sensitivity scan (once per study)."""
         r = self.study.space.ratio
         return {g: (r.low, max(r.low, min(r.high, self.ratio_highs.get(g, r.high)))) for g in self.groups}
 
@@ -100,7 +101,11 @@ class StudyContext:
         """An allocation placed on a MACs-reduction target (see :func:`autoprune.allocation.place`)."""
         if self.cost is None:
             raise AutopruneError("this study has no cost targets, so allocations cannot be placed", field="targets")
-        return place(weights, target, self.cost.reduction, self.bounds(), nudge=self.cost.channel_steps())
+        return place(weights, target, self.cost.reduction, self.bounds, nudge=self._channel_steps)
+
+    @functools.cached_property
+    def _channel_steps(self) -> dict[str, float]:
+        return self.cost.channel_steps() if self.cost is not None else {}
 
     def decode(self, params: Mapping[str, Any]) -> TrialPlan:
         """Sampled parameters -> the plan a trial runs (allocations placed on their target)."""
@@ -212,8 +217,7 @@ def prepare(study: Study, device: str | torch.device = "cpu", *, measure_referen
     if threads:
         torch.set_num_threads(threads)
     data, model, layout = _data_and_model(study, device)
-    model, source, trained_here = _base_weights(study, model, data, device, data.num_classes if cfg.model.num_classes
-                                                is None else cfg.model.num_classes, on_base_step, log)
+    model, source, trained_here = _base_weights(study, model, data, device, data.num_classes, on_base_step, log)
     example = data.val.example(1)
     gen = torch.Generator().manual_seed(cfg.seed)
     calib = [b for _, b in zip(range(2), data.train.batches(min(64, len(data.train)), shuffle=True, generator=gen))]

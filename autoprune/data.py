@@ -20,7 +20,6 @@ from autoprune.errors import AutopruneError, first_line
 from autoprune.registry import Registry
 
 
-
 class DataSettings(Protocol):
     """What loading a data set reads (a :class:`~autoprune.config.DataConfig` has all of it)."""
 

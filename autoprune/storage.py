@@ -7,7 +7,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -229,11 +229,15 @@ def trial_entry(t: FrozenTrial) -> dict[str, Any]:
     return TrialRecord.from_frozen(t).entry()
 
 
+def records(ost: optuna.Study, states: Iterable[TrialState] = (TrialState.COMPLETE,)) -> list[TrialRecord]:
+    """The study's trials in ``states`` as records."""
+    return [TrialRecord.from_frozen(t) for t in ost.get_trials(deepcopy=False, states=tuple(states))]
+
+
 def entries_at(ost: optuna.Study, rung: int | None) -> list[dict[str, Any]]:
     """Every completed trial that reached the rung of ``rung`` fine-tune steps, as an entry scored there (all of
     them, with their reported accuracy, for None): what a plot beside :func:`front` shows."""
-    done = [TrialRecord.from_frozen(t) for t in ost.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    return [r.entry(rung) for r in done if r.accuracy_at(rung) is not None]
+    return [r.entry(rung) for r in records(ost) if r.accuracy_at(rung) is not None]
 
 
 def feasible(trial: FrozenTrial) -> bool:
@@ -258,7 +262,7 @@ def front(ost: optuna.Study, rung: int | None = None) -> list[dict[str, Any]]:
     from autoprune.record import common_rung
 
     done = [TrialRecord.from_frozen(t) for t in ost.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if feasible(t)]
+            if feasible(t)]  # the frozen trial is needed for its constraint values
     done = [r for r in done if r.completed and r.fidelity]
     if rung is None:
         rung = common_rung([r.fidelity for r in done])

@@ -3,12 +3,13 @@
 Both backends (:mod:`autoprune.backends.optuna_backend` and :mod:`autoprune.backends.ray_backend`) build their
 sampler here, sample with :func:`suggest_all`, store a trial's :class:`~autoprune.record.TrialRecord` with
 :func:`tell_result` or its failure with :func:`tell_failure`, promote with :func:`study_promoter`, and fail a
-trial a dead process left RUNNING with :func:`fail_running`. Only Optuna's public API is used.
+trial a dead process left RUNNING with :func:`fail_running`; :func:`records` (from :mod:`autoprune.storage`) reads
+a study's trials back as records. Only Optuna's public API is used.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -18,6 +19,7 @@ from autoprune.config import Study
 from autoprune.fidelity import promoter
 from autoprune.record import Failure, Metrics, TrialRecord
 from autoprune.samplers import make_sampler
+from autoprune.storage import records
 
 _SEED_STRIDE = 7919  # a prime: worker w of a study draws from seed + stride * w + (trials so far)
 
@@ -73,11 +75,6 @@ def tell_failure(trial: optuna.Trial, failure: Failure) -> None:
         trial.set_user_attr(key, value)
 
 
-def records(ost: optuna.Study, states: Iterable[TrialState] = (TrialState.COMPLETE,)) -> list[TrialRecord]:
-    """The study's trials in ``states`` as records."""
-    return [TrialRecord.from_frozen(t) for t in ost.get_trials(deepcopy=False, states=tuple(states))]
-
-
 def study_promoter(load: Callable[[], optuna.Study], study: Study) -> Callable[[Metrics], bool] | None:
     """The promotion rule of :mod:`autoprune.fidelity` against the study's completed trials, read from the
     storage (``load``) when a trial asks; None when the study has a single rung."""
@@ -98,3 +95,7 @@ def fail_running(ost: optuna.Study, storage: optuna.storages.BaseStorage, number
     ost.tell(number, state=TrialState.FAIL)
     if retry:
         ost.enqueue_trial(dict(frozen.params), user_attrs={"retry_of": number}, skip_if_exists=False)
+
+
+__all__ = ["fail_running", "records", "study_promoter", "study_sampler", "suggest_all", "tell_failure",
+           "tell_result", "trial_target"]

@@ -8,7 +8,7 @@ reached, on the images that rung was scored on, without loading a model.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from autoprune.compare import decode_hits, paired
 from autoprune.context import StudyContext
@@ -50,12 +50,13 @@ def compare_at(a: TrialRecord, b: TrialRecord, rung: int | None = None) -> dict[
     return {"vs_trial": b.number, "rung": at, **paired(hits_a, hits_b).to_dict()}
 
 
-def versus_uniform(ctx: StudyContext, pick: TrialRecord, records: Sequence[TrialRecord]) -> dict[str, Any] | None:
+def versus_uniform(load_ctx: Callable[[], StudyContext], pick: TrialRecord,
+                   records: Sequence[TrialRecord]) -> dict[str, Any] | None:
     """The pick against the uniform baseline at its target, at the highest rung both reached, on the same
     validation images: accuracies, the images only one of them gets right, McNemar's p-value. Studies whose
     trials recorded no per-image results (older ones) compare the two saved models on the whole validation
-    split instead (each at its own fine-tune budget, said in ``steps``). None where the study has no such
-    baseline (no targets), or the pick is the baseline itself."""
+    split instead (each at its own fine-tune budget, said in ``steps``), with the context ``load_ctx`` prepares
+    (called only then). None where the study has no such baseline (no targets), or the pick is the baseline."""
     base = uniform_baseline(records, pick.plan.target if pick.plan else None)
     if base is None or base.number == pick.number:
         return None
@@ -64,6 +65,7 @@ def versus_uniform(ctx: StudyContext, pick: TrialRecord, records: Sequence[Trial
         rung, hits_pick, hits_base = common
         steps = {"pick": rung, "baseline": rung}
     elif pick.model_file and base.model_file:
+        ctx = load_ctx()
         rung, bs = None, ctx.study.config.data.batch_size
         hits_pick, hits_base = (correct(load_pruned(r.model_file, ctx.fresh_model()).to(ctx.device), ctx.data.val,
                                         bs).tolist() for r in (pick, base))

@@ -68,8 +68,9 @@ def _allocation(ratios: dict[str, float], low: float, high: float) -> dict[str, 
 
 
 def _baselines(ctx: StudyContext, dists: dict[str, BaseDistribution]) -> list[tuple[dict[str, Any], str, str]]:
-    """(ratio or allocation parameters, preferred scorer, "uniform" or "global") of each configured baseline. With cost targets, the
-    uniform allocation and the shape of torch-pruning's global allocation (at the first ``global`` ratio, 0.5
+    """(ratio or allocation parameters, preferred scorer, "uniform" or "global") of each configured baseline.
+
+    With cost targets, the uniform allocation and the shape of torch-pruning's global allocation (at the first ``global`` ratio, 0.5
     if none) are placed on every target, whatever ``warm_start`` lists; without targets, each configured ratio is
     one baseline."""
     ws, targets = ctx.study.space.warm_start, ctx.targets

@@ -94,7 +94,7 @@ def test_the_pick_is_compared_with_the_uniform_baseline_on_the_same_images(targe
 
     _, ctx, records = targeted
     pick = next(r for r in records if r.warm_start == "global" and r.plan.target == 2.0)
-    v = versus_uniform(ctx, pick, records)
+    v = versus_uniform(lambda: ctx, pick, records)
     base = uniform_baseline(records, 2.0)
     assert v["baseline_trial"] == base.number and v["rung"] == 5 and v["images"] == len(ctx.short_val)
     # the per-image results recorded at the rung give the scores recorded there, image for image
@@ -103,12 +103,12 @@ def test_the_pick_is_compared_with_the_uniform_baseline_on_the_same_images(targe
         model = load_pruned(r.model_file, ctx.fresh_model())
         assert acc == pytest.approx(accuracy(model, ctx.short_val, 256))
     assert 0.0 <= v["p_value"] <= 1.0 and v["only_a"] + v["only_b"] <= v["images"]
-    assert versus_uniform(ctx, base, records) is None  # the baseline is not compared with itself
+    assert versus_uniform(lambda: ctx, base, records) is None  # the baseline is not compared with itself
     # records without per-image results (older studies) fall back to the saved models on the whole split
     import dataclasses
 
     strip = lambda r: dataclasses.replace(r, fidelity=dataclasses.replace(r.fidelity, hits={}))  # noqa: E731
-    old = versus_uniform(ctx, strip(pick), [strip(r) for r in records])
+    old = versus_uniform(lambda: ctx, strip(pick), [strip(r) for r in records])
     assert old["rung"] is None and old["images"] == len(ctx.data.val)
 
 
