@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from autoprune.fidelity import rank_correlation
-from autoprune.record import TrialRecord
+from autoprune.record import TrialRecord, heads
 
 PHASES = ("prune", "bn_calibration", "finetune", "evaluate", "measure")
 
@@ -20,8 +20,9 @@ def cost_summary(records: Iterable[TrialRecord]) -> dict[str, Any]:
     timed = [r for r in records if r.timings]
     time_s = {p: sum(float(r.timings.get(p, 0.0)) for r in timed) for p in PHASES}
     total = sum(float(r.timings.get("total", sum(float(r.timings.get(p, 0.0)) for p in PHASES))) for r in timed)
-    images = sum(r.plan.finetune_images for r in timed if r.plan)
-    steps = sum(r.plan.finetune_steps for r in timed if r.plan)
+    lineages = [r for r in heads(timed) if r.plan]  # a continuation's plan holds its lineage's steps so far
+    images = sum(r.plan.finetune_images for r in lineages)
+    steps = sum(r.plan.finetune_steps for r in lineages)
     time_s["total"] = total
     share = {p: (time_s[p] / total if total else 0.0) for p in PHASES}
     return {"trials": len(timed), "time_s": {k: round(v, 3) for k, v in time_s.items()},

@@ -257,13 +257,14 @@ class RecoveryConfig(_Strict):
 
 
 class FidelityConfig(_Strict):
-    """Multi-fidelity search: every trial gets ``recovery.steps``; a trial whose short-recovery score is in the
-    best 1/eta of the study's trials by non-dominated rank continues for ``promote_steps`` more (0: off)."""
+    """Multi-fidelity search: rungs of BN re-calibration only (``bn_rung``), ``recovery.steps`` and
+    ``promote_steps`` more (0: off); a candidate in the best 1/eta of its target's candidates at its rung by
+    non-dominated rank is continued one rung further by a later trial (:func:`autoprune.fidelity.due`)."""
 
     promote_steps: int = Field(0, ge=0)
     eta: float = Field(3.0, gt=1)
     # Rung 0: every candidate is first scored after BatchNorm re-calibration alone (a few forward passes), and
-    # only the best 1/eta of each target's rung-0 candidates get the short recovery.
+    # only the best 1/eta of each target's rung-0 candidates are continued with the short recovery.
     bn_rung: bool = False
     # Score the short recovery on this many validation images (a seeded subset) instead of all of them; promoted
     # trials are re-scored on the whole validation split. None: every score uses the whole split.

@@ -1,21 +1,22 @@
 """Multi-fidelity search: which trials earn a longer recovery, decided against the study's completed trials.
 
-Every trial first gets the short recovery (``recovery.steps``). Optuna's pruners do not support multi-objective
-studies, so the promotion rule is autoprune's: successive halving on non-dominated rank
-(:func:`autoprune.pareto.promote`). A trial's short-recovery objective vector is compared with those of the
-study's completed trials; if it is in the best ``1/eta`` (and at most ``1/eta`` of the trials have been
-promoted) it fine-tunes ``fidelity.promote_steps`` more steps and reports the longer recovery's accuracy. Each
-trial records its fidelity (:class:`autoprune.record.Fidelity`), so the rank correlation of the cheap score with
-the longer-recovery accuracy can be read back (:func:`rank_correlation`). Works on trial records only: the
-backends hand it the study's records (:func:`autoprune.telling.study_promoter`).
+Every new candidate is scored at the first rung of the study's ladder (:func:`rung_ladder`). Optuna's pruners
+do not support multi-objective studies, so the promotion rule is autoprune's: asynchronous successive halving on
+non-dominated rank, within each cost target and rung, with deferred promotion (:func:`due`). After each trial the
+backends ask which candidates are due and enqueue a *continuation* trial for each
+(:func:`autoprune.telling.enqueue_due`); the next free worker takes it before sampling anything new, loads the
+candidate's saved model and fine-tunes it to the next rung (:func:`autoprune.trial.continue_trial`). Each trial
+records its fidelity (:class:`autoprune.record.Fidelity`), so the rank correlation of the cheap score with the
+longer-recovery accuracy can be read back (:func:`rank_correlation`). Works on trial records only.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+import math
+from typing import Any, Iterable, Sequence
 
-from autoprune.pareto import Direction, promote
-from autoprune.record import Metrics, TrialRecord
+from autoprune.pareto import Direction, nondominated_ranks
+from autoprune.record import TrialRecord, heads
 
 
 def rung_ladder(steps: int, promote_steps: int, bn_rung: bool) -> list[int]:
@@ -29,29 +30,53 @@ def rung_ladder(steps: int, promote_steps: int, bn_rung: bool) -> list[int]:
     return sorted(set(ladder))
 
 
-def promoter(completed: Callable[[], Iterable[TrialRecord]], objectives: Sequence[str],
-             directions: Sequence[Direction | str], eta: float) -> Callable[[Metrics, int, float | None], bool]:
-    """A rule for :func:`autoprune.trial.run_trial`: asynchronous successive halving within each target and
-    rung. A candidate scored at the rung of ``steps`` fine-tune steps goes up when its objective vector (accuracy
-    at that rung) is in the best ``1/eta`` by non-dominated rank among the completed trials of its target that
-    reached that rung, and fewer than ``1/eta`` of those went up. ``completed`` is called when a trial asks."""
+def due(records: Sequence[TrialRecord], ladder: Sequence[int], objectives: Sequence[str],
+        directions: Sequence[Direction | str], eta: float, target: float | None,
+        claimed: Iterable[int] = ()) -> TrialRecord | None:
+    """The candidate at ``target`` to take one rung further next, or None (asynchronous successive halving with
+    deferred promotion, as ASHA: a rung's best go up whenever a worker asks, not only when they arrive).
 
-    def decide(metrics: Metrics, steps: int, target: float | None) -> bool:
-        peers = [r for r in completed() if r.completed and r.fidelity and r.fidelity.score(steps) is not None
-                 and (r.plan.target if r.plan else None) == target]
-        points = [[r.fidelity.scores[steps] if o == "accuracy" else float(r.metrics[o]) for o in objectives]
+    From the highest rung down: among the candidates of ``target`` that reached rung ``r`` (each lineage once,
+    :func:`autoprune.record.heads`), the best ``floor(n / eta)`` by non-dominated rank (accuracy at ``r``, then
+    trial number) are due; the first of them that is still at ``r`` and not ``claimed`` (a continuation of it is
+    already waiting or running) is returned. So early arrivals do not use up a rung's places: as candidates
+    accumulate, every one that is ever in its rung's best ``1/eta`` goes up.
+    """
+    claimed = set(claimed)
+    at = [r for r in heads(records) if r.completed and r.fidelity and (r.plan.target if r.plan else None) == target]
+    for rung in reversed(list(ladder)[:-1]):
+        peers = [r for r in at if r.fidelity.score(rung) is not None]
+        places = math.floor(len(peers) / eta + 1e-9)
+        if not places:
+            continue
+        points = [[r.fidelity.scores[rung] if o == "accuracy" else float(r.metrics[o]) for o in objectives]
                   for r in peers]
-        went_up = sum(1 for r in peers if r.fidelity.steps > steps)
-        return promote([float(metrics[o]) for o in objectives], points, directions, eta, went_up)
+        ranks = nondominated_ranks(points, directions)
+        order = sorted(range(len(peers)), key=lambda i: (ranks[i], -points[i][_acc(objectives)], peers[i].number))
+        for i in order[:places]:
+            if peers[i].fidelity.steps == rung and peers[i].number not in claimed:
+                return peers[i]
+    return None
 
-    return decide
+
+def _acc(objectives: Sequence[str]) -> int:
+    return list(objectives).index("accuracy") if "accuracy" in objectives else 0
+
+
+def next_rung(ladder: Sequence[int], steps: int) -> int | None:
+    """The rung after the one of ``steps`` fine-tune steps (None at the top).
+
+    >>> next_rung([0, 20, 220], 0), next_rung([0, 20, 220], 220)
+    (20, None)
+    """
+    return next((r for r in ladder if r > steps), None)
 
 
 def rank_correlation(records: Iterable[TrialRecord]) -> dict[str, Any]:
     """Kendall's tau between the first-rung and the highest-rung accuracy of the promoted trials."""
     from scipy.stats import kendalltau
 
-    pairs = [(r.short_accuracy, r.metrics.accuracy) for r in records if r.completed and r.promoted]
+    pairs = [(r.short_accuracy, r.metrics.accuracy) for r in heads(list(records)) if r.completed and r.promoted]
     if len(pairs) < 3:
         return {"promoted": len(pairs), "kendall_tau": None, "p_value": None}
     res = kendalltau([p[0] for p in pairs], [p[1] for p in pairs])

@@ -79,31 +79,6 @@ def nondominated_ranks(points: Sequence[Sequence[float]], directions: Sequence[s
     return ranks
 
 
-def promote(candidate: Sequence[float], others: Sequence[Sequence[float]], directions: Sequence[str],
-            eta: float, promoted: int = 0) -> bool:
-    """Successive halving on non-dominated rank, decided as each trial finishes its short recovery.
-
-    With ``n`` points (``others`` plus the candidate, all scored at the short fidelity) at most ``ceil(n / eta)``
-    may hold the longer recovery: the candidate is promoted when fewer than ``ceil(n / eta)`` points have a
-    strictly better non-dominated rank and fewer than ``ceil(n / eta)`` trials were ``promoted`` before it.
-
-    >>> promote([0.9, 5], [[0.8, 5], [0.7, 9]], ["maximize", "minimize"], eta=3)
-    True
-    >>> promote([0.9, 5], [[0.8, 5], [0.7, 9]], ["maximize", "minimize"], eta=3, promoted=1)
-    False
-    >>> promote([0.7, 9], [[0.8, 5], [0.9, 5]], ["maximize", "minimize"], eta=3)
-    False
-    """
-    directions = _directions(directions)
-    pts = [list(candidate)] + [list(o) for o in others]
-    quota = math.ceil(len(pts) / eta)
-    if promoted >= quota:
-        return False
-    ranks = nondominated_ranks(pts, directions)
-    better = sum(1 for r in ranks[1:] if r < ranks[0])
-    return better < quota
-
-
 def hypervolume_2d(points: Sequence[tuple[float, float]], ref: tuple[float, float]) -> float:
     """Area dominated by ``points`` (accuracy to maximise, cost to minimise) and bounded by ``ref``.
 

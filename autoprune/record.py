@@ -128,6 +128,19 @@ def common_rung(fidelities: Sequence[Fidelity]) -> int | None:
     return max(shared) if shared else None
 
 
+def heads(records: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """Each candidate once: a trial that a completed trial continued (took a rung further) is left out, since its
+    continuation holds all its scores and more. A candidate's lineage is its first trial and its continuations.
+
+    >>> m = Metrics(0.9, 1.0, 1.0, 1.0)
+    >>> a, b = TrialRecord(m, number=0), TrialRecord(m, number=1, continues=0)
+    >>> [r.number for r in heads([a, b])], [r.number for r in heads([a])]
+    ([1], [0])
+    """
+    continued = {r.continues for r in records if r.continues is not None and r.completed}
+    return [r for r in records if r.number not in continued]
+
+
 @dataclass(frozen=True)
 class PlanRecord:
     """What a trial applied: the scorer, the per-group ratios, the blocks it dropped and the recovery it ran.
@@ -204,6 +217,7 @@ class TrialRecord:
     params: dict[str, Any] = field(default_factory=dict)
     skipped: str | None = None  # why a trial past the shared budget did not run
     warm_start: str | None = None  # the hand-set baseline the trial is: "uniform" or "global" ("baseline": older)
+    continues: int | None = None  # the trial this one took one rung further (deferred promotion)
 
     @property
     def completed(self) -> bool:
@@ -288,7 +302,8 @@ class TrialRecord:
         failure = Failure(str(attrs["fail_reason"]), str(attrs.get("traceback", ""))) if "fail_reason" in attrs else None
         return cls(metrics, plan, fidelity, dict(attrs.get("timings") or {}), attrs.get("model_file"), failure,
                    attrs.get("ray"), number, state, dict(params or {}), attrs.get("skipped"),
-                   _baseline_kind(attrs.get("warm_start")))
+                   _baseline_kind(attrs.get("warm_start")),
+                   int(attrs["continues"]) if attrs.get("continues") is not None else None)
 
     @classmethod
     def from_frozen(cls, frozen: FrozenTrial) -> TrialRecord:

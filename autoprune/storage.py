@@ -237,7 +237,9 @@ def records(ost: optuna.Study, states: Iterable[TrialState] = (TrialState.COMPLE
 def entries_at(ost: optuna.Study, rung: int | None) -> list[dict[str, Any]]:
     """Every completed trial that reached the rung of ``rung`` fine-tune steps, as an entry scored there (all of
     them, with their reported accuracy, for None): what a plot beside :func:`front` shows."""
-    return [r.entry(rung) for r in records(ost) if r.accuracy_at(rung) is not None]
+    from autoprune.record import heads
+
+    return [r.entry(rung) for r in heads(records(ost)) if r.accuracy_at(rung) is not None]
 
 
 def feasible(trial: FrozenTrial) -> bool:
@@ -251,29 +253,34 @@ def feasible(trial: FrozenTrial) -> bool:
 
 
 def front(ost: optuna.Study, rung: int | None = None) -> list[dict[str, Any]]:
-    """The non-dominated feasible completed trials, compared at one rung, sorted by MACs.
+    """The non-dominated feasible completed candidates, compared at one rung, sorted by MACs.
 
-    ``rung`` (fine-tune steps): compare the trials that reached it, by their accuracy there; None: the highest
-    rung every completed trial reached. A front never mixes rungs: each entry's ``accuracy`` is at ``rung``.
+    Each candidate counts once (its lineage's latest trial, :func:`autoprune.record.heads`). ``rung`` (fine-tune
+    steps): compare the candidates that reached it, by their accuracy there. None: without cost targets, the
+    highest rung every candidate reached; with cost targets, the highest rung that every target's best-trained
+    candidate reached, so each target's candidates that climbed that far are compared there (the ones that did
+    not were passed over at a lower rung). A front never mixes rungs: each entry's ``accuracy`` is at ``rung``.
     With cost targets the front is made of each target's best candidate (candidates of one target differ in MACs
     only within the placement tolerance, which is no trade-off).
     """
     from autoprune.pareto import non_dominated
-    from autoprune.record import common_rung
+    from autoprune.record import common_rung, heads
 
     done = [TrialRecord.from_frozen(t) for t in ost.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if feasible(t)]  # the frozen trial is needed for its constraint values
-    done = [r for r in done if r.completed and r.fidelity]
-    if rung is None:
+    done = [r for r in heads(done) if r.completed and r.fidelity]
+    by_target: dict[Any, list[TrialRecord]] = {}
+    for r in done:
+        by_target.setdefault(r.plan.target if r.plan else None, []).append(r)
+    targeted = any(t is not None for t in by_target)
+    if rung is None and targeted:
+        rung = min(max(r.fidelity.steps for r in rs) for rs in by_target.values())
+    elif rung is None:
         rung = common_rung([r.fidelity for r in done])
     reached = [r for r in done if rung is not None and r.fidelity.score(rung) is not None]
-    if any(r.plan and r.plan.target is not None for r in reached):  # cost targets: each target's best candidate
-        best: dict[Any, TrialRecord] = {}
-        for r in reached:
-            key = r.plan.target if r.plan else None
-            if key not in best or r.fidelity.scores[rung] > best[key].fidelity.scores[rung]:
-                best[key] = r
-        reached = list(best.values())
+    if targeted:  # cost targets: each target's best candidate
+        reached = [max(rs, key=lambda r: (r.fidelity.scores[rung], -(r.number or 0)))
+                   for t in by_target if (rs := [r for r in reached if (r.plan.target if r.plan else None) == t])]
     objectives = list(ost.user_attrs.get("objectives", ["accuracy", "macs"]))
     points = [[r.fidelity.scores[rung] if o == "accuracy" else float(r.metrics[o]) for o in objectives]
               for r in reached]

@@ -2,22 +2,22 @@
 
 Both backends (:mod:`autoprune.backends.optuna_backend` and :mod:`autoprune.backends.ray_backend`) build their
 sampler here, sample with :func:`suggest_all`, store a trial's :class:`~autoprune.record.TrialRecord` with
-:func:`tell_result` or its failure with :func:`tell_failure`, promote with :func:`study_promoter`, and fail a
+:func:`tell_result` or its failure with :func:`tell_failure`, promote with :func:`enqueue_due`, and fail a
 trial a dead process left RUNNING with :func:`fail_running`; :func:`records` (from :mod:`autoprune.storage`) reads
 a study's trials back as records. Only Optuna's public API is used.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from autoprune.config import Study
-from autoprune.fidelity import promoter
-from autoprune.record import Failure, Metrics, TrialRecord
+from autoprune.fidelity import due, rung_ladder
+from autoprune.record import Failure, TrialRecord
 from autoprune.samplers import make_sampler
 from autoprune.storage import records
 
@@ -75,13 +75,36 @@ def tell_failure(trial: optuna.Trial, failure: Failure) -> None:
         trial.set_user_attr(key, value)
 
 
-def study_promoter(load: Callable[[], optuna.Study], study: Study) -> Callable[[Metrics], bool] | None:
-    """The promotion rule of :mod:`autoprune.fidelity` against the study's completed trials, read from the
-    storage (``load``) when a trial asks; None when the study has a single rung."""
+def enqueue_due(ost: optuna.Study, study: Study) -> list[int]:
+    """Enqueue a continuation trial for every candidate now due one rung further (:func:`autoprune.fidelity.due`),
+    per cost target; returns the candidates' trial numbers. Called after each trial by both backends. A
+    continuation has its candidate's parameters and user attributes ``continues`` (the candidate's trial number),
+    ``target`` and ``warm_start``; Optuna hands waiting trials out before sampling new ones, so a worker that asks
+    for work takes a due promotion first. A candidate already continued by a waiting or running trial is skipped."""
     fid = study.config.fidelity
-    if not (fid.promote_steps or fid.bn_rung):  # one rung: nothing to promote to
-        return None
-    return promoter(lambda: records(load()), list(study.config.objectives), study.directions, fid.eta)
+    ladder = rung_ladder(study.config.recovery.steps, fid.promote_steps, fid.bn_rung)
+    if len(ladder) < 2:
+        return []
+    pending = ost.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+    claimed = {int(t.user_attrs["continues"]) for t in pending if t.user_attrs.get("continues") is not None}
+    done = records(ost)
+    targets = study.config.targets.macs_reduction if study.config.targets else [None]
+    enqueued = []
+    for target in targets:
+        target = float(target) if target is not None else None
+        while (r := due(done, ladder, list(study.config.objectives), study.directions, fid.eta, target, claimed)):
+            attrs = {"continues": r.number, **({"target": target} if target is not None else {}),
+                     **({"warm_start": r.warm_start} if r.warm_start else {})}
+            ost.enqueue_trial(dict(r.params), user_attrs=attrs, skip_if_exists=False)
+            claimed.add(r.number)
+            enqueued.append(r.number)
+    return enqueued
+
+
+def continued(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int | None:
+    """The trial number ``trial`` continues (a deferred promotion), or None for a new candidate."""
+    n = trial.user_attrs.get("continues")
+    return int(n) if n is not None else None
 
 
 def fail_running(ost: optuna.Study, storage: optuna.storages.BaseStorage, number: int, reason: str,
@@ -94,8 +117,9 @@ def fail_running(ost: optuna.Study, storage: optuna.storages.BaseStorage, number
     storage.set_trial_user_attr(trial_id, "fail_reason", reason)
     ost.tell(number, state=TrialState.FAIL)
     if retry:
-        ost.enqueue_trial(dict(frozen.params), user_attrs={"retry_of": number}, skip_if_exists=False)
+        kept = {k: frozen.user_attrs[k] for k in ("continues", "target", "warm_start") if k in frozen.user_attrs}
+        ost.enqueue_trial(dict(frozen.params), user_attrs={"retry_of": number, **kept}, skip_if_exists=False)
 
 
-__all__ = ["fail_running", "records", "study_promoter", "study_sampler", "suggest_all", "tell_failure",
+__all__ = ["continued", "enqueue_due", "fail_running", "records", "study_sampler", "suggest_all", "tell_failure",
            "tell_result", "trial_target"]

@@ -8,7 +8,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -16,15 +16,16 @@ from torch import nn
 from autoprune.context import StudyContext
 from autoprune.depth import drop_blocks
 from autoprune.distill import finetune, recalibrate_bn
-from autoprune.fidelity import rung_ladder
+from autoprune.config import RecoveryConfig
+from autoprune.errors import AutopruneError
+from autoprune.fidelity import next_rung, rung_ladder
 from autoprune.compare import encode_hits
 from autoprune.measure import correct, count_macs, count_params, latency_ms
 from autoprune.pruning import PrunePlan, prune_with_plan
 from autoprune.record import Fidelity, Metrics, PlanRecord, TrialRecord
+from autoprune.retrain import rebuild
 from autoprune.saving import save_pruned
 from autoprune.space import TrialPlan
-
-Promoter = Callable[[Metrics, int, "float | None"], bool]  # (metrics at a rung, its steps, target) -> go on?
 
 
 class _Clock:
@@ -46,18 +47,15 @@ class _Clock:
         return {**self.timings, "total": time.perf_counter() - self.start}
 
 
-def run_trial(ctx: StudyContext, params: Mapping[str, Any], seed: int = 0, save_dir: Path | None = None,
-              promote: Promoter | None = None) -> TrialRecord:
+def run_trial(ctx: StudyContext, params: Mapping[str, Any], seed: int = 0, save_dir: Path | None = None) -> TrialRecord:
     """Run one trial with sampled ``params`` (see :mod:`autoprune.space`) and return its record.
 
-    The trial climbs the study's rungs (:func:`autoprune.fidelity.rung_ladder`): BN re-calibration only (with
-    ``fidelity.bn_rung``), the short recovery, and ``fidelity.promote_steps`` more steps (continuing the cached
-    stream). After each rung but the last, ``promote(metrics at that rung, rung steps, target)`` says whether it
-    goes on; the last rung of a ladder of several is scored on the whole validation split, the others on the
-    seeded subset. Raises FloatingPointError on a non-finite fine-tune loss and AutopruneError where the plan
-    cannot apply; backends record either (and any exception from a user model) as a failed trial.
+    The candidate is pruned, BN re-calibrated and scored at the first rung of the study's ladder
+    (:func:`autoprune.fidelity.rung_ladder`): BN re-calibration only with ``fidelity.bn_rung``, else the short
+    recovery. Higher rungs are later trials that continue it (:func:`continue_trial`). Raises FloatingPointError
+    on a non-finite fine-tune loss and AutopruneError where the plan cannot apply; backends record either (and
+    any exception from a user model) as a failed trial.
     """
-    cfg = ctx.study.config
     plan: TrialPlan = ctx.decode(params)
     rec = plan.recovery
     clock = _Clock()
@@ -67,44 +65,87 @@ def run_trial(ctx: StudyContext, params: Mapping[str, Any], seed: int = 0, save_
         model, pplan = _prune(ctx, plan)
     with clock.phase("bn_calibration"), ctx.lock.shared():
         recalibrate_bn(model, ctx.data.train, rec.bn_recalibration_batches, rec.batch_size, generator=gen)
-
-    def recover(steps: int, start: int) -> None:
-        with clock.phase("finetune"):
-            finetune(model, ctx.data.train, steps=steps, settings=rec, teacher=ctx.base, augment=cfg.data.augment,
-                     generator=gen, step_guard=ctx.lock.shared, stream=ctx.stream if rec.teacher_cache else None,
-                     stream_start=start)
-
-    def evaluate(split) -> tuple[float, str]:
-        """Accuracy on ``split`` and which of its images were right (kept, so that two trials can be compared
-        image by image at a rung both reached, without their models)."""
-        with clock.phase("evaluate"), ctx.lock.shared():
-            right = correct(model, split, cfg.data.batch_size)
-        return int(right.sum()) / max(1, len(split)), encode_hits(right.tolist())
-
-    ladder = rung_ladder(rec.steps, cfg.fidelity.promote_steps, cfg.fidelity.bn_rung)
-    scores: dict[int, float] = {}
-    images: dict[int, int | None] = {}
-    hits: dict[int, str] = {}
-    metrics: Metrics | None = None
-    for i, steps in enumerate(ladder):
-        done = max(scores, default=0)
-        if steps > done:
-            recover(steps - done, done)
-        split = ctx.data.val if 0 < i == len(ladder) - 1 else ctx.short_val
-        (scores[steps], hits[steps]), images[steps] = evaluate(split), len(split)
-        if metrics is None:
-            with clock.phase("measure"):
-                metrics = _measure(ctx, model, scores[steps])
-        metrics = replace(metrics, accuracy=scores[steps])
-        if i == len(ladder) - 1 or promote is None or not promote(metrics, steps, plan.target):
-            break
-    fidelity = Fidelity(scores, images, hits)
-    model_file = _save(ctx, model, pplan, plan, save_dir)
+    ladder = _ladder(ctx)
+    _recover(ctx, model, clock, gen, ladder[0], 0, rec)
+    score, images, hits = _evaluate(ctx, model, clock, ladder, ladder[0])
+    with clock.phase("measure"):
+        metrics = _measure(ctx, model, score)
+    fidelity = Fidelity({ladder[0]: score}, {ladder[0]: images}, {ladder[0]: hits})
+    model_file = _save(ctx, model, pplan.to_dict()["history"], pplan.ratios, pplan.scorer, plan.dropped, save_dir)
     recorded = PlanRecord(pplan.scorer, pplan.ratios, pplan.round_to, tuple(plan.dropped), rec.model_dump(),
                           fidelity.steps, fidelity.steps * rec.batch_size, seed, ctx.latency_method,
                           "cached logits" if ctx.stream is not None and rec.teacher_cache
                           else "teacher forward every step", plan.target)
     return TrialRecord(metrics, recorded, fidelity, clock.done(), model_file)
+
+
+def continue_trial(ctx: StudyContext, parent: TrialRecord, save_dir: Path | None = None) -> TrialRecord:
+    """Take candidate ``parent`` one rung further: its saved model (else its plan re-applied and its recovery
+    re-run) fine-tuned from its rung to the next, continuing the cached stream, and scored there (on the whole
+    validation split at the top rung, on the seeded subset below it). A rung's fine-tune builds its own optimizer
+    and schedule, so this is the computation the candidate would have run had it gone on at once. The record
+    holds the parent's scores and the new one; its metrics are the parent's with the new accuracy."""
+    ladder = _ladder(ctx)
+    done = parent.fidelity.steps
+    rung = next_rung(ladder, done)
+    if rung is None:
+        raise AutopruneError(f"trial {parent.number} is at the study's top rung ({done} steps): nothing to continue")
+    clock = _Clock()
+    rec = parent.plan.recovery_settings(ctx.study.config.recovery)
+    gen = torch.Generator().manual_seed(parent.plan.seed)
+    torch.manual_seed(parent.plan.seed)
+    with clock.phase("prune"):
+        model, history, loaded = _resume(ctx, parent)
+    if not loaded:  # the saved model is gone: rebuild the candidate as its trial did
+        with clock.phase("bn_calibration"), ctx.lock.shared():
+            recalibrate_bn(model, ctx.data.train, rec.bn_recalibration_batches, rec.batch_size, generator=gen)
+        _recover(ctx, model, clock, gen, done, 0, rec)
+    _recover(ctx, model, clock, gen, rung - done, done, rec)
+    score, images, hits = _evaluate(ctx, model, clock, ladder, rung)
+    old = parent.fidelity
+    fidelity = Fidelity({**old.scores, rung: score}, {**old.images, rung: images}, {**old.hits, rung: hits})
+    plan = replace(parent.plan, finetune_steps=rung, finetune_images=rung * rec.batch_size)
+    model_file = _save(ctx, model, history, plan.ratios, plan.scorer, plan.dropped, save_dir)
+    return TrialRecord(replace(parent.metrics, accuracy=score), plan, fidelity, clock.done(), model_file)
+
+
+def _ladder(ctx: StudyContext) -> list[int]:
+    cfg = ctx.study.config
+    return rung_ladder(cfg.recovery.steps, cfg.fidelity.promote_steps, cfg.fidelity.bn_rung)
+
+
+def _recover(ctx: StudyContext, model: nn.Module, clock: _Clock, gen: torch.Generator, steps: int, start: int,
+             rec: RecoveryConfig | None = None) -> None:
+    """``steps`` KD steps from position ``start`` of the cached stream (a fresh optimizer and schedule)."""
+    if steps <= 0:
+        return
+    rec = rec or ctx.study.config.recovery
+    with clock.phase("finetune"):
+        finetune(model, ctx.data.train, steps=steps, settings=rec, teacher=ctx.base,
+                 augment=ctx.study.config.data.augment, generator=gen, step_guard=ctx.lock.shared,
+                 stream=ctx.stream if rec.teacher_cache else None, stream_start=start)
+
+
+def _evaluate(ctx: StudyContext, model: nn.Module, clock: _Clock, ladder: list[int], rung: int) -> tuple[float, int, str]:
+    """Accuracy at ``rung`` (the whole validation split at the top of a ladder of several, else the seeded
+    subset), the images it used and which of them were right (kept, so that two trials can be compared image by
+    image at a rung both reached, without their models)."""
+    split = ctx.data.val if len(ladder) > 1 and rung == ladder[-1] else ctx.short_val
+    with clock.phase("evaluate"), ctx.lock.shared():
+        right = correct(model, split, ctx.study.config.data.batch_size)
+    return int(right.sum()) / max(1, len(split)), len(split), encode_hits(right.tolist())
+
+
+def _resume(ctx: StudyContext, parent: TrialRecord) -> tuple[nn.Module, list, bool]:
+    """(model, pruning history, whether the saved fine-tuned model was loaded) for continuing ``parent``."""
+    model, history, _ = rebuild(ctx, parent)
+    path = parent.model_file
+    loaded = bool(path) and Path(path).is_file()
+    if loaded:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model.to(ctx.device), history, loaded
 
 
 def _prune(ctx: StudyContext, plan: TrialPlan) -> tuple[nn.Module, PrunePlan]:
@@ -125,11 +166,11 @@ def _measure(ctx: StudyContext, model: nn.Module, acc: float) -> Metrics:
     return Metrics(acc, count_macs(model, ctx.example), count_params(model), lat)
 
 
-def _save(ctx: StudyContext, model: nn.Module, pplan: PrunePlan, plan: TrialPlan, save_dir: Path | None) -> str | None:
+def _save(ctx: StudyContext, model: nn.Module, history: list, ratios: Mapping[str, float], scorer: str,
+          dropped, save_dir: Path | None) -> str | None:
     if save_dir is None:
         return None
     path = Path(save_dir) / f"{uuid.uuid4().hex}.pt"
-    save_pruned(model, pplan.to_dict()["history"], path, {"input_shape": list(ctx.example.shape),
-                                                           "ratios": pplan.ratios, "scorer": pplan.scorer,
-                                                           "dropped": list(plan.dropped)})
+    save_pruned(model, history, path, {"input_shape": list(ctx.example.shape), "ratios": dict(ratios),
+                                       "scorer": scorer, "dropped": list(dropped)})
     return str(path)

@@ -1,34 +1,35 @@
-"""autoprune's search against hand-set pruning at equal fine-tune compute, on CIFAR-10 with a pretrained ResNet.
+"""autoprune's search against hand-set pruning at equal compute, on CIFAR-10 with a pretrained ResNet (v2).
 
-Methods (only the blocks' inner channels are pruned, as in autoprune's CIFAR ResNet search spaces):
-  uniform_l1          one ratio for every block (L1 filter norm, torch-pruning local pruning), bisected to each target
-  tp_global_l1        torch-pruning global pruning with Group-L1 (GroupMagnitudeImportance p=1), bisected likewise
-  random_adaptive_bn  EagleEye: random per-stage ratios and scorer, every candidate scored by its validation accuracy
-                      after BN re-calibration alone (adaptive BN); the best third by that score (non-dominated rank
-                      with MACs) is fine-tuned with the fine-tune epochs autoprune's trials spent
-  autoprune           the search: TPE, warm-started with the uniform and global configurations, a short KD recovery
-                      per trial and a longer one for trials promoted on the current front
+Every method produces one model per MACs-reduction target (1.5x, 2x, 3x, each within allocation.TOLERANCE = 1 %):
+  autoprune           the study users are given (studies/cifar10_resnet20_targets.yaml: per-block allocation placed
+                      on each target, a BN-only rung 0, 20 KD steps, 200 more, eta 3, deferred promotion, TPE), run
+                      until it has spent the budget; its pick per target is what `autoprune select` returns
+  uniform_l1          one ratio for every block (L1 filter norm), placed on each target by autoprune's bisection
+  tp_global_l1        torch-pruning's global Group-L1 pruning itself (one threshold across all blocks), bisected
+  random_adaptive_bn  EagleEye: random allocations placed on the same targets, every candidate scored after BN
+                      re-calibration alone on the same validation subset; half the budget screens, then the best
+                      --eagle-top per target (ranked after all are screened) share the other half as KD fine-tune,
+                      and the best of them on the whole validation half is its pick
 
-Exploration: autoprune and the random search get the same number of candidates and the same fine-tune epochs.
-Selection (both searches): for each target MACs reduction t, the candidate with the best validation accuracy
-among those with reduction in [0.98 t, 1.1 t], promoted ones first (else the least-reduced one above 0.98 t).
-autoprune's warm start is the baselines' own bisected ratios at every target, and its sampler is constrained to
-at least --min-reduction (the targets' region). Reported: each method's points, its hypervolume, the best accuracy
-at >= 0.97 t, and the accuracy of its front interpolated to exactly t (tightly matched MACs).
-Final recovery, identical for every method's chosen models: the pruned structure with the base's weights, BN
-re-calibration, then --final-epochs of KD (T=4, 0.9 KD + 0.1 CE, SGD 0.01 cosine, batch 128, crop+flip).
-Validation is half the CIFAR-10 test split (the shared ResNets were trained on all 50,000 training images); the
-figures are on the other half ("test").
+Compute, one unit for all: images through the network, a training (KD) image counting 1 and a forward-only image
+(BN re-calibration, evaluation, latency) 1/3. autoprune runs until it has spent --budget-epochs x 50,000 units;
+the random search then gets exactly what autoprune spent. The baselines spend nothing before the final recovery.
+Final recovery, identical for every chosen model: its structure with the base's weights, BN re-calibration, then
+--final-epochs of KD (T=4, 0.9 KD + 0.1 CE, SGD 0.01 cosine, batch 128, crop+flip) from a stream seeded by --seed.
+Validation = a half of the CIFAR-10 test split drawn with --seed (the shared ResNets were trained on all 50,000
+training images); every reported figure is on the other half. --extra-kd adds, for information, the two
+baselines given one target's share of the search budget as extra KD on their single model.
 
 Usage:
   python benchmarks/search_vs_baselines.py --model resnet20 --checkpoint ../shared/weights/cifar10-resnet/resnet20.pt \
-      --data-root ../shared/datasets/cifar10 --budget-epochs 6 --out runs/bench/resnet20.json
+      --data-root ../shared/datasets/cifar10 --budget-epochs 5 --final-epochs 1 --seed 0 --out runs/bench/s0.json
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import math
 import os
@@ -40,115 +41,157 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from autoprune.accounting import cost_summary  # noqa: E402
+from autoprune.allocation import TOLERANCE  # noqa: E402
 from autoprune.backends.optuna_backend import run_search  # noqa: E402
 from autoprune.config import RecoveryConfig, load_study  # noqa: E402
 from autoprune.context import StudyContext, prepare  # noqa: E402
-from autoprune.distill import finetune, kd_loss, recalibrate_bn  # noqa: E402
-from autoprune.measure import accuracy, count_macs, latency_ms  # noqa: E402
+from autoprune.distill import finetune, recalibrate_bn  # noqa: E402
+from autoprune.measure import accuracy, count_macs  # noqa: E402
 from autoprune.pareto import accuracy_at, hypervolume_2d  # noqa: E402
 from autoprune.pruning import prune_with_plan  # noqa: E402
+from autoprune.record import TrialRecord, heads  # noqa: E402
 from autoprune.retrain import rebuild  # noqa: E402
+from autoprune.saving import load_pruned  # noqa: E402
+from autoprune.storage import front, get_record  # noqa: E402
 from autoprune.teacher import build_stream  # noqa: E402
 from autoprune.telling import records  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
+from autoprune.verdict import uniform_baseline, compare_at  # noqa: E402
 from autoprune.warmstart import global_prune  # noqa: E402
 
 TARGETS = (1.5, 2.0, 3.0)
 BATCH = 128
+FORWARD = 1 / 3  # a forward-only image, in training images
+STUDY = ROOT / "studies" / "cifar10_resnet20_targets.yaml"
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def write_study(tmp: Path, args, name: str, *, sampler: str, steps: int, promote: int, warm: dict, n_startup: int,
-                bn_batches: int, short_val: int | None = None) -> Path:
-    space = {"groups": {"by": "stage"}, "ratio": {"low": 0.0, "high": 0.8, "step": 0.005},
-             "scorers": ["l1", "taylor", "bn_scale", "fpgm"], "warm_start": warm}
-    (tmp / f"{name}_space.yaml").write_text(yaml.safe_dump(space))
-    study = {
-        "name": name, "seed": args.seed, "workdir": str(tmp / "run"),
-        "model": {"name": args.model, "num_classes": 10, "checkpoint": str(Path(args.checkpoint).resolve())},
-        "data": {"name": "cifar10", "root": str(Path(args.data_root).resolve()), "val_source": "test",
-                 "val_fraction": 0.5, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                 "augment": True, "batch_size": 500},
-        "search_space": f"{name}_space.yaml", "objectives": ["accuracy", "macs"],
-        "recovery": {"bn_recalibration_batches": bn_batches, "steps": steps, "batch_size": BATCH, "lr": 0.01,
-                     "temperature": 4.0, "alpha": 0.9},
-        "fidelity": {"promote_steps": promote, "eta": args.eta, "short_val_images": short_val},
-        "measure": {"latency_batch_size": BATCH, "latency_repeats": 5, "latency_warmup": 1},
-        "budget": {"n_trials": 1, "max_initial_failures": 3},
-        "sampler": {"name": sampler, "n_startup_trials": n_startup},
-    }
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(study))
-    return path
+# ------------------------------------------------------------------------------------------------------ compute
+def lineage_cost(r: TrialRecord, bn_batches: int, batch: int, latency_images: int) -> float:
+    """Training-image units a candidate's trials spent: BN re-calibration, latency and MACs forwards and every
+    rung's evaluation at 1/3, its fine-tune steps at 1."""
+    evals = sum(int(n or 0) for n in r.fidelity.images.values())
+    forwards = bn_batches * batch + latency_images + evals
+    return forwards * FORWARD + r.fidelity.steps * batch
 
 
-def macs_reduction(ctx: StudyContext, model) -> float:
-    return ctx.reference["macs"] / count_macs(model, ctx.example)
+def spent(ctx: StudyContext, recs: list[TrialRecord]) -> float:
+    """What a study's completed candidates spent (each lineage once); failed trials are counted separately."""
+    cfg = ctx.study.config
+    lat = (cfg.measure.latency_repeats + cfg.measure.latency_warmup + 1) * cfg.measure.latency_batch_size
+    return sum(lineage_cost(r, cfg.recovery.bn_recalibration_batches, cfg.recovery.batch_size, lat)
+               for r in heads(recs) if r.completed)
 
 
-def bisect_ratio(ctx: StudyContext, build, target: float, tol: float = 0.01) -> tuple[float, object]:
-    """The ratio at which ``build(ratio)`` reduces MACs by ``target`` (to within ``tol`` relative), or the closest
-    one bisection met (channel counts are discrete)."""
+def search_until(ctx: StudyContext, budget: float, chunk: int, name: str) -> tuple[list[TrialRecord], float, int]:
+    """Run the study's search in chunks of trials until it has spent ``budget``; (records, spent, failed)."""
+    n, used = 0, 0.0
+    while used < budget:
+        n += chunk
+        outcome = run_search(ctx, n_trials=n, log=log)
+        recs = records(outcome.study)
+        used = spent(ctx, recs)
+        log(f"{name}: {len(recs)} trials, {used:,.0f} / {budget:,.0f} image units")
+    failed = sum(1 for t in outcome.study.get_trials(deepcopy=False) if t.state.name == "FAIL")
+    return recs, used, failed
+
+
+# ------------------------------------------------------------------------------------------------------ methods
+def bisect_ratio(ctx: StudyContext, build, target: float) -> tuple[float, object]:
+    """The ratio at which ``build(ratio)`` reduces MACs by ``target`` within TOLERANCE (else the closest met)."""
     lo, hi, best, miss = 0.0, 0.95, None, math.inf
-    for _ in range(20):
+    for _ in range(24):
         mid = (lo + hi) / 2
         model = build(mid)
-        red = macs_reduction(ctx, model)
+        red = ctx.reference["macs"] / count_macs(model, ctx.example)
         if abs(red / target - 1) < miss:
             best, miss = (mid, model), abs(red / target - 1)
-        if miss <= tol:
+        if miss <= TOLERANCE / 2:
             break
         lo, hi = (mid, hi) if red < target else (lo, mid)
     return best
 
 
-def pick(trials, base_macs: float, target: float):
-    """Best validation accuracy among candidates reduced by [0.98 t, 1.1 t] (the bisected baselines land within
-    1 % of t: channel counts are discrete), promoted (longer-recovery) candidates first; else the least-reduced
-    one above 0.98 t."""
-    done = [t for t in trials if t.completed]
-    red = {t.number: base_macs / t.metrics.macs for t in done}
-    band = [t for t in done if 0.98 * target <= red[t.number] <= 1.1 * target]
-    if band:
-        return max(band, key=lambda t: (t.promoted, t.metrics.accuracy))
-    above = [t for t in done if red[t.number] >= 0.98 * target]
-    return min(above, key=lambda t: red[t.number]) if above else None
+def autoprune_picks(ctx: StudyContext) -> dict[float, TrialRecord]:
+    """What ``autoprune select`` offers: each target's best candidate on the default front (one rung)."""
+    from autoprune.storage import load_optuna_study
+
+    ost = load_optuna_study(ctx.study)
+    return {float(get_record(ost, e["trial"]).plan.target): get_record(ost, e["trial"]) for e in front(ost)}
 
 
-def final_recovery(ctx: StudyContext, model, stream, steps: int) -> dict:
-    """The recovery every chosen model gets; returns its figures on the reporting half."""
+def eagle_picks(ctx: StudyContext, rctx: StudyContext, recs: list[TrialRecord], budget: float, top: int,
+                seed: int) -> tuple[dict[float, dict], float]:
+    """EagleEye's second half: per target, the ``top`` candidates by adaptive-BN score share ``budget`` as KD
+    fine-tune; the best on the whole validation half wins. Returns ({target: chosen}, units spent)."""
+    per = max(1, int((budget / (len(TARGETS) * top) - len(ctx.data.val) * FORWARD) // BATCH))
+    stream = build_stream(ctx.base, ctx.data.train, per, BATCH, True, seed + 2)
+    picks, used = {}, 0.0
+    for t in TARGETS:
+        ranked = sorted((r for r in recs if r.completed and r.plan.target == t),
+                        key=lambda r: (-r.fidelity.scores[0], r.number))[:top]
+        tuned = []
+        for r in ranked:
+            model = load_pruned(r.model_file, copy.deepcopy(ctx.base)).to(ctx.device)
+            for p in model.parameters():
+                p.requires_grad_(True)
+            finetune(model, ctx.data.train, steps=per, settings=_kd(), teacher=ctx.base, stream=stream)
+            model.eval()
+            tuned.append((accuracy(model, ctx.data.val, 500), r))
+            used += per * BATCH + len(ctx.data.val) * FORWARD
+            log(f"random_adaptive_bn @ {t}x: trial {r.number} (BN score {r.fidelity.scores[0]:.4f}) -> val "
+                f"{tuned[-1][0]:.4f} after {per} steps")
+        if tuned:
+            acc, r = max(tuned, key=lambda p: p[0])
+            picks[t] = {"record": r, "val_after_finetune": acc, "finetune_steps": per}
+    return picks, used
+
+
+def _kd() -> RecoveryConfig:
+    return RecoveryConfig(batch_size=BATCH, lr=0.01, temperature=4.0, alpha=0.9)
+
+
+# ------------------------------------------------------------------------------------------------ final recovery
+def fingerprint(model) -> str:
+    """Same structure and same kept weights -> same final recovery (it is deterministic): computed once."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def final_recovery(ctx: StudyContext, model, stream, steps: int, cache: dict) -> dict:
+    """The recovery every chosen model gets; its figures on the reporting half (cached by fingerprint)."""
+    key = (fingerprint(model), steps)
+    if key in cache:
+        return dict(cache[key])
     model = model.to(ctx.device)
     for p in model.parameters():
         p.requires_grad_(True)
-    gen = torch.Generator().manual_seed(0)
-    recalibrate_bn(model, ctx.data.train, 20, BATCH, generator=gen)
+    recalibrate_bn(model, ctx.data.train, 20, BATCH, generator=torch.Generator().manual_seed(0))
     t0 = time.perf_counter()
-    finetune(model, ctx.data.train, steps=steps, settings=RecoveryConfig(batch_size=BATCH, lr=0.01, temperature=4.0,
-                                                                        alpha=0.9), teacher=ctx.base, stream=stream)
+    finetune(model, ctx.data.train, steps=steps, settings=_kd(), teacher=ctx.base, stream=stream)
     ft = time.perf_counter() - t0
     model.eval()
-    bs = ctx.study.config.data.batch_size
-    return {"accuracy": accuracy(model, ctx.data.test, bs), "val_accuracy": accuracy(model, ctx.data.val, bs),
-            "macs": count_macs(model, ctx.example), "finetune_s": round(ft, 1),
-            "images_per_s": round(steps * BATCH / ft, 1) if ft else None, "_model": model}
+    out = {"accuracy": accuracy(model, ctx.data.test, 500), "val_accuracy": accuracy(model, ctx.data.val, 500),
+           "macs": count_macs(model, ctx.example), "final_steps": steps, "finetune_s": round(ft, 1), "_model": model}
+    cache[key] = out
+    return dict(out)
 
 
 @torch.inference_mode()
 def interleaved_latency(models: list, x: torch.Tensor, rounds: int = 9) -> list[float]:
-    """Median ms of one forward at x's batch size per model, the models timed round-robin so that load on a
-    shared machine falls on all of them alike."""
+    """Median ms of one forward per model, timed round-robin so that machine load falls on all alike."""
     times: list[list[float]] = [[] for _ in models]
     for m in models:
-        m.eval()(x)  # warm-up
+        m.eval()(x)
     for _ in range(rounds):
         for i, m in enumerate(models):
             t0 = time.perf_counter()
@@ -157,69 +200,176 @@ def interleaved_latency(models: list, x: torch.Tensor, rounds: int = 9) -> list[
     return [statistics.median(t) for t in times]
 
 
-def summarise(points: list[dict], base_macs: float, base_latency: float) -> dict:
+# ------------------------------------------------------------------------------------------------------ summary
+def acc_at(points: list[dict], t: float) -> float | None:
+    """Accuracy at exactly ``t``: the point within TOLERANCE of ``t`` if there is one, else the method's points
+    interpolated in log-reduction (:func:`autoprune.pareto.accuracy_at`, the same tolerance), else None."""
+    near = [p["accuracy"] for p in points if abs(p["macs_reduction"] / t - 1) <= TOLERANCE]
+    if near:
+        return max(near)
+    at = accuracy_at([(p["accuracy"], p["macs_reduction"]) for p in points], t, slack=TOLERANCE)
+    return round(at, 6) if at is not None else None
+
+
+def summarise(points: list[dict], base_macs: float, base_latency: float, compute: float) -> dict:
     for p in points:
         p["macs_reduction"] = round(base_macs / p["macs"], 4)
         p["speedup"] = round(base_latency / p["latency_ms"], 4)
-        p["speedup_per_macs_reduction"] = round(p["speedup"] / p["macs_reduction"], 4)
     hv = hypervolume_2d([(p["accuracy"], p["macs"] / base_macs) for p in points], ref=(0.1, 1.0))
-    # the same, with any point reducing MACs beyond the largest target counted at that target: a method whose
-    # 3x pick lands at 3.4x otherwise gains area no other method's points reach
-    hv_clip = hypervolume_2d([(p["accuracy"], max(p["macs"] / base_macs, 1 / max(TARGETS))) for p in points],
-                             ref=(0.1, 1.0))
-    best_at, interp = {}, {}
-    front = [(p["accuracy"], p["macs_reduction"]) for p in points]
+    # over the targets' range only: a point reducing MACs beyond the largest target counts at that target
+    hv_t = hypervolume_2d([(p["accuracy"], max(p["macs"] / base_macs, 1 / max(TARGETS))) for p in points],
+                          ref=(0.1, 1.0))
+    at = {f"{t:g}": acc_at(points, t) for t in TARGETS}
+    best = {f"{t:g}": max([p["accuracy"] for p in points if p["macs_reduction"] >= t * (1 - TOLERANCE)],
+                          default=None) for t in TARGETS}
+    return {"hypervolume": round(hv, 6), "hypervolume_within_targets": round(hv_t, 6), "acc_at": at,
+            "best_acc_at": best, "acc_at_interpolated": at, "compute_images": round(compute), "points": points}
+
+
+# ------------------------------------------------------------------------------------------------------ the run
+def load(args, name: str, workdir: Path, extra: dict | None = None):
+    """The shipped study with this run's model, data, seed and thread count (one work folder per study)."""
+    overrides = {"name": name, "seed": args.seed, "workdir": str(workdir / name), "model.name": args.model,
+                 "model.checkpoint": str(Path(args.checkpoint).resolve()), "data.root": str(Path(args.data_root).resolve()),
+                 "data.seed": args.seed, "measure.threads": args.threads, **(extra or {})}
+    return load_study(args.study, overrides)
+
+
+def uniform_placed(ctx: StudyContext, target: float) -> tuple[float, object]:
+    """Uniform L1 pruning at ``target``: every block's weight equal, placed by autoprune's bisection with its
+    one-channel nudges (a single ratio alone misses the targets by up to 2 %: channel counts are discrete), so it
+    lands within TOLERANCE like every other method (the same structure as autoprune's uniform warm start)."""
+    params = {f"alloc.{g}": ctx.study.space.allocation.high for g in ctx.groups} | {"target": target}
+    plan = ctx.decode(params)
+    model = prune_with_plan(ctx.base, ctx.example, plan.ratios, "l1", layout=ctx.layout,
+                            round_to=ctx.study.space.round_to)[0]
+    return statistics.mean(plan.ratios.values()), model
+
+
+def baselines(ctx: StudyContext) -> dict[str, dict[float, tuple[float, object]]]:
+    """uniform_l1 (placed) and tp_global_l1 (torch-pruning's global pruning bisected on its ratio) per target."""
+    return {"uniform_l1": {t: uniform_placed(ctx, t) for t in TARGETS},
+            "tp_global_l1": {t: bisect_ratio(ctx, lambda r: global_prune(ctx, r), t) for t in TARGETS}}
+
+
+def run_methods(args, ctx: StudyContext, rctx: StudyContext, budget: float) -> tuple[dict, dict]:
+    """Every method's chosen models after the final recovery, and what the searches spent."""
+    bis = baselines(ctx)
+    log("baselines bisected: " + "; ".join(f"{n} {[round(r, 4) for r, _ in v.values()]}" for n, v in bis.items()))
+    ap_recs, ap_used, ap_failed = search_until(ctx, budget, 2, "autoprune")
+    ap = autoprune_picks(ctx)
+    rnd_recs, rnd_screen, rnd_failed = search_until(rctx, ap_used / 2, 4, "random_adaptive_bn screening")
+    eagle, rnd_tune = eagle_picks(ctx, rctx, rnd_recs, ap_used - rnd_screen, args.eagle_top, args.seed)
+    steps_per_epoch = 50000 // BATCH
+    final_steps = int(args.final_epochs * steps_per_epoch)
+    stream = build_stream(ctx.base, ctx.data.train, final_steps, BATCH, True, args.seed + 1)
+    cache: dict = {}
+    methods: dict[str, list[dict]] = {m: [] for m in ("autoprune", "uniform_l1", "tp_global_l1", "random_adaptive_bn")}
     for t in TARGETS:
-        ok = [p["accuracy"] for p in points if p["macs_reduction"] >= t * 0.97]
-        best_at[f"{t:g}"] = max(ok) if ok else None
-        # tightly matched: the method's front interpolated to exactly t (None where its points do not reach t)
-        at = accuracy_at(front, t)
-        interp[f"{t:g}"] = round(at, 6) if at is not None else None
-    return {"hypervolume": round(hv, 6), "hypervolume_within_targets": round(hv_clip, 6), "best_acc_at": best_at, "acc_at_interpolated": interp, "points": points}
+        for name in bis:
+            ratio, model = bis[name][t]
+            methods[name].append({**final_recovery(ctx, model, stream, final_steps, cache), "target": t,
+                                  "ratio": round(ratio, 4)})
+        if t in ap:
+            r = ap[t]
+            vs = compare_at(r, uniform_baseline(heads(ap_recs), t)) if r.warm_start != "uniform" else None
+            methods["autoprune"].append({**final_recovery(ctx, rebuild(ctx, r)[0], stream, final_steps, cache),
+                                         "target": t, "trial": r.number, "warm_start": r.warm_start,
+                                         "rung": r.fidelity.steps, "search_val_accuracy": r.metrics.accuracy,
+                                         "ratios": r.plan.ratios, "vs_uniform_on_validation": vs})
+        if t in eagle:
+            r = eagle[t]["record"]
+            methods["random_adaptive_bn"].append({**final_recovery(ctx, rebuild(rctx, r)[0], stream, final_steps, cache),
+                                                  "target": t, "trial": r.number, "bn_score": r.fidelity.scores[0],
+                                                  "val_after_finetune": eagle[t]["val_after_finetune"],
+                                                  "ratios": r.plan.ratios})
+        for name, pts in methods.items():
+            if pts and pts[-1]["target"] == t:
+                log(f"{name} @ {t}x: test {pts[-1]['accuracy']:.4f}, {ctx.reference['macs'] / pts[-1]['macs']:.3f}x")
+    spent_by = {"autoprune": ap_used, "random_adaptive_bn": rnd_screen + rnd_tune, "uniform_l1": 0.0,
+                "tp_global_l1": 0.0}
+    if args.extra_kd:
+        extra = final_steps + int(ap_used / len(TARGETS) // BATCH)
+        long_stream = build_stream(ctx.base, ctx.data.train, extra, BATCH, True, args.seed + 1)
+        for name in bis:
+            methods[f"{name}+search_budget_as_kd"] = [
+                {**final_recovery(ctx, bis[name][t][1], long_stream, extra, cache), "target": t} for t in TARGETS]
+            spent_by[f"{name}+search_budget_as_kd"] = (extra - final_steps) * BATCH * len(TARGETS)
+    studies = {"autoprune": _study_summary(ap_recs, ap_used, ap_failed),
+               "random_adaptive_bn": {**_study_summary(rnd_recs, rnd_screen, rnd_failed), "finetune_units": rnd_tune,
+                                      "top_per_target": args.eagle_top}}
+    return methods, {"spent": spent_by, "studies": studies}
 
 
-def step_costs(ctx: StudyContext, stream, reps: int = 12) -> dict:
-    """Median seconds of one training step at batch 128: plain student, KD with the teacher run, KD with cached logits."""
-    student = copy.deepcopy(ctx.base).train()
-    opt = torch.optim.SGD(student.parameters(), lr=1e-4)
-    x, y, cached = next(stream.batches(ctx.data.train))
-    teacher = ctx.base.eval()
+def _study_summary(recs: list[TrialRecord], used: float, failed: int) -> dict:
+    from autoprune.accounting import cost_summary
 
-    def step(kind: str) -> float:
-        t0 = time.perf_counter()
-        out = student(x)
-        if kind == "plain":
-            loss = torch.nn.functional.cross_entropy(out, y)
-        else:
-            if kind == "teacher":
-                with torch.no_grad():
-                    t_logits = teacher(x)
-            else:
-                t_logits = cached
-            loss = kd_loss(out, t_logits, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return time.perf_counter() - t0
-
-    times = {k: [] for k in ("plain", "teacher", "cached")}
-    for _ in range(2):
-        for k in times:
-            step(k)
-    for _ in range(reps):
-        for k in times:  # interleaved, so machine noise hits all three alike
-            times[k].append(step(k))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return {"median_s": {k: round(v, 4) for k, v in med.items()},
-            "cached_over_plain": round(med["cached"] / med["plain"], 3),
-            "teacher_over_plain": round(med["teacher"] / med["plain"], 3)}
+    rungs = sorted({s for r in recs for s in r.fidelity.scores})
+    return {"trials": len(recs), "candidates": len(heads(recs)), "failed": failed, "units": round(used),
+            "reached": {str(k): sum(k in r.fidelity.scores for r in heads(recs)) for k in rungs},
+            "cost": cost_summary(recs)}
 
 
-def searched(ctx: StudyContext, n_trials: int) -> tuple[list, dict, float]:
-    """Run a search; its trials, their cost summary and its wall time."""
-    t0 = time.perf_counter()
-    trials = records(run_search(ctx, n_trials=n_trials, log=log).study, states=list(TrialState))
-    return trials, cost_summary(trials), time.perf_counter() - t0
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=["resnet20", "resnet56"], default="resnet20")
+    ap.add_argument("--checkpoint")
+    ap.add_argument("--data-root")
+    ap.add_argument("--budget-epochs", type=float, default=5.0, help="search compute, in epochs of 50,000 images")
+    ap.add_argument("--final-epochs", type=float, default=1.0, help="KD epochs every chosen model gets at the end")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--out")
+    ap.add_argument("--study", default=str(STUDY), help="the autoprune study to run (default: the shipped one)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads, fixed for the whole run")
+    ap.add_argument("--eagle-top", type=int, default=2, help="random search: candidates fine-tuned per target")
+    ap.add_argument("--extra-kd", action="store_true", help="add the baselines given the search budget as KD")
+    ap.add_argument("--workdir", help="keep the studies here (default: a new temporary folder)")
+    ap.add_argument("--plot", help="also draw the points to this PNG (needs matplotlib)")
+    args = ap.parse_args()
+    missing = [f"--{n.replace('_', '-')}" for n in ("checkpoint", "data_root", "out") if not getattr(args, n)]
+    if missing:
+        ap.error(f"the following arguments are required: {', '.join(missing)}")
+    torch.set_num_threads(args.threads)
+    t_all = time.perf_counter()
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="autoprune-bench-"))
+    if workdir.exists() and any(workdir.iterdir()):
+        ap.error(f"--workdir {workdir} is not empty (one work folder per run)")
+    ctx = prepare(load(args, f"bench_{args.model}_autoprune", workdir), args.device)
+    rctx = prepare(load(args, f"bench_{args.model}_random", workdir, {
+        "sampler.name": "random", "fidelity.promote_steps": 0, "recovery.steps": 0}), args.device)
+    budget = args.budget_epochs * 50000
+    base = ctx.reference
+    log(f"base: val {base['accuracy']:.4f}, MACs {base['macs']:,}; budget {budget:,.0f} image units")
+    methods, spent = run_methods(args, ctx, rctx, budget)
+    everything = [p for pts in methods.values() for p in pts]
+    x = torch.randn(BATCH, *ctx.example.shape[1:])
+    lat = interleaved_latency([ctx.base] + [p.pop("_model") for p in everything], x)
+    for p, ms in zip(everything, lat[1:]):
+        p["latency_ms"] = round(ms, 3)
+    out = {"budget": {"model": args.model, "budget_epochs": args.budget_epochs, "final_epochs": args.final_epochs,
+                      "budget_images": budget, "seed": args.seed, "threads": args.threads, "device": args.device,
+                      "tolerance": TOLERANCE, "study": str(args.study), "eagle_top": args.eagle_top,
+                      "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, torch "
+                                 f"{torch.__version__}", "date": time.strftime("%Y-%m-%d")},
+           "base": {"val_accuracy": base["accuracy"], "test_accuracy": accuracy(ctx.base, ctx.data.test, 500),
+                    "macs": base["macs"], "latency_ms": lat[0]},
+           "methods": {m: summarise(p, base["macs"], lat[0], spent["spent"].get(m, 0.0)) for m, p in methods.items()},
+           **spent["studies"], "wall_s": round(time.perf_counter() - t_all, 1)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2, default=str))
+    if args.plot:
+        plot(out, Path(args.plot))
+    table(out)
+
+
+def table(out: dict) -> None:
+    print(f"{'method':34s} {'HV<=3x':>8s} " + " ".join(f"{'@' + format(t, 'g') + 'x':>8s}" for t in TARGETS)
+          + f" {'compute':>10s}")
+    for m, r in out["methods"].items():
+        accs = " ".join(f"{(r['acc_at'][format(t, 'g')] or math.nan) * 100:8.2f}" for t in TARGETS)
+        print(f"{m:34s} {r['hypervolume_within_targets']:8.4f} {accs} {r['compute_images']:10,d}")
+    print(f"wall {out['wall_s']:.0f} s")
 
 
 def plot(results: dict, path: Path) -> None:
@@ -232,161 +382,19 @@ def plot(results: dict, path: Path) -> None:
     from autoprune.saving import atomic_write
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for (name, r), marker in zip(results["methods"].items(), "o^sD"):
+    for (name, r), marker in zip(results["methods"].items(), "o^sDvx"):
         pts = sorted((p["macs_reduction"], p["accuracy"] * 100) for p in r["points"])
-        ax.plot([x for x, _ in pts], [y for _, y in pts], marker=marker, label=f"{name} (HV {r['hypervolume']:.4f})")
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker=marker, label=name)
     for t in TARGETS:
         ax.axvline(t, color="0.85", lw=0.8, zorder=0)
     b = results["budget"]
     ax.set(xlabel="MACs reduction (base / pruned)", ylabel="test accuracy, reporting half (%)",
-           title=f"{b['model']}: {b['budget_epochs']:g} search epochs, {b['final_epochs']:g} final KD epoch(s), seed "
-                 f"{b.get('seed', 0)}")
+           title=f"{b['model']}: {b['budget_epochs']:g} search epochs, {b['final_epochs']:g} final KD, seed {b['seed']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=["resnet20", "resnet56"], default="resnet20")
-    ap.add_argument("--checkpoint")
-    ap.add_argument("--data-root")
-    ap.add_argument("--budget-epochs", type=float, default=6.0,
-                    help="fine-tune epochs (of 50,000 images) for each search's exploration")
-    ap.add_argument("--final-epochs", type=float, default=1.0, help="KD epochs every chosen model gets at the end")
-    ap.add_argument("--trial-steps", type=int, default=20, help="autoprune's short recovery per trial (steps of 128)")
-    ap.add_argument("--promote-steps", type=int, default=200, help="extra steps for a promoted trial")
-    ap.add_argument("--eta", type=float, default=3.0)
-    ap.add_argument("--short-val-images", type=int, default=1000,
-                    help="validation images autoprune scores a short recovery on (promoted trials: all of them)")
-    ap.add_argument("--bn-batches", type=int, default=4,
-                    help="BN re-calibration batches before autoprune's short recovery (the random search's adaptive-BN "
-                         "score, its whole signal, keeps 20)")
-    ap.add_argument("--min-reduction", type=float, default=1.45,
-                    help="autoprune's search constraint: MACs at most base / this (0: none); the targets start at 1.5x")
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out")
-    ap.add_argument("--workdir", help="keep the studies here (default: a temporary folder)")
-    ap.add_argument("--plot", help="also draw the points to this PNG (needs matplotlib)")
-    ap.add_argument("--replot", metavar="JSON", help="only redraw --plot from a saved --out file")
-    args = ap.parse_args()
-    if args.replot:  # redraw from a saved run: nothing else is needed
-        if not args.plot:
-            ap.error("--replot needs --plot")
-        plot(json.loads(Path(args.replot).read_text()), Path(args.plot))
-        return
-    missing = [f"--{n.replace('_', '-')}" for n in ("checkpoint", "data_root", "out") if not getattr(args, n)]
-    if missing:
-        ap.error(f"the following arguments are required: {', '.join(missing)}")
-
-    t_all = time.perf_counter()
-    tmp = Path(args.workdir or tempfile.mkdtemp(prefix="autoprune-bench-"))
-    tmp.mkdir(parents=True, exist_ok=True)
-    steps_per_epoch = 50000 // BATCH
-    explore_steps = int(args.budget_epochs * steps_per_epoch)
-    per_trial = args.trial_steps + args.promote_steps / args.eta  # expected: at most 1/eta of trials promoted
-    n_trials = max(4, int(explore_steps // per_trial))
-    # EagleEye screens by adaptive BN alone (0 steps) and spends the same fine-tune steps on its promoted third
-    random_steps = int(round(args.promote_steps + args.trial_steps * args.eta))
-    ap_path = write_study(tmp, args, f"bench_{args.model}_autoprune", sampler="tpe", steps=args.trial_steps,
-                          promote=args.promote_steps, warm={}, n_startup=8, bn_batches=args.bn_batches,
-                          short_val=args.short_val_images)
-    rnd_path = write_study(tmp, args, f"bench_{args.model}_random", sampler="random", steps=0, promote=random_steps,
-                           warm={}, n_startup=0, bn_batches=20)
-
-    log(f"preparing {args.model} (teacher logits for the recovery stream are computed once)")
-    t0 = time.perf_counter()
-    ctx = prepare(load_study(ap_path), args.device)
-    # The baselines' own configurations at each target (bisected on MACs alone, no data), which autoprune's
-    # search starts from (warm start): the search sees every baseline structure and may only improve on it.
-    builds = {
-        "uniform_l1": lambda r: prune_with_plan(ctx.base, ctx.example, r, "l1", layout=ctx.layout)[0],
-        "tp_global_l1": lambda r: global_prune(ctx, r),
-    }
-    bisected = {name: {t: bisect_ratio(ctx, build, t) for t in TARGETS} for name, build in builds.items()}
-    ctx.study.space.warm_start.uniform = [round(r, 4) for r, _ in bisected["uniform_l1"].values()]
-    ctx.study.space.warm_start.global_ = [round(r, 4) for r, _ in bisected["tp_global_l1"].values()]
-    log(f"warm start (bisected baseline ratios): {ctx.study.space.warm_start.model_dump()}")
-    if args.min_reduction:  # spend the search where the targets are (a constraint the sampler learns to respect)
-        ctx.study.config.constraints.max_macs = ctx.reference["macs"] / args.min_reduction
-    t_prepare = time.perf_counter() - t0
-    base = ctx.reference
-    base_test = accuracy(ctx.base, ctx.data.test, 500)
-    log(f"base: val {base['accuracy']:.4f}, test half {base_test:.4f}, MACs {base['macs']:,}, "
-        f"latency {base['latency_ms']:.1f} ms at batch {BATCH}; prepared in {t_prepare:.1f} s ({base['teacher']})")
-    costs = step_costs(ctx, ctx.stream)
-    log(f"step costs (median s): {costs}")
-
-    log(f"autoprune search: {n_trials} trials, {args.trial_steps} steps each, +{args.promote_steps} when promoted")
-    ap_trials, ap_cost, t_ap = searched(ctx, n_trials)
-    log(f"autoprune search: {t_ap:.0f} s; {ap_cost['finetune_steps']} fine-tune steps; promotion {ap_cost['promotion']}")
-
-    rctx = prepare(load_study(rnd_path), args.device)
-    log(f"random search: {n_trials} candidates scored by adaptive BN, +{random_steps} steps when promoted")
-    rnd_trials, rnd_cost, t_rnd = searched(rctx, n_trials)
-
-    final_steps = int(args.final_epochs * steps_per_epoch)
-    log(f"final recovery stream: {final_steps} steps")
-    final_stream = build_stream(ctx.base, ctx.data.train, final_steps, BATCH, True, args.seed + 1)
-    methods: dict[str, list[dict]] = {m: [] for m in ("autoprune", "uniform_l1", "tp_global_l1", "random_adaptive_bn")}
-    for t in TARGETS:
-        for name in builds:
-            ratio, model = bisected[name][t]
-            res = final_recovery(ctx, model, final_stream, final_steps)
-            methods[name].append({**res, "target": t, "ratio": round(ratio, 4)})
-            log(f"{name} @ {t}x: ratio {ratio:.3f} -> test {res['accuracy']:.4f}, {base['macs'] / res['macs']:.2f}x")
-        for name, trials, c in (("autoprune", ap_trials, ctx), ("random_adaptive_bn", rnd_trials, rctx)):
-            chosen = pick(trials, base["macs"], t)
-            if chosen is None:
-                log(f"{name} @ {t}x: no candidate reduces MACs that much")
-                continue
-            model, _, _ = rebuild(c, chosen)
-            res = final_recovery(ctx, model, final_stream, final_steps)
-            methods[name].append({**res, "target": t, "trial": chosen.number,
-                                  "search_val_accuracy": chosen.metrics.accuracy, "scorer": chosen.plan.scorer,
-                                  "ratios": chosen.plan.ratios, "fidelity": chosen.entry()["fidelity"]})
-            log(f"{name} @ {t}x: trial {chosen.number} -> test {res['accuracy']:.4f}, {base['macs'] / res['macs']:.2f}x")
-
-    everything = [p for pts in methods.values() for p in pts]
-    lat = interleaved_latency([ctx.base] + [p.pop("_model") for p in everything], ctx.latency_input)
-    base["latency_ms"] = lat[0]
-    for p, ms in zip(everything, lat[1:]):
-        p["latency_ms"] = round(ms, 3)
-    out = {
-        "budget": {"model": args.model, "budget_epochs": args.budget_epochs, "final_epochs": args.final_epochs,
-                   "batch_size": BATCH, "train_images": len(ctx.data.train), "val_images": len(ctx.data.val),
-                   "test_images": len(ctx.data.test), "n_candidates": n_trials, "trial_steps": args.trial_steps,
-                   "promote_steps": args.promote_steps, "eta": args.eta, "random_candidate_steps": random_steps,
-                   "short_val_images": args.short_val_images, "bn_batches": args.bn_batches, "seed": args.seed,
-                   "min_reduction": args.min_reduction,
-                   "autoprune_finetune_steps": ap_cost["finetune_steps"], "random_finetune_steps": rnd_cost["finetune_steps"],
-                   "device": args.device, "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
-                   f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
-                   "date": time.strftime("%Y-%m-%d")},
-        "base": {"val_accuracy": base["accuracy"], "test_accuracy": base_test, "macs": base["macs"],
-                 "latency_ms": base["latency_ms"]},
-        "methods": {m: summarise(p, base["macs"], base["latency_ms"]) for m, p in methods.items()},
-        "autoprune_study": {"search_s": round(t_ap, 1), "cost": ap_cost},
-        "random_study": {"search_s": round(t_rnd, 1), "cost": rnd_cost},
-        "step_costs": costs, "prepare_s": round(t_prepare, 1), "wall_s": round(time.perf_counter() - t_all, 1),
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2, default=str))
-    if args.plot:
-        plot(out, Path(args.plot))
-    print(f"{'method':20s} {'HV':>8s} {'HV<=3x':>8s} " + " ".join(f"{'acc@' + format(t, 'g') + 'x':>9s}" for t in TARGETS)
-          + " " + " ".join(f"{'interp@' + format(t, 'g') + 'x':>10s}" for t in TARGETS)
-          + "   points (test acc / MACs cut / latency speed-up)")
-    for m, r in out["methods"].items():
-        accs = " ".join(f"{(r['best_acc_at'][format(t, 'g')] or math.nan) * 100:9.2f}" for t in TARGETS)
-        accs += " " + " ".join(f"{(r['acc_at_interpolated'][format(t, 'g')] or math.nan) * 100:10.2f}" for t in TARGETS)
-        pts = "; ".join(f"{p['accuracy'] * 100:.2f} / {p['macs_reduction']:.2f}x / {p['speedup']:.2f}x" for p in r["points"])
-        print(f"{m:20s} {r['hypervolume']:8.4f} {r['hypervolume_within_targets']:8.4f} {accs}   {pts}")
-    print(f"step costs: {costs}; autoprune overhead share {ap_cost['overhead_share']:.3f}; "
-          f"promotion {ap_cost['promotion']}; wall {out['wall_s']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ from autoprune.backends.optuna_backend import run_search
 from autoprune.config import RecoveryConfig, load_study
 from autoprune.context import prepare, stream_steps
 from autoprune.distill import finetune, train_step
-from autoprune.pareto import nondominated_ranks, promote
+from dataclasses import replace
+
+from autoprune.pareto import nondominated_ranks
 from autoprune.record import TrialRecord
 from autoprune.telling import records
 from autoprune.teacher import build_stream, load_or_build_stream, sample_stream_indices
@@ -112,32 +114,49 @@ def test_nondominated_ranks_peel_fronts():
     assert nondominated_ranks(pts, MAXMIN) == [0, 0, 1, 1, 2]
 
 
-def test_promotion_takes_the_best_third_and_respects_the_quota():
-    others = [[0.5, 7], [0.6, 8], [0.7, 9], [0.8, 10], [0.4, 12]]  # one front; [0.4, 12] is dominated
-    assert promote([0.95, 5], others, MAXMIN, eta=3)  # dominates everything
-    assert not promote([0.3, 13], others, MAXMIN, eta=3)  # rank 2: five points are better, quota is 2
-    assert promote([0.55, 7.5], others, MAXMIN, eta=3)  # on the front
-    assert not promote([0.95, 5], others, MAXMIN, eta=3, promoted=2)  # ceil(6 / 3) = 2 already promoted
-
-
-def test_search_promotes_about_a_third_and_records_fidelity(tmp_path):
+def test_search_promotes_by_continuing_the_best_candidates(tmp_path):
+    """Deferred promotion: a due candidate is taken one rung further by a later trial that continues it (same
+    parameters, its scores and one more), and each candidate counts once in the accounting."""
     study = _study(tmp_path, study={"fidelity": {"promote_steps": 6, "eta": 3},
-                                    "budget": {"n_trials": 9}, "sampler": {"name": "random"}})
+                                    "budget": {"n_trials": 12}, "sampler": {"name": "random"}})
+    ost = run_search(prepare(study), n_trials=12).study
+    recs = {r.number: r for r in records(ost)}
+    later = [r for r in recs.values() if r.continues is not None]
+    assert later, "some candidate went up"
+    for r in later:
+        parent = recs[r.continues]
+        assert r.number > parent.number and r.params == parent.params
+        assert r.fidelity.scores[5] == parent.fidelity.scores[5] and sorted(r.fidelity.scores) == [5, 11]
+        assert (r.metrics.macs, r.metrics.params) == (parent.metrics.macs, parent.metrics.params)
+        assert r.metrics.accuracy == r.fidelity.scores[11] and r.plan.finetune_steps == 11
+        assert r.timings["finetune"] > 0 and "measure" not in r.timings  # only the extra rung ran
+    fresh = [r for r in recs.values() if r.continues is None]
+    best = max(fresh, key=lambda r: r.fidelity.scores[5])
+    assert best.number in {r.continues for r in later}, "the best first-rung candidate went up"
+    summary = cost_summary(list(recs.values()))
+    assert summary["finetune_steps"] == 5 * len(fresh) + 6 * len(later)  # each lineage's steps once
+    assert summary["promotion"]["promoted"] == len(later)
+
+
+def test_a_continuation_from_the_saved_model_equals_rebuilding_the_candidate(tmp_path):
+    """Continuing from the saved model is the computation the candidate would run on from scratch: the same
+    score as re-applying its plan and re-running its recovery (the saved file gone)."""
+    import os
+    from dataclasses import replace
+
+    from autoprune.trial import continue_trial, run_trial
+
+    study = _study(tmp_path, study={"fidelity": {"promote_steps": 6, "bn_rung": True}})
     c = prepare(study)
-    ost = run_search(c, n_trials=9).study
-    done = [t for t in ost.get_trials() if t.state.name == "COMPLETE"]
-    fid = [t.user_attrs["fidelity"] for t in done]
-    promoted = [f for f in fid if f["promoted"]]
-    assert 0 < len(promoted) <= 3  # at least one, at most ceil(9 / 3)
-    assert fid[0]["promoted"]  # the first trial is the best so far
-    for t in done:
-        f = t.user_attrs["fidelity"]
-        assert f["steps"] == (5 + 6 if f["promoted"] else 5)
-        assert t.user_attrs["metrics"]["accuracy"] == f["accuracy"]
-        assert t.user_attrs["plan"]["finetune_steps"] == f["steps"]
-    summary = cost_summary(records(ost))
-    assert summary["promotion"]["promoted"] == len(promoted)
-    assert summary["finetune_steps"] == sum(f["steps"] for f in fid)
+    params = {f"ratio.{g}": 0.3 for g in c.groups} | {"scorer": "l1"}
+    first = replace(run_trial(c, params, seed=3, save_dir=tmp_path), number=0)
+    second = replace(continue_trial(c, first, save_dir=tmp_path), number=1, continues=0)
+    assert sorted(second.fidelity.scores) == [0, 5] and second.fidelity.scores[0] == first.fidelity.scores[0]
+    third = continue_trial(c, second, save_dir=tmp_path)
+    os.remove(second.model_file)
+    again = continue_trial(c, second, save_dir=tmp_path)
+    assert sorted(third.fidelity.scores) == [0, 5, 11]
+    assert again.fidelity.scores == third.fidelity.scores and again.fidelity.hits == third.fidelity.hits
 
 
 def test_short_recovery_is_scored_on_a_seeded_validation_subset_and_promotion_on_all_of_it(tmp_path):
@@ -204,25 +223,31 @@ def _rec(number: int, scores: dict, target: float | None = None, macs: int = 100
                        Fidelity(dict(scores)), number=number, state="COMPLETE")
 
 
-def test_promotion_counts_peers_and_quota_within_one_target_and_one_rung():
-    from autoprune.fidelity import promoter
-    from autoprune.record import Metrics
+def test_due_takes_each_rungs_best_within_one_target_whenever_they_arrive():
+    from autoprune.fidelity import due
 
-    done = [_rec(0, {0: 0.80, 20: 0.85}, 2.0), _rec(1, {0: 0.70}, 2.0), _rec(2, {0: 0.60}, 2.0),
-            _rec(3, {0: 0.95, 20: 0.96, 220: 0.97}, 3.0)]
-    decide = promoter(lambda: done, ["accuracy"], ["maximize"], eta=2)
-    cand = Metrics(0.75, 100, 10, 0.1)
-    # at 2x, rung 0: peers 0.80, 0.70, 0.60; 0.75 is second of four (best half) and one of the two allowed
-    assert decide(cand, 0, 2.0)
-    # other targets' trials are not peers: at 1.5x nobody has been scored, so even a poor candidate goes up
-    assert decide(Metrics(0.1, 100, 10, 0.1), 0, 1.5)
-    # at 3x the one peer went up already, so the quota (ceil(2 / 2) = 1) is used even for a better candidate
-    assert not decide(Metrics(0.99, 100, 10, 0.1), 0, 3.0)
-    # at 2x, rung 20: one peer (0.85) which went no further; 0.75 is worse: ranks 2 of 2, not in the best half
-    assert not decide(cand, 20, 2.0)
-    # quota: with two of three peers already promoted from rung 0 at 2x, even the best candidate waits
-    done[1] = _rec(1, {0: 0.70, 20: 0.72}, 2.0)
-    assert not decide(Metrics(0.99, 100, 10, 0.1), 0, 2.0)
+    ladder = [0, 20, 220]
+
+    def pick(done, target=2.0, claimed=()):
+        r = due(done, ladder, ["accuracy"], ["maximize"], 2, target, claimed)
+        return None if r is None else r.number
+
+    early = [_rec(0, {0: 0.60}, 2.0), _rec(1, {0: 0.55}, 2.0)]
+    assert pick(early) == 0  # floor(2 / 2) = 1 place at rung 0
+    # trial 0 went up; two better candidates arrive later: both are in the best half and go up in turn (an
+    # inline quota, ceil(n / eta) used by early arrivals, would have refused them)
+    later = [_rec(0, {0: 0.60, 20: 0.70}, 2.0), early[1], _rec(2, {0: 0.90}, 2.0), _rec(3, {0: 0.95}, 2.0)]
+    assert pick(later) == 3 and pick(later, claimed=[3]) == 2 and pick(later, claimed=[3, 2]) is None
+    # the higher rung first: with two candidates at rung 20, the better one goes on to 220
+    up = later + [_rec(4, {0: 0.95, 20: 0.80}, 2.0, macs=100)]
+    up[3] = _rec(3, {0: 0.95, 20: 0.80}, 2.0)
+    assert pick(up) == 3  # rung 20: 0.80 (3) and 0.80 (4), 0.70 (0): one place, trial number breaks the tie
+    # other targets' trials are not peers
+    assert pick(later, target=1.5) is None and pick(later + [_rec(5, {0: 0.1}, 1.5), _rec(6, {0: 0.2}, 1.5)], 1.5) == 6
+    # a candidate and its continuation count once (the continuation holds the candidate's scores)
+    cont = replace(_rec(7, {0: 0.60, 20: 0.70}, 2.0), continues=0)
+    assert pick(later + [cont], claimed=[3, 2]) is None
+    assert pick([early[0], cont, early[1]]) is None  # one lineage at rung 20, one place at rung 0, taken
 
 
 def test_a_front_never_mixes_rungs(tmp_path):
@@ -251,13 +276,16 @@ def test_bn_rung_scores_every_candidate_before_any_fine_tune(tmp_path):
                                     "budget": {"n_trials": 8}, "targets": {"macs_reduction": [1.5, 2]}},
                    space={"scorers": ["l1"]})
     recs = records(run_search(prepare(study), n_trials=8).study)
-    assert len(recs) == 8
+    assert len(recs) == 8 and any(r.continues is not None for r in recs)
     ladders = [sorted(r.fidelity.scores) for r in recs]
     assert all(lad[0] == 0 and lad in ([0], [0, 5], [0, 5, 9]) for lad in ladders), ladders
     assert any(lad == [0] for lad in ladders), "some candidates stop after rung 0"
-    for t in (1.5, 2.0):  # per target, at most ceil(n/eta) went past rung 0
-        at = [r for r in recs if r.plan.target == t]
-        assert sum(r.promoted for r in at) <= -(-len(at) // 2)
+    by_number = {r.number: r for r in recs}
+    for r in recs:  # a continuation stays at its candidate's target and keeps its lower-rung scores
+        if r.continues is not None:
+            parent = by_number[r.continues]
+            assert r.plan.target == parent.plan.target and r.params == parent.params
+            assert all(r.fidelity.scores[k] == v for k, v in parent.fidelity.scores.items())
     for r in recs:
         assert r.plan.finetune_steps == r.fidelity.steps and r.timings.get("finetune", 0.0) >= 0.0
         if r.fidelity.steps == 0:

@@ -98,12 +98,11 @@ def test_accuracy_at_interpolates_in_log_reduction_along_the_front():
 def test_a_misspelt_direction_is_an_error_naming_it_and_the_valid_ones():
     import pytest
 
-    from autoprune.pareto import nondominated_ranks, promote
+    from autoprune.pareto import nondominated_ranks
 
     with pytest.raises(ValueError, match=r"'maximise'.*maximize, minimize"):
         dominates([1, 1], [0, 0], ["maximise", "minimize"])
-    for call in (lambda d: non_dominated([[1, 1], [0, 0]], d), lambda d: nondominated_ranks([[1, 1], [0, 0]], d),
-                 lambda d: promote([1, 1], [[0, 0]], d, eta=3)):
+    for call in (lambda d: non_dominated([[1, 1], [0, 0]], d), lambda d: nondominated_ranks([[1, 1], [0, 0]], d)):
         with pytest.raises(ValueError, match="maximise"):
             call(["maximise", "minimize"])
 

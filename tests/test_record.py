@@ -140,5 +140,5 @@ def test_a_legacy_study_resumes_with_a_larger_budget(legacy):
     after = _legacy_trials(legacy, "legacy")
     assert sum(t.state.name == "COMPLETE" for t in after) == 6
     assert all(t.user_attrs == before[t.number] for t in after if t.number in before)
-    new = TrialRecord.from_frozen(max(after, key=lambda t: t.number))
+    new = TrialRecord.from_frozen(max((t for t in after if t.state.name == "COMPLETE"), key=lambda t: t.number))
     assert new.completed and new.plan.scorer

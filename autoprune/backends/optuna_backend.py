@@ -24,9 +24,10 @@ from autoprune.backends.base import SearchOutcome
 from autoprune.context import StudyContext
 from autoprune.errors import SearchFailedError
 from autoprune.record import Failure
-from autoprune.storage import create_or_load, heartbeat_settings, open_storage, register_host
-from autoprune.telling import study_promoter, study_sampler, suggest_all, tell_failure, tell_result, trial_target
-from autoprune.trial import run_trial
+from autoprune.storage import create_or_load, get_record, heartbeat_settings, open_storage, register_host
+from autoprune.telling import (continued, enqueue_due, study_sampler, suggest_all, tell_failure, tell_result,
+                               trial_target)
+from autoprune.trial import continue_trial, run_trial
 from autoprune.warmstart import enqueue_warm_start
 
 # Anything a trial raises (a NaN loss, CUDA out of memory, a plan torch-pruning cannot apply, an exception in a
@@ -136,7 +137,6 @@ def open_search_study(ctx: StudyContext, url: str, study_name: str | None, seed:
 def _objective(ctx: StudyContext, ost: optuna.Study, n_trials: int, seed: int, tally: _Tally,
                interrupts: Interrupts, log: Callable[[str], None]) -> Callable[[optuna.Trial], list[float]]:
     dists = ctx.distributions()
-    promote = study_promoter(lambda: ost, ctx.study)
     save_dir = Path(ctx.study.workdir) / "models"
 
     def objective(trial: optuna.Trial) -> list[float]:
@@ -151,8 +151,12 @@ def _objective(ctx: StudyContext, ost: optuna.Study, n_trials: int, seed: int, t
             if ctx.targets:
                 params["target"] = trial_target(trial, ctx.targets)
             tally.ran += 1
+            parent = continued(trial)
             with interrupts.interruptible():
-                record = run_trial(ctx, params, seed=seed + trial.number, save_dir=save_dir, promote=promote)
+                if parent is None:
+                    record = run_trial(ctx, params, seed=seed + trial.number, save_dir=save_dir)
+                else:  # a deferred promotion: the candidate of trial `parent`, one rung further
+                    record = continue_trial(ctx, get_record(ost, parent), save_dir=save_dir)
         except TRIAL_ERRORS as exc:
             if isinstance(exc, optuna.TrialPruned):
                 raise
@@ -196,11 +200,14 @@ def run_search(
     queued = enqueue_warm_start(ost, ctx, ctx.distributions())
     if queued:
         log(f"warm start: the first {queued} trials are the search space's uniform and global-pruning baselines")
+    enqueue_due(ost, ctx.study)  # on resume: promotions that were due when the last run stopped
     interrupts = Interrupts()
 
     def after_trial(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         if frozen.state != TrialState.PRUNED and on_trial:
             on_trial(study, frozen)
+        if frozen.state == TrialState.COMPLETE:
+            enqueue_due(study, ctx.study)  # the candidates now in their rung's best 1/eta go up next
         # Trials other workers are still running do not stop this one: the next trial waits for a slot
         # (wait_for_slot), so a worker that was killed mid-trial does not leave the budget short.
         if tally.failing() or _complete(study) >= n_trials or interrupts.requested:

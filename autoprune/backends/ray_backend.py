@@ -23,8 +23,9 @@ from autoprune.context import StudyContext
 from autoprune.errors import AutopruneError, first_line
 from autoprune.optional import require
 from autoprune.record import Failure, TrialRecord
-from autoprune.storage import counts, create_or_load, open_storage
-from autoprune.telling import fail_running, study_promoter, study_sampler, tell_failure, tell_result, trial_target
+from autoprune.storage import counts, create_or_load, get_record, open_storage
+from autoprune.telling import (continued, enqueue_due, fail_running, study_sampler, tell_failure, tell_result,
+                               trial_target)
 from autoprune.warmstart import enqueue_warm_start
 
 _WORKER_CTX: dict[str, StudyContext] = {}
@@ -61,16 +62,17 @@ def trainable(config: dict[str, Any], spec: dict[str, Any]) -> None:
     import ray
     from ray import tune
 
-    from autoprune.trial import run_trial
+    from autoprune.trial import continue_trial, run_trial
 
     ctx = _worker_context(spec)
     params = {k: v for k, v in config.items() if not k.startswith("_")}
-    # promotion reads the study's completed trials from its storage (the driver alone writes)
-    fid = ctx.study.config.fidelity
-    storage = open_storage(spec["storage_url"]) if (fid.promote_steps or fid.bn_rung) else None
-    promote = study_promoter(lambda: optuna.load_study(study_name=spec["study_name"], storage=storage), ctx.study)
+    save_dir = Path(spec["models_dir"])
     try:
-        record = run_trial(ctx, params, seed=int(config["_seed"]), save_dir=Path(spec["models_dir"]), promote=promote)
+        if config.get("_continues") is None:
+            record = run_trial(ctx, params, seed=int(config["_seed"]), save_dir=save_dir)
+        else:  # a deferred promotion: read the candidate's record from the study (the driver alone writes)
+            ost = optuna.load_study(study_name=spec["study_name"], storage=open_storage(spec["storage_url"]))
+            record = continue_trial(ctx, get_record(ost, int(config["_continues"])), save_dir=save_dir)
     except Exception as exc:  # told on the Optuna trial by the driver, then re-raised so Ray counts it errored
         failure = Failure.from_exception(exc)
         nan = float("nan")
@@ -103,7 +105,7 @@ def _searcher_class(OptunaSearch):
             ot_trial.set_user_attr("driver", self._driver)
             target = trial_target(ot_trial, self._targets)
             return {**params, **({"target": target} if target is not None else {}),
-                    "_seed": self._base_seed + ot_trial.number}
+                    "_seed": self._base_seed + ot_trial.number, "_continues": continued(ot_trial)}
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             ot_trial = self._optuna_trial(trial_id)
@@ -119,6 +121,8 @@ def _searcher_class(OptunaSearch):
             if error:
                 result = None  # the NaN placeholders reported with an error are not objective values
             super().on_trial_complete(trial_id, result, error)
+            if not error:
+                enqueue_due(self._ot_study, self._autoprune_study)  # the rungs' best go up next
 
     return AutopruneOptunaSearch
 
@@ -276,6 +280,7 @@ def run_ray_search(
         queued = enqueue_warm_start(ost, ctx, ctx.distributions())
         if queued:
             log(f"warm start: the first {queued} trials are the search space's uniform and global-pruning baselines")
+        enqueue_due(ost, study)  # on resume: promotions that were due when the last run stopped
         wrapped = tune.with_resources(tune.with_parameters(trainable, spec=_worker_spec(ctx, device, cpus_per_trial, workdir)),
                                       {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
         if restore_from is not None:
