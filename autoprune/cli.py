@@ -297,7 +297,8 @@ def status(study_file, storage, study_name, checkpoint, data_root, sets, as_json
 @study_options
 @click.option("--json", "as_json", is_flag=True, help="Print {objectives, base, front} as JSON.")
 @click.option("--rung", type=click.IntRange(min=0), help="Compare the trials that reached this many fine-tune steps "
-              "(default: the highest rung every trial reached).")
+              "(default: the highest rung every candidate reached; with cost targets, every target's "
+              "best-trained one).")
 @handle_errors
 def pareto(study_file, storage, study_name, checkpoint, data_root, sets, as_json, rung) -> None:
     """The non-dominated completed trials, compared at one rung."""
@@ -328,7 +329,8 @@ def pareto(study_file, storage, study_name, checkpoint, data_root, sets, as_json
 @click.option("--knee", is_flag=True, help="The knee of the front (after any constraints).")
 @click.option("--json", "as_json", is_flag=True, help="Print the chosen front entry (as in pareto --json) plus reason.")
 @click.option("--rung", type=click.IntRange(min=0), help="Choose among the trials that reached this many fine-tune "
-              "steps, by their accuracy there (default: the highest rung every trial reached).")
+              "steps, by their accuracy there (default: the highest rung every candidate reached; with cost "
+              "targets, every target's best-trained one).")
 @handle_errors
 def select_cmd(study_file, storage, study_name, checkpoint, data_root, sets, min_accuracy, max_macs, max_latency_ms,
                knee, as_json, rung) -> None:

@@ -112,7 +112,7 @@ def study_report(ost, out_dir: Path, chosen: dict | None = None) -> dict[str, st
 
     out_dir.mkdir(parents=True, exist_ok=True)
     base = ost.user_attrs.get("base", {})
-    fr = front(ost)  # at the highest rung every trial reached; the other trials are plotted at that rung too
+    fr = front(ost)  # at one rung (storage.front); the other candidates are plotted at that rung too
     trials = entries_at(ost, fr[0]["rung"] if fr else None)
     if not trials:
         raise AutopruneError(f"study {ost.study_name!r} has no completed trials to report")

@@ -57,6 +57,23 @@ def global_ratios(ctx: StudyContext, ratio: float) -> dict[str, float]:
     return out
 
 
+def global_at(ctx: StudyContext, target: float, tolerance: float = 0.005, steps: int = 20) -> dict[str, float]:
+    """Per-group ratios of torch-pruning's global Group-L1 pruning at the ratio whose MACs reduction (the
+    study's cost model) is ``target``, bisected to within ``tolerance`` (else the closest met): the global
+    baseline's own structure at that target."""
+    lo, hi, best, miss = 0.0, 0.95, {}, float("inf")
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        ratios = global_ratios(ctx, mid)
+        red = ctx.cost.reduction(ratios)
+        if abs(red / target - 1) < miss:
+            best, miss = ratios, abs(red / target - 1)
+        if miss <= tolerance:
+            break
+        lo, hi = (mid, hi) if red < target else (lo, mid)
+    return best
+
+
 def _allocation(ratios: dict[str, float], low: float, high: float) -> dict[str, float]:
     """Per-group ratios as allocation weights of the same shape, scaled so the largest is ``high``.
 
@@ -70,16 +87,17 @@ def _allocation(ratios: dict[str, float], low: float, high: float) -> dict[str, 
 def _baselines(ctx: StudyContext, dists: dict[str, BaseDistribution]) -> list[tuple[dict[str, Any], str, str]]:
     """(ratio or allocation parameters, preferred scorer, "uniform" or "global") of each configured baseline.
 
-    With cost targets, the uniform allocation and the shape of torch-pruning's global allocation (at the first ``global`` ratio, 0.5
-    if none) are placed on every target, whatever ``warm_start`` lists; without targets, each configured ratio is
-    one baseline."""
+    With cost targets, the uniform allocation and torch-pruning's global Group-L1 allocation bisected to each
+    target (:func:`global_at`; its own structure there where the allocation's bounds allow it) are placed on
+    every target, whatever ``warm_start`` lists; without targets, each configured ratio is one baseline."""
     ws, targets = ctx.study.space.warm_start, ctx.targets
     if targets:
         a = ctx.study.space.allocation
-        shapes = [({g: a.high for g in ctx.groups}, "l1", "uniform"),
-                  (_allocation(global_ratios(ctx, (ws.global_ or [0.5])[0]), a.low, a.high), "group_l1", "global")]
-        return [({**{f"alloc.{g}": w for g, w in weights.items()}, "target": t}, scorer, kind)
-                for t in targets for weights, scorer, kind in shapes]
+        uniform = {g: a.high for g in ctx.groups}
+        return [p for t in targets for p in (
+            ({**{f"alloc.{g}": w for g, w in uniform.items()}, "target": t}, "l1", "uniform"),
+            ({**{f"alloc.{g}": w for g, w in _allocation(global_at(ctx, t), a.low, a.high).items()}, "target": t},
+             "group_l1", "global"))]
     out = []
     for kind, ratios, scorer in (("uniform", ws.uniform, "l1"), ("global", ws.global_, "group_l1")):
         for r in ratios:

@@ -326,7 +326,11 @@ def main() -> None:
     ap.add_argument("--extra-kd", action="store_true", help="add the baselines given the search budget as KD")
     ap.add_argument("--workdir", help="keep the studies here (default: a new temporary folder)")
     ap.add_argument("--plot", help="also draw the points to this PNG (needs matplotlib)")
+    ap.add_argument("--aggregate", nargs="+", metavar="JSON", help="only print the mean and spread of saved runs")
     args = ap.parse_args()
+    if args.aggregate:
+        print(aggregate(args.aggregate))
+        return
     missing = [f"--{n.replace('_', '-')}" for n in ("checkpoint", "data_root", "out") if not getattr(args, n)]
     if missing:
         ap.error(f"the following arguments are required: {', '.join(missing)}")
@@ -370,6 +374,47 @@ def table(out: dict) -> None:
         accs = " ".join(f"{(r['acc_at'][format(t, 'g')] or math.nan) * 100:8.2f}" for t in TARGETS)
         print(f"{m:34s} {r['hypervolume_within_targets']:8.4f} {accs} {r['compute_images']:10,d}")
     print(f"wall {out['wall_s']:.0f} s")
+
+
+def _pct(x: float | None) -> float | None:
+    return None if x is None else x * 100
+
+
+def aggregate(paths: list[str]) -> str:
+    """A markdown table over several runs (seeds): per method, the mean and sample standard deviation of the
+    accuracy at each target, of the hypervolume within the targets and of the compute spent, and the mean gap
+    to the best baseline at each target, per run (+: above it)."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    methods = list(runs[0]["methods"])
+    keys = [f"{t:g}" for t in TARGETS]
+
+    def ms(values: list) -> str:
+        v = [x for x in values if x is not None]
+        if not v:
+            return "-"
+        sd = statistics.stdev(v) if len(v) > 1 else 0.0
+        return f"{statistics.mean(v):.2f} ± {sd:.2f}" if len(v) == len(values) else f"{statistics.mean(v):.2f} (n={len(v)})"
+
+    def best_baseline(run: dict, k: str) -> float | None:
+        vals = [run["methods"][m]["acc_at"][k] for m in ("uniform_l1", "tp_global_l1", "random_adaptive_bn")]
+        vals = [v for v in vals if v is not None]
+        return max(vals) if vals else None
+
+    lines = [f"| method | " + " | ".join(f"@{k}x (%)" for k in keys) + " | HV<=3x | compute (image units) |",
+             "|---|" + "---:|" * (len(keys) + 2)]
+    for m in methods:
+        accs = [ms([_pct(r["methods"][m]["acc_at"][k]) for r in runs]) for k in keys]
+        hv = ms([r["methods"][m]["hypervolume_within_targets"] * 100 for r in runs])
+        comp = statistics.mean(r["methods"][m]["compute_images"] for r in runs)
+        lines.append(f"| {m} | " + " | ".join(accs) + f" | {hv} (x100) | {comp:,.0f} |")
+    gaps = []
+    for k in keys:
+        per = []
+        for r in runs:
+            a, b = r["methods"]["autoprune"]["acc_at"][k], best_baseline(r, k)
+            per.append(None if a is None or b is None else (a - b) * 100)
+        gaps.append(f"{k}x: " + ", ".join("-" if g is None else f"{g:+.2f}" for g in per) + f" (mean {ms(per)})")
+    return "\n".join(lines) + "\n\nautoprune minus the best baseline, per seed, points: " + "; ".join(gaps)
 
 
 def plot(results: dict, path: Path) -> None:

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from autoprune.backends.optuna_backend import run_search  # noqa: E402
 from autoprune.config import load_study  # noqa: E402
 from autoprune.context import prepare  # noqa: E402
+from autoprune.record import heads  # noqa: E402
 from autoprune.telling import records  # noqa: E402
 from autoprune.verdict import compare_at  # noqa: E402
 
@@ -35,7 +36,7 @@ from autoprune.verdict import compare_at  # noqa: E402
 def per_target(recs: list, target: float) -> dict:
     """For each rung: how many candidates reached it, the best searched one and its comparison with each
     baseline that reached the rung too."""
-    at = [r for r in recs if r.plan.target == target]
+    at = [r for r in heads(recs) if r.plan.target == target]  # each candidate once, at its highest rung
     base = {kind: next((r for r in at if r.warm_start == kind), None) for kind in ("uniform", "global")}
     out = {}
     for rung in sorted({s for r in at for s in r.fidelity.scores}):
@@ -77,8 +78,8 @@ def main() -> None:
     wall = time.perf_counter() - t0
     out = {"study": args.study, "seed": args.seed, "n_trials": len(recs), "prepare_s": round(t_prep, 1),
            "wall_s": round(wall, 1), "base_val_accuracy": ctx.reference["accuracy"],
-           "finetune_steps": sum(r.fidelity.steps for r in recs),
-           "rung_counts": {str(k): sum(k in r.fidelity.scores for r in recs) for k in sorted(
+           "finetune_steps": sum(r.fidelity.steps for r in heads(recs)),
+           "rung_counts": {str(k): sum(k in r.fidelity.scores for r in heads(recs)) for k in sorted(
                {s for r in recs for s in r.fidelity.scores})},
            "targets": {str(t): per_target(recs, t) for t in study.config.targets.macs_reduction},
            "machine": f"{platform.node()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads",

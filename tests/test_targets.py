@@ -80,10 +80,13 @@ def test_with_targets_the_front_is_each_targets_best_candidate(targeted):
     path, _, records = targeted
     entries = front(load_optuna_study(load_study(path)))
     rung = entries[0]["rung"]
-    assert sorted(e["plan"]["target"] for e in entries) == [1.5, 2.0]
+    best = {t: max((r for r in records if r.plan.target == t), key=lambda r: r.fidelity.scores[rung]) for t in (1.5, 2.0)}
     for e in entries:
-        peers = [r.fidelity.scores[rung] for r in records if r.plan.target == e["plan"]["target"]]
-        assert e["accuracy"] == max(peers)
+        assert e["trial"] == best[e["plan"]["target"]].number and e["accuracy"] == best[e["plan"]["target"]].fidelity.scores[rung]
+    shown = {e["plan"]["target"] for e in entries}
+    assert shown and shown <= {1.5, 2.0}
+    for t in {1.5, 2.0} - shown:  # a target's best is left out only when another target's best dominates it
+        assert any(e["accuracy"] >= best[t].fidelity.scores[rung] and e["macs"] <= best[t].metrics.macs for e in entries)
 
 
 @pytest.mark.slow
@@ -172,3 +175,38 @@ def test_a_targets_study_resumes_without_enqueueing_its_baselines_again(write_st
     fresh = [r for r in recs if r.continues is None]  # continuations keep their candidate's kind and target
     assert sum(r.warm_start is not None for r in fresh) == 4  # 2 shapes x 2 targets, once
     assert [r.plan.target for r in fresh[4:]] == [[1.5, 2.0][r.number % 2] for r in fresh[4:]]
+
+
+def test_with_targets_and_rungs_the_front_compares_each_target_at_one_common_rung():
+    """Candidates climbed to different rungs: the default front takes, per target, the best candidate among those
+    at the highest rung every target's best-trained candidate reached, never mixing rungs, and a candidate whose
+    continuation completed counts once (at the continuation's scores)."""
+    from optuna.distributions import FloatDistribution
+
+    from autoprune.record import Fidelity, Metrics, PlanRecord
+    from autoprune.storage import front
+
+    ost = optuna.create_study(directions=["maximize", "minimize"])
+    ost.set_user_attr("objectives", ["accuracy", "macs"])
+
+    def add(number, scores, target, continues=None):
+        top = max(scores)
+        rec = TrialRecord(Metrics(scores[top], int(100 / target), 10, 0.1), PlanRecord("l1", {"g": 0.3}, target=target),
+                          Fidelity(dict(scores)))
+        attrs = rec.to_user_attrs() | ({"continues": continues} if continues is not None else {})
+        ost.add_trial(optuna.trial.create_trial(params={"x": float(number)}, distributions={"x": FloatDistribution(0, 99)},
+                                                values=[scores[min(scores)], int(100 / target)], user_attrs=attrs))
+
+    add(0, {0: 0.50}, 2.0)
+    add(1, {0: 0.60}, 2.0)
+    add(2, {0: 0.60, 20: 0.70}, 2.0, continues=1)  # trial 1 one rung further
+    add(3, {0: 0.55, 20: 0.75, 220: 0.80}, 2.0)
+    add(4, {0: 0.30}, 3.0)
+    add(5, {0: 0.40, 20: 0.45}, 3.0)
+    add(6, {0: 0.90}, 3.0)  # best at rung 0 at 3x, but never fine-tuned: not comparable at rung 20
+    entries = front(ost)
+    assert {e["rung"] for e in entries} == {20}  # 3x's best-trained candidate reached 20, 2x's 220: common 20
+    assert sorted((e["plan"]["target"], e["trial"], e["accuracy"]) for e in entries) == [(2.0, 3, 0.75), (3.0, 5, 0.45)]
+    at0 = front(ost, rung=0)
+    assert [(e["rung"], e["trial"]) for e in at0] == [(0, 6)]  # 3x's 0.90 dominates 2x's best there (0.60)
+    assert [e["trial"] for e in front(ost, rung=220)] == [3]
