@@ -276,6 +276,14 @@ class MeasureConfig(_Strict):
     latency_repeats: int = Field(20, ge=1)
     latency_warmup: int = Field(5, ge=0)
     threads: int | None = Field(None, ge=1)  # torch threads for measurement and training (None: torch default)
+    latency_backend: str = "torch"  # torch | torchscript | onnxruntime (autoprune.latency.LATENCY_BACKENDS)
+
+    @field_validator("latency_backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        from autoprune.latency import LATENCY_BACKENDS
+
+        return _known(LATENCY_BACKENDS.get, v)
 
 
 class ConstraintsConfig(_Strict):

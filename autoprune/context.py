@@ -25,7 +25,8 @@ from autoprune.depth import droppable_blocks
 from autoprune.devicelock import DeviceLock, NoLock
 from autoprune.distill import finetune
 from autoprune.errors import AutopruneError
-from autoprune.measure import accuracy, count_macs, count_params, latency_ms
+from autoprune.latency import Deployed, deploy, paired_latency
+from autoprune.measure import accuracy, count_macs, count_params
 from autoprune.models import create_model, load_checkpoint, resolve_model
 from autoprune.pruning import GroupLayout, build_layout
 from autoprune.saving import checksum_ok, save_checksummed
@@ -65,6 +66,12 @@ class StudyContext:
         """Serialise latency measurements with the other workers on this machine (see :mod:`autoprune.devicelock`)."""
         self.lock = DeviceLock(self.device.type if self.device.index is None else f"{self.device.type}{self.device.index}")
         self.latency_method = "exclusive: device lock held, other workers on this machine paused"
+
+    @functools.cached_property
+    def latency_base(self) -> Deployed:
+        """The base model as ``measure.latency_backend`` deploys it, prepared once: every trial's latency is
+        measured paired with it (:func:`autoprune.latency.paired_latency`)."""
+        return deploy(self.base, self.latency_input, self.study.config.measure.latency_backend)
 
     @property
     def groups(self) -> list[str]:
@@ -173,10 +180,13 @@ def _droppable(study: Study, model: nn.Module, example: torch.Tensor) -> list[st
 def _reference(ctx: StudyContext, source: str, trained_here: bool, stream_source: str) -> dict[str, Any]:
     """The base model's measurements every trial is compared with."""
     cfg, m, model = ctx.study.config, ctx.study.config.measure, ctx.base
+    # the base paired with itself: its time on the study's backend, and how noisy the machine is right now
+    lat = paired_latency(ctx.latency_base, ctx.latency_base, ctx.latency_input, m.latency_repeats, m.latency_warmup,
+                         m.latency_backend)
     ref = {"accuracy": accuracy(model, ctx.data.val, cfg.data.batch_size), "macs": count_macs(model, ctx.example),
-           "params": count_params(model),
-           "latency_ms": latency_ms(model, ctx.latency_input, m.latency_repeats, m.latency_warmup),
-           "source": source, "trained_here": trained_here, "split": "val", "data": ctx.data.info,
+           "params": count_params(model), "latency_ms": lat.base_ms, "latency_backend": lat.backend,
+           "latency_dispersion": lat.dispersion, "latency_reliable": lat.reliable, "source": source,
+           "trained_here": trained_here, "split": "val", "data": ctx.data.info,
            "groups": {g: {"roots": r, "channels": ctx.layout.channels.get(g, 0)} for g, r in ctx.layout.roots.items()},
            "device": str(ctx.device), "teacher": stream_source}
     if ctx.ratio_highs:

@@ -33,26 +33,50 @@ def steps_progress() -> Progress:
                     TimeRemainingColumn(), console=console, transient=True)
 
 
+def _latency_cells(r: dict[str, Any], base: dict[str, Any]) -> list[str]:
+    """A trial's "ms" and "faster" cells: the speed-up over the base measured paired with it in the same window
+    where recorded (else against the base's own measurement); ``?`` marks a latency measured on a contended
+    machine (too noisy to trust)."""
+    mark = "?" if r.get("latency_reliable") is False else ""
+    ratio = r.get("latency_ratio")
+    if ratio:
+        faster = f"{1.0 / ratio:.2f}x"
+    else:
+        faster = f"{base['latency_ms'] / r['latency_ms']:.2f}x" if r["latency_ms"] > 0 else ""
+    return [f"{r['latency_ms']:.3f}{mark}", f"{faster}{mark}" if faster else ""]
+
+
+def _latency_caption(base: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """Which runtime the latencies were measured on, and what ``?`` means where a row has it."""
+    backends = {(r.get("plan") or {}).get("latency_backend") for r in rows} | {base.get("latency_backend")}
+    backends.discard(None)
+    parts = [f"latency on {', '.join(sorted(backends))}"] if backends else []
+    if any(r.get("latency_reliable") is False for r in rows) or base.get("latency_reliable") is False:
+        parts.append("? latency unreliable: the machine was contended while it was measured")
+    return "; ".join(parts)
+
+
 def metrics_table(title: str, base: dict[str, Any], rows: Iterable[dict[str, Any]], caption: str = "") -> Table:
+    rows = list(rows)
+    caption = "; ".join(c for c in (caption, _latency_caption(base, rows)) if c)
     table = Table(title=title, caption=caption or None)
     # "faster": the measured latency speed-up over the base, to read beside the MACs reduction
-    rows = list(rows)
     # a column of the fine-tune steps behind each accuracy (the rung) where the study has several rungs
     promoted = any((r.get("fidelity") or {}).get("promoted") or len((r.get("fidelity") or {}).get("scores") or {}) > 1
                    for r in rows)
     cols = ["trial", "accuracy", "MACs", "MACs ↓", "params", "ms", "faster"] + (["steps"] if promoted else []) + ["scorer"]
     for col in cols:
         table.add_column(col, justify="right" if col != "scorer" else "left", no_wrap=col != "scorer")
+    base_mark = "?" if base.get("latency_reliable") is False else ""
     table.add_row("base", f"{base['accuracy']:.4f}", fmt_macs(base["macs"]), "1.00x", f"{base['params']:,}",
-                  f"{base['latency_ms']:.3f}", "1.00x", *([""] if promoted else []), "", style="dim")
+                  f"{base['latency_ms']:.3f}{base_mark}", "1.00x", *([""] if promoted else []), "", style="dim")
     for r in rows:
         fid = r.get("fidelity") or {}
         rung = r.get("rung", fid.get("steps", ""))
         steps = [f"{rung}{'*' if fid.get('promoted') and rung != fid.get('steps') else ''}"] if promoted else []
         table.add_row(
             str(r["trial"]), f"{r['accuracy']:.4f}", fmt_macs(r["macs"]), f"{base['macs'] / max(1, r['macs']):.2f}x",
-            f"{r['params']:,}", f"{r['latency_ms']:.3f}",
-            f"{base['latency_ms'] / r['latency_ms']:.2f}x" if r["latency_ms"] > 0 else "", *steps,
+            f"{r['params']:,}", *_latency_cells(r, base), *steps,
             str(r.get("plan", {}).get("scorer", r.get("config", {}).get("scorer", ""))),
         )
     return table

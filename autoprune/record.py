@@ -28,17 +28,27 @@ if TYPE_CHECKING:
     from autoprune.config import ConstraintsConfig, RecoveryConfig
 
 METRIC_NAMES = ("accuracy", "macs", "params", "latency_ms")
+_PAIRED = ("latency_ratio", "latency_dispersion", "latency_reliable")  # Metrics' paired-latency fields
 
 
 @dataclass(frozen=True)
 class Metrics:
     """What a trial measured: validation accuracy (0..1, at the trial's final fidelity), MACs, parameters and the
-    latency in milliseconds at the study's latency batch size."""
+    latency in milliseconds at the study's latency batch size.
+
+    The latency is measured paired with the base model (:func:`autoprune.latency.paired_latency`):
+    ``latency_ratio`` is the candidate's time over the base's in the same window, ``latency_dispersion`` the
+    relative interquartile range of the per-pair ratios and ``latency_reliable`` whether that was low enough to
+    trust. Records older than paired measurement have None for all three.
+    """
 
     accuracy: float
     macs: int
     params: int
     latency_ms: float
+    latency_ratio: float | None = None
+    latency_dispersion: float | None = None
+    latency_reliable: bool | None = None
 
     def __getitem__(self, name: str) -> float:
         """The metric an objective names (``"accuracy"``, ``"macs"``, ``"params"`` or ``"latency_ms"``)."""
@@ -47,12 +57,14 @@ class Metrics:
         return getattr(self, name)
 
     def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}  # no paired latency: the older layout
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Metrics:
+        ratio, dispersion, reliable = (d.get(k) for k in _PAIRED)
         return cls(float(d.get("accuracy", float("nan"))), int(d.get("macs", 0)), int(d.get("params", 0)),
-                   float(d.get("latency_ms", float("nan"))))
+                   float(d.get("latency_ms", float("nan"))), None if ratio is None else float(ratio),
+                   None if dispersion is None else float(dispersion), None if reliable is None else bool(reliable))
 
 
 @dataclass(frozen=True)
@@ -160,6 +172,7 @@ class PlanRecord:
     latency_method: str = ""
     teacher: str = ""
     target: float | None = None  # the MACs-reduction target the allocation was placed on (studies with targets)
+    latency_backend: str | None = None  # the runtime latency was measured on (measure.latency_backend); None: older
 
     def recovery_settings(self, defaults: RecoveryConfig) -> RecoveryConfig:
         """The recovery settings the trial ran, ``defaults`` (the study's) filling what an old record lacks."""
@@ -169,8 +182,9 @@ class PlanRecord:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["dropped"] = list(self.dropped)
-        if self.target is None:
-            del d["target"]  # a study without targets stores what it always stored
+        for key in ("target", "latency_backend"):
+            if d[key] is None:
+                del d[key]  # a study without targets (or an older trial) stores what it always stored
         return d
 
     @classmethod
@@ -181,7 +195,8 @@ class PlanRecord:
                    d.get("round_to"), tuple(d.get("dropped") or ()), rec, steps,
                    int(d.get("finetune_images", steps * int(rec.get("batch_size", 0)))), d.get("seed"),
                    str(d.get("latency_method", "")), str(d.get("teacher", "")),
-                   float(d["target"]) if d.get("target") is not None else None)
+                   float(d["target"]) if d.get("target") is not None else None,
+                   str(d["latency_backend"]) if d.get("latency_backend") is not None else None)
 
 
 @dataclass(frozen=True)
@@ -320,13 +335,16 @@ class TrialRecord:
 
     def entry(self, rung: int | None = None) -> dict[str, Any]:
         """A completed trial as a front entry (``pareto --json``): trial, accuracy (at the rung of ``rung``
-        fine-tune steps; None: the reported one), rung, macs, params, latency_ms, config (the sampled
-        parameters), plan, timings, fidelity."""
+        fine-tune steps; None: the reported one), rung, macs, params, latency_ms (and, where measured paired
+        with the base, latency_ratio, latency_dispersion, latency_reliable), config (the sampled parameters),
+        plan, timings, fidelity."""
         m = self.metrics or Metrics.from_dict({})
         acc = self.accuracy_at(rung)
         return {"trial": self.number, "accuracy": m.accuracy if acc is None else acc,
                 "rung": self.fidelity.steps if rung is None and self.fidelity else rung,
-                "macs": m.macs, "params": m.params, "latency_ms": m.latency_ms, "config": dict(self.params),
+                "macs": m.macs, "params": m.params, "latency_ms": m.latency_ms,
+                **{k: getattr(m, k) for k in _PAIRED if getattr(m, k) is not None},
+                "config": dict(self.params),
                 "plan": self.plan.to_dict() if self.plan else {}, "timings": dict(self.timings),
                 "fidelity": self.fidelity.to_dict(m.accuracy) if self.fidelity else {}}
 

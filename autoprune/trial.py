@@ -20,7 +20,8 @@ from autoprune.config import RecoveryConfig
 from autoprune.errors import AutopruneError
 from autoprune.fidelity import next_rung, rung_ladder
 from autoprune.compare import encode_hits
-from autoprune.measure import correct, count_macs, count_params, latency_ms
+from autoprune.latency import deploy, paired_latency
+from autoprune.measure import correct, count_macs, count_params
 from autoprune.pruning import PrunePlan, prune_with_plan
 from autoprune.record import Fidelity, Metrics, PlanRecord, TrialRecord
 from autoprune.retrain import rebuild
@@ -75,7 +76,7 @@ def run_trial(ctx: StudyContext, params: Mapping[str, Any], seed: int = 0, save_
     recorded = PlanRecord(pplan.scorer, pplan.ratios, pplan.round_to, tuple(plan.dropped), rec.model_dump(),
                           fidelity.steps, fidelity.steps * rec.batch_size, seed, ctx.latency_method,
                           "cached logits" if ctx.stream is not None and rec.teacher_cache
-                          else "teacher forward every step", plan.target)
+                          else "teacher forward every step", plan.target, ctx.study.config.measure.latency_backend)
     return TrialRecord(metrics, recorded, fidelity, clock.done(), model_file)
 
 
@@ -160,10 +161,16 @@ def _prune(ctx: StudyContext, plan: TrialPlan) -> tuple[nn.Module, PrunePlan]:
 
 
 def _measure(ctx: StudyContext, model: nn.Module, acc: float) -> Metrics:
+    """Accuracy (given), MACs, params and the latency on the study's backend, measured paired with the base
+    (:func:`autoprune.latency.paired_latency`): absolute ms, the ratio to the base in the same window, its
+    dispersion and whether it is reliable."""
     m = ctx.study.config.measure
+    with ctx.lock.shared():  # folded, traced or exported (the base once per worker): compute, but not timed
+        deployed, base = deploy(model, ctx.latency_input, m.latency_backend), ctx.latency_base
     with ctx.lock.exclusive():
-        lat = latency_ms(model, ctx.latency_input, m.latency_repeats, m.latency_warmup)
-    return Metrics(acc, count_macs(model, ctx.example), count_params(model), lat)
+        lat = paired_latency(deployed, base, ctx.latency_input, m.latency_repeats, m.latency_warmup, m.latency_backend)
+    return Metrics(acc, count_macs(model, ctx.example), count_params(model), lat.ms, lat.ratio, lat.dispersion,
+                   lat.reliable)
 
 
 def _save(ctx: StudyContext, model: nn.Module, history: list, ratios: Mapping[str, float], scorer: str,
