@@ -1,4 +1,5 @@
-"""Where a study's time went: per-phase totals over its trials, the fine-tune budget, and the fidelity record."""
+"""Where a study's time went: per-phase totals over its trials, the fine-tune budget, and the fidelity record;
+how many trials measured their latency on a contended machine."""
 
 from __future__ import annotations
 
@@ -29,3 +30,10 @@ def cost_summary(records: Iterable[TrialRecord]) -> dict[str, Any]:
             "share": {k: round(v, 4) for k, v in share.items()},
             "overhead_share": round(1.0 - share["finetune"], 4) if total else 0.0,
             "finetune_images": images, "finetune_steps": steps, "promotion": rank_correlation(timed)}
+
+
+def latency_unreliable(records: Iterable[TrialRecord]) -> int:
+    """How many of ``records`` measured their latency on a contended machine (``metrics.latency_reliable`` False:
+    the paired ratios stayed too dispersed even with more pairs). Records without metrics, or older than paired
+    latency (``latency_reliable`` None), do not count."""
+    return sum(1 for r in records if r.metrics is not None and r.metrics.latency_reliable is False)

@@ -200,7 +200,7 @@ def _search_worker(study, options, index: int) -> None:
 def _prepare_for_search(study, study_file, device):
     """Prepare the study (a progress bar while a base model trains) and print the banner and the base."""
     from autoprune.context import prepare
-    from autoprune.display import console, steps_progress
+    from autoprune.display import UNRELIABLE_NOTE, console, latency_mark, steps_progress
     from autoprune.models import resolve_model
     from autoprune.storage import display_url
 
@@ -226,8 +226,13 @@ def _prepare_for_search(study, study_file, device):
     say()
     ctx.share_device()  # latency is measured while other autoprune workers on this device pause
     ref, cfg = ctx.reference, study.config
+    mark = latency_mark(ref.get("latency_reliable"))
     console.print(f"base: {ref['source']}; val accuracy {ref['accuracy']:.4f}, MACs {ref['macs']:,}, "
-                  f"params {ref['params']:,}, latency {ref['latency_ms']:.3f} ms (batch {cfg.measure.latency_batch_size})")
+                  f"params {ref['params']:,}, latency {ref['latency_ms']:.3f}{mark} ms (batch "
+                  f"{cfg.measure.latency_batch_size}, {ref['latency_backend']}, paired with itself: dispersion "
+                  f"{ref['latency_dispersion']:.3f})", markup=False, highlight=False)
+    if mark:
+        console.print(UNRELIABLE_NOTE, markup=False, highlight=False)
     console.print(f"data: {ref['data']['note']} (seed {ref['data']['seed']}, sizes {ref['data']['sizes']}); "
                   f"{len(ctx.groups)} pruning groups by {study.space.groups.by}")
     note = resolve_model(cfg.model.name).note
@@ -264,11 +269,12 @@ def _search_summary(outcome, reference: dict, options, backend: str, seconds: fl
 # ---------------------------------------------------------------------------------------------------- status
 @main.command()
 @study_options
-@click.option("--json", "as_json", is_flag=True, help="Print {\"trials\": {STATE: n}} as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {\"trials\": {STATE: n}, \"time_s\": ..., \"latency_unreliable\": n, ...} as JSON.")
 @handle_errors
 def status(study_file, storage, study_name, checkpoint, data_root, sets, as_json) -> None:
     """Trials by state, and where the study's time went (per phase, fine-tune budget, promotions)."""
-    from autoprune.accounting import cost_summary
+    from autoprune.accounting import cost_summary, latency_unreliable
     from autoprune.display import console, cost_table
     from optuna.trial import TrialState
 
@@ -281,13 +287,17 @@ def status(study_file, storage, study_name, checkpoint, data_root, sets, as_json
     cost = cost_summary(finished)
     reasons = collections.Counter(r.failure.reason if r.failure else "no reason recorded"
                                   for r in finished if r.state == "FAIL")
+    unreliable = latency_unreliable(finished)
     if as_json:
         click.echo(json.dumps({"trials": c, **{k: v for k, v in cost.items() if k != "trials"},
-                               "fail_reasons": dict(reasons.most_common())}))
+                               "fail_reasons": dict(reasons.most_common()), "latency_unreliable": unreliable}))
         return
     console.print(f"study {ost.study_name}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
     if cost["trials"]:
         console.print(cost_table(cost))
+    if unreliable:
+        console.print(f"latency unreliable in {unreliable} trial(s): the machine was contended while they were "
+                      "measured; pareto and select mark their latency with ?", markup=False, highlight=False)
     for reason, n in reasons.most_common(5):  # why trials failed, most frequent first
         console.print(f"FAIL x{n}: {reason}", markup=False, highlight=False)
 
@@ -313,6 +323,8 @@ def pareto(study_file, storage, study_name, checkpoint, data_root, sets, as_json
     if as_json:
         objectives = {o: DIRECTIONS[o] for o in ost.user_attrs.get("objectives", study.config.objectives)}
         base_out = {k: base.get(k) for k in ("accuracy", "macs", "params", "latency_ms", "split", "source", "data")}
+        paired = ("latency_backend", "latency_dispersion", "latency_reliable")  # the base against itself
+        base_out.update({k: base[k] for k in paired if k in base})
         click.echo(json.dumps({"objectives": objectives, "base": base_out, "front": entries}, default=str))
         return
     steps = entries[0]["rung"] if entries else rung
@@ -392,7 +404,7 @@ def retrain(study_file, storage, study_name, checkpoint, data_root, sets, trial,
     from pathlib import Path
 
     from autoprune.context import prepare
-    from autoprune.display import console, steps_progress
+    from autoprune.display import console, latency_mark, retrain_summary, steps_progress
     from autoprune.finalize import finalize
     from autoprune.retrain import retrain as run_retrain
     from autoprune.optional import require
@@ -427,18 +439,20 @@ def retrain(study_file, storage, study_name, checkpoint, data_root, sets, trial,
             sys.exit(130)
     if result.resumed_from_epoch:
         console.print(f"resumed from the checkpoint after epoch {result.resumed_from_epoch}")
+    ctx.share_device()  # the latencies are timed while other workers on this device pause
     report = finalize(ctx, ost, record, result, out, int8=int8, log=console.print)
-    b, f, sp = report["base"], report["final"], report["speedup"]
-    console.print(f"test accuracy: base {b['test_accuracy']:.4f} -> retrained {f['test_accuracy']:.4f}; "
-                  f"MACs {b['macs']:,} -> {f['macs']:,} ({sp['macs_reduction']:.2f}x fewer); "
-                  f"latency b1 {sp['latency_speedup_b1']:.2f}x, b64 {sp['latency_speedup_b64']:.2f}x")
+    for line in retrain_summary(report):
+        console.print(line, markup=False, highlight=False)
     for name, e in report["exports"].items():
         if "max_abs_diff" in e:
             console.print(f"{name}: {e['file']} ({e['bytes']:,} bytes), max abs difference {e['max_abs_diff']:.2e}")
         elif "error" in e:
             console.print(f"{name}: skipped: {e['error']}")
         else:
-            console.print(f"{name}: test accuracy {e['test_accuracy']:.4f}, latency b1 {e['latency_ms_b1']:.3f} ms")
+            mark = latency_mark(e.get("latency_reliable"))
+            console.print(f"{name}: test accuracy {e['test_accuracy']:.4f}, latency b1 {e['latency_ms_b1']:.3f}{mark} "
+                          f"ms, {e['speedup_vs_float']:.2f}x{mark} faster than the float model (timed paired with it)",
+                          markup=False, highlight=False)
     console.print(f"report: {out / 'report.html'}, {out / 'report.json'}")
 
 
@@ -492,20 +506,21 @@ def dashboard(study_file, storage, study_name, checkpoint, data_root, sets, host
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def evaluate(study_file, storage, study_name, checkpoint, data_root, sets, use_base, trial, split, device, as_json) -> None:
-    """Accuracy, MACs, params and latency of the base model or a trial's model on a split."""
+    """Accuracy, MACs, params and latency of the base model or a trial's model on a split.
+
+    The latency is timed paired with the base on the study's ``measure.latency_backend``: ms, the speed-up over the
+    base, the dispersion and whether it is reliable (``--base``: the base paired with itself)."""
     from autoprune.context import prepare
-    from autoprune.display import console
-    from autoprune.measure import accuracy, measure
+    from autoprune.display import UNRELIABLE_NOTE, console, paired_latency_text
+    from autoprune.measure import accuracy, count_macs, count_params
     from autoprune.saving import load_pruned
     from autoprune.storage import get_record, load_optuna_study
 
     if use_base == (trial is not None):
         raise AutopruneError("give exactly one of --base or --trial N", field="evaluate")
     study = _load(study_file, checkpoint, data_root, storage, sets, study_name)
-    ost = None
     if trial is not None:  # check the trial exists before loading data
-        ost = load_optuna_study(study)
-        record = get_record(ost, trial)
+        record = get_record(load_optuna_study(study), trial)
     ctx = prepare(study, device, measure_reference=False, recovery_stream=False)
     if trial is None:
         model, label = ctx.base, "base"
@@ -515,17 +530,31 @@ def evaluate(study_file, storage, study_name, checkpoint, data_root, sets, use_b
             raise AutopruneError(f"trial {trial} has no saved model", field="--trial")
         model, label = load_pruned(path, ctx.fresh_model()).to(ctx.device), f"trial {trial}"
     data_split = ctx.data.get(split)
-    m = study.config.measure
-    out = {"model": label, "split": split, "accuracy": accuracy(model, data_split, study.config.data.batch_size)}
-    out.update(measure(model, ctx.example, latency_batch_size=m.latency_batch_size, repeats=m.latency_repeats,
-                       warmup=m.latency_warmup))
-    out["images"] = len(data_split)
-    out["data"] = ctx.data.info
+    out = {"model": label, "split": split, "accuracy": accuracy(model, data_split, study.config.data.batch_size),
+           "macs": count_macs(model, ctx.example), "params": count_params(model),
+           **_evaluate_latency(ctx, None if trial is None else model), "images": len(data_split), "data": ctx.data.info}
     if as_json:
         click.echo(json.dumps(out))
         return
     console.print(f"{label} on {split} ({len(data_split)} images): accuracy {out['accuracy']:.4f}, "
-                  f"MACs {out['macs']:,}, params {out['params']:,}, latency {out['latency_ms']:.3f} ms")
+                  f"MACs {out['macs']:,}, params {out['params']:,}, "
+                  f"{paired_latency_text(out, against_base=trial is not None)}", markup=False, highlight=False)
+    if not out["latency_reliable"]:
+        console.print(UNRELIABLE_NOTE, markup=False, highlight=False)
+
+
+def _evaluate_latency(ctx, model) -> dict[str, Any]:
+    """``model`` (None: the base against itself) timed paired with the base on the study's latency backend, while
+    other workers on this device pause (:func:`autoprune.measure.paired_fields`)."""
+    from autoprune.latency import paired_latency
+    from autoprune.measure import paired_fields
+
+    m = ctx.study.config.measure
+    ctx.share_device()
+    with ctx.lock.exclusive():
+        lat = paired_latency(ctx.latency_base if model is None else model, ctx.latency_base, ctx.latency_input,
+                             m.latency_repeats, m.latency_warmup, m.latency_backend)
+    return paired_fields(lat)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from autoprune.latency import NOISY_DISPERSION, RETRY_FACTOR
 from autoprune.record import TrialRecord
 
 console = Console(stderr=True)  # human output goes to stderr so --json stdout stays clean
@@ -33,27 +34,81 @@ def steps_progress() -> Progress:
                     TimeRemainingColumn(), console=console, transient=True)
 
 
+UNRELIABLE_NOTE = (f"? latency unreliable: the machine was contended while it was measured (the paired ratios' "
+                   f"dispersion stayed above {NOISY_DISPERSION} even with {RETRY_FACTOR}x the pairs); measure again "
+                   "on a quieter machine")
+
+
+def latency_mark(reliable: bool | None) -> str:
+    """``?`` for a latency measured on a contended machine (too noisy to trust), else nothing."""
+    return "?" if reliable is False else ""
+
+
 def _latency_cells(r: dict[str, Any], base: dict[str, Any]) -> list[str]:
     """A trial's "ms" and "faster" cells: the speed-up over the base measured paired with it in the same window
-    where recorded (else against the base's own measurement); ``?`` marks a latency measured on a contended
-    machine (too noisy to trust)."""
-    mark = "?" if r.get("latency_reliable") is False else ""
+    where recorded, else the base's own measurement over the trial's, marked ``~`` (unpaired); ``?`` marks a
+    latency measured on a contended machine."""
+    mark = latency_mark(r.get("latency_reliable"))
     ratio = r.get("latency_ratio")
     if ratio:
         faster = f"{1.0 / ratio:.2f}x"
     else:
-        faster = f"{base['latency_ms'] / r['latency_ms']:.2f}x" if r["latency_ms"] > 0 else ""
+        faster = f"~{base['latency_ms'] / r['latency_ms']:.2f}x" if r["latency_ms"] > 0 else ""
     return [f"{r['latency_ms']:.3f}{mark}", f"{faster}{mark}" if faster else ""]
 
 
 def _latency_caption(base: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    """Which runtime the latencies were measured on, and what ``?`` means where a row has it."""
+    """Which runtime the latencies were measured on, and what ``?`` and ``~`` mean where a row has them."""
     backends = {(r.get("plan") or {}).get("latency_backend") for r in rows} | {base.get("latency_backend")}
     backends.discard(None)
     parts = [f"latency on {', '.join(sorted(backends))}"] if backends else []
     if any(r.get("latency_reliable") is False for r in rows) or base.get("latency_reliable") is False:
         parts.append("? latency unreliable: the machine was contended while it was measured")
+    if any(not r.get("latency_ratio") and r["latency_ms"] > 0 for r in rows):
+        parts.append("~ unpaired speed-up: the trial and the base were timed at different times")
     return "; ".join(parts)
+
+
+def paired_latency_text(f: Mapping[str, Any], against_base: bool = True) -> str:
+    """A paired latency (:func:`autoprune.measure.paired_fields`) in words: the ms, with ``against_base`` the paired
+    speed-up over the base (else the base timed against itself), the backend and the dispersion; ``?`` marks each
+    figure of an unreliable measurement.
+
+    >>> f = {"latency_ms": 0.5, "base_latency_ms": 1.0, "latency_speedup": 2.0, "latency_reliable": False,
+    ...      "latency_backend": "torch", "latency_dispersion": 0.8}
+    >>> paired_latency_text(f)
+    'latency 0.500? ms, 2.00x? faster than the base (1.000? ms) timed paired with it on torch, dispersion 0.800'
+    """
+    mark = latency_mark(f["latency_reliable"])
+    text = f"latency {f['latency_ms']:.3f}{mark} ms"
+    if against_base and f.get("latency_speedup"):
+        text += (f", {f['latency_speedup']:.2f}x{mark} faster than the base ({f['base_latency_ms']:.3f}{mark} ms) "
+                 "timed paired with it")
+    elif not against_base:
+        text += ", timed paired with itself"
+    return f"{text} on {f['latency_backend']}, dispersion {f['latency_dispersion']:.3f}"
+
+
+def retrain_summary(report: Mapping[str, Any]) -> list[str]:
+    """``retrain``'s closing lines from :func:`autoprune.finalize.finalize`'s report: test accuracy, MACs and the
+    latency speed-up at each batch size, paired with the base (``?`` and a note where the machine was contended;
+    ``~`` where a report has no paired measurement)."""
+    b, f, sp = report["base"], report["final"], report["speedup"]
+    paired = {k: v for k, v in (report.get("latency") or {}).items() if isinstance(v, Mapping)}
+    speeds = []
+    for key in sorted(k for k in sp if k.startswith("latency_speedup_")):
+        batch = key.removeprefix("latency_speedup_")
+        lat = paired.get(batch)
+        mark = latency_mark(lat.get("reliable")) if lat else ""
+        speeds.append(f"{batch} {'' if lat else '~'}{sp[key]:.2f}x{mark}")
+    how = (f"paired with the base on {report['latency']['backend']}" if paired
+           else "unpaired: base and model timed at different times")
+    lines = [f"test accuracy: base {b['test_accuracy']:.4f} -> retrained {f['test_accuracy']:.4f}; "
+             f"MACs {b['macs']:,} -> {f['macs']:,} ({sp['macs_reduction']:.2f}x fewer); "
+             f"latency {', '.join(speeds)} faster ({how})"]
+    if any(v.get("reliable") is False for v in paired.values()):
+        lines.append(UNRELIABLE_NOTE)
+    return lines
 
 
 def metrics_table(title: str, base: dict[str, Any], rows: Iterable[dict[str, Any]], caption: str = "") -> Table:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,7 +13,8 @@ import torch
 
 from autoprune.context import StudyContext
 from autoprune.export import export_onnx, export_torchscript, quantize_dynamic_int8
-from autoprune.measure import accuracy, count_macs, count_params, latency_ms
+from autoprune.latency import LatencyResult, paired_latency
+from autoprune.measure import accuracy, count_macs, count_params
 from autoprune.record import TrialRecord
 from autoprune.retrain import RetrainResult
 from autoprune.saving import atomic_write_text, save_pruned
@@ -20,11 +22,8 @@ from autoprune.storage import entries_at
 from autoprune.storage import front as study_front
 
 
-def _measure(model, ctx: StudyContext, split_name: str, large_batch: int) -> dict[str, Any]:
+def _measure(model, ctx: StudyContext, split_name: str) -> dict[str, Any]:
     split = ctx.data.get(split_name)
-    m = ctx.study.config.measure
-    x1 = ctx.example
-    xb = ctx.example.expand(large_batch, *ctx.example.shape[1:]).contiguous()
     full = ctx.data.test_full
     return {
         "test_accuracy": accuracy(model, split, ctx.study.config.data.batch_size),
@@ -32,11 +31,34 @@ def _measure(model, ctx: StudyContext, split_name: str, large_batch: int) -> dic
         # part when validation was carved from the test split)
         "test_full_accuracy": (accuracy(model, full, ctx.study.config.data.batch_size)
                                if len(full) != len(split) else None),
-        "macs": count_macs(model, x1),
+        "macs": count_macs(model, ctx.example),
         "params": count_params(model),
-        "latency_ms_b1": latency_ms(model, x1, m.latency_repeats, m.latency_warmup),
-        f"latency_ms_b{large_batch}": latency_ms(model, xb, max(3, m.latency_repeats // 2), m.latency_warmup),
     }
+
+
+def paired_with_base(model: torch.nn.Module, ctx: StudyContext, large_batch: int) -> dict[str, LatencyResult]:
+    """The model's latency at batch 1 and ``large_batch``, each timed paired with the base on the study's
+    ``measure.latency_backend`` (:func:`autoprune.latency.paired_latency`), while other workers on this device
+    pause (``ctx.lock``). Keys ``"b1"`` and ``"b<large_batch>"``."""
+    m = ctx.study.config.measure
+    xs = {"b1": ctx.example, f"b{large_batch}": ctx.example.expand(large_batch, *ctx.example.shape[1:]).contiguous()}
+    repeats = {"b1": m.latency_repeats, f"b{large_batch}": max(3, m.latency_repeats // 2)}
+    with ctx.lock.exclusive():
+        return {k: paired_latency(model, ctx.base, x, repeats[k], m.latency_warmup, m.latency_backend)
+                for k, x in xs.items()}
+
+
+def _int8(model: torch.nn.Module, ctx: StudyContext) -> dict[str, Any]:
+    """The dynamic int8 variant: its test accuracy and its latency at batch 1 on the CPU, timed paired with the
+    float model it came from (eager torch: dynamic quantisation is an eager-mode feature)."""
+    q = quantize_dynamic_int8(model)
+    with ctx.lock.exclusive():
+        lat = paired_latency(q, model, ctx.example.cpu(), 10, 2, "torch")
+    return {"test_accuracy": accuracy(q, ctx.data.test.to("cpu"), ctx.study.config.data.batch_size),
+            "latency_ms_b1": lat.ms, "float_latency_ms_b1": lat.base_ms, "speedup_vs_float": 1.0 / lat.ratio,
+            "latency_dispersion": lat.dispersion, "latency_reliable": lat.reliable, "latency_backend": lat.backend,
+            "note": "dynamic int8 quantisation of Linear layers (PyTorch quantises Linear, not conv); latency timed "
+                    "paired with the float model on the CPU"}
 
 
 def _exports(model: torch.nn.Module, ctx: StudyContext, out_dir: Path, int8: bool) -> dict[str, Any]:
@@ -46,20 +68,42 @@ def _exports(model: torch.nn.Module, ctx: StudyContext, out_dir: Path, int8: boo
     exports = {"torchscript": export_torchscript(cpu_model, check_x, out_dir / "model.torchscript.pt"),
                "onnx": export_onnx(cpu_model, check_x, out_dir / "model.onnx")}
     if int8:
-        q = quantize_dynamic_int8(cpu_model)
-        exports["int8_dynamic"] = {"test_accuracy": accuracy(q, ctx.data.test.to("cpu"), ctx.study.config.data.batch_size),
-                                   "latency_ms_b1": latency_ms(q, ctx.example.cpu(), 10, 2),
-                                   "note": "dynamic int8 quantisation of Linear layers (PyTorch quantises Linear, not conv)"}
+        exports["int8_dynamic"] = _int8(cpu_model, ctx)
     model.to(ctx.device)
     return exports
 
 
-def _speedups(base_m: dict[str, Any], final_m: dict[str, Any], large_batch: int) -> dict[str, float]:
-    big = f"latency_ms_b{large_batch}"
+def _speedups(base_m: dict[str, Any], final_m: dict[str, Any], paired: dict[str, LatencyResult]) -> dict[str, float]:
+    """Reductions base / final; each latency speed-up is 1 / the median paired ratio final/base."""
     return {"macs_reduction": base_m["macs"] / max(1, final_m["macs"]),
             "params_reduction": base_m["params"] / max(1, final_m["params"]),
-            "latency_speedup_b1": base_m["latency_ms_b1"] / max(1e-9, final_m["latency_ms_b1"]),
-            f"latency_speedup_b{large_batch}": base_m[big] / max(1e-9, final_m[big])}
+            **{f"latency_speedup_{k}": 1.0 / max(1e-12, r.ratio) for k, r in paired.items()}}
+
+
+def _latency_section(paired: dict[str, LatencyResult]) -> dict[str, Any]:
+    """report.json's ``latency``: the backend, and per batch size the paired measurement (ms, base_ms, ratio,
+    speedup, dispersion, reliable, pairs)."""
+    backend = next(iter(paired.values())).backend
+    return {"backend": backend, "paired": "each model timed interleaved with the base, same input and threads",
+            **{k: {**{f: v for f, v in asdict(r).items() if f != "backend"}, "speedup": 1.0 / max(1e-12, r.ratio)}
+               for k, r in paired.items()}}
+
+
+def _latency_note(latency: dict[str, Any]) -> str:
+    """The report page's note under the table: how the latencies were timed, and which are unreliable."""
+    import html
+
+    batches = {k: v for k, v in latency.items() if isinstance(v, dict)}
+    if not batches:
+        return ""
+    text = (f"Latency on {latency['backend']}: each model timed interleaved with the base (median ms; the ratio row "
+            "is 1 / the median of the per-pair ratios), dispersion (relative IQR of those ratios) "
+            + ", ".join(f"{k} {v['dispersion']:.3f}" for k, v in batches.items()) + ".")
+    unreliable = [k for k, v in batches.items() if v.get("reliable") is False]
+    if unreliable:
+        text += (f" Unreliable at {', '.join(unreliable)}: the machine was contended while it was measured; "
+                 "measure again on a quieter machine.")
+    return f"<p class='note'>{html.escape(text)}</p>"
 
 
 def _html_sections(ctx: StudyContext, ost, record: TrialRecord, result: RetrainResult, report: dict[str, Any],
@@ -77,10 +121,11 @@ def _html_sections(ctx: StudyContext, ost, record: TrialRecord, result: RetrainR
         f"<p class='note'>Test accuracy on the held-out test split ({ctx.data.info['sizes']['test']} images; "
         f"{ctx.data.info['note']}). Fine-tune: {result.epochs} epochs, {result.images_seen:,} images, "
         f"{result.seconds:.0f} s on {ctx.device}.</p>",
-        "<h2>Base vs retrained</h2>", html_table(rows, cols),
+        "<h2>Base vs retrained</h2>", html_table(rows, cols), _latency_note(report.get("latency") or {}),
         "<h2>Exports</h2>", html_table([{"export": k, **{kk: vv for kk, vv in v.items() if kk != "note"}}
                                         for k, v in exports.items()],
-                                       ["export", "file", "bytes", "max_abs_diff", "test_accuracy", "latency_ms_b1"]),
+                                       ["export", "file", "bytes", "max_abs_diff", "test_accuracy", "latency_ms_b1",
+                                        "speedup_vs_float", "latency_reliable"]),
     ]
     if ost is not None:
         fr, base = study_front(ost), ost.user_attrs.get("base", {})
@@ -106,12 +151,16 @@ def finalize(ctx: StudyContext, ost, record: TrialRecord, result: RetrainResult,
     base_buf = io.BytesIO()  # the base's size as a saved state_dict, without writing a file
     torch.save(ctx.base.state_dict(), base_buf)
     log("measuring the base and the retrained model on the held-out test split")
-    base_m, final_m = _measure(ctx.base, ctx, "test", large_batch), _measure(model, ctx, "test", large_batch)
+    base_m, final_m = _measure(ctx.base, ctx, "test"), _measure(model, ctx, "test")
+    paired = paired_with_base(model, ctx, large_batch)
+    for key, lat in paired.items():
+        base_m[f"latency_ms_{key}"], final_m[f"latency_ms_{key}"] = lat.base_ms, lat.ms
     base_m["file_bytes"], final_m["file_bytes"] = base_buf.getbuffer().nbytes, model_path.stat().st_size
     report = {
         "study": ctx.study.study_name, "trial": record.number, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "split": "test", "data": ctx.data.info, "device": str(ctx.device),
-        "base": base_m, "final": final_m, "speedup": _speedups(base_m, final_m, large_batch),
+        "base": base_m, "final": final_m, "speedup": _speedups(base_m, final_m, paired),
+        "latency": _latency_section(paired),
         "search": {"val_accuracy": record.metrics.accuracy, "plan": record.plan.to_dict()},
         "finetune": {"epochs": result.epochs, "images_seen": result.images_seen, "seconds": round(result.seconds, 1),
                      "resumed_from_epoch": result.resumed_from_epoch, "progressive_steps": result.progressive_steps,

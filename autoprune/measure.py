@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from autoprune.data import Split
+from autoprune.latency import LatencyResult
 
 
 def count_macs(model: nn.Module, example_inputs: torch.Tensor, by_module: bool = False) -> int | tuple[int, dict[str, int]]:
@@ -59,6 +60,21 @@ def latency_ms(model: nn.Module, example_inputs: torch.Tensor, repeats: int = 20
         times.append((time.perf_counter() - t0) * 1000.0)
     model.train(was_training)
     return float(statistics.median(times))
+
+
+def paired_fields(lat: LatencyResult) -> dict[str, Any]:
+    """A paired latency (:func:`autoprune.latency.paired_latency`) as the flat fields ``evaluate`` and ``retrain``
+    report: the model's and the base's median ms, the median paired ratio model/base and the speed-up it gives
+    (1 / ratio), the ratios' dispersion, whether the measurement is reliable, the backend and the pairs behind it.
+
+    >>> from autoprune.latency import LatencyResult
+    >>> f = paired_fields(LatencyResult(0.5, 1.0, 0.5, 0.04, True, "torch", 10))
+    >>> f["latency_speedup"], f["base_latency_ms"], f["latency_reliable"], f["latency_backend"]
+    (2.0, 1.0, True, 'torch')
+    """
+    return {"latency_ms": lat.ms, "base_latency_ms": lat.base_ms, "latency_ratio": lat.ratio,
+            "latency_speedup": 1.0 / lat.ratio if lat.ratio > 0 else None, "latency_dispersion": lat.dispersion,
+            "latency_reliable": lat.reliable, "latency_backend": lat.backend, "latency_pairs": lat.pairs}
 
 
 @torch.inference_mode()

@@ -56,6 +56,8 @@ def test_pareto_json_shape(searched):
         assert isinstance(entry["macs"], int) and isinstance(entry["params"], int)
         assert isinstance(entry["latency_ms"], float)
     assert data["front"], "a front of at least one trial"
+    assert data["base"]["latency_backend"] == "torch" and isinstance(data["base"]["latency_reliable"], bool)
+    assert data["base"]["latency_dispersion"] >= 0
     for entry in data["front"]:
         assert isinstance(entry["trial"], int)
         assert set(entry["config"]) >= {"ratio.features.0", "ratio.features.3", "ratio.features.7"}
@@ -79,6 +81,75 @@ def test_evaluate_base_and_trial_json(searched):
     assert out["accuracy"] == pytest.approx(entry["accuracy"], abs=1e-9)  # the saved model is the trial's model
     test = json.loads(run("evaluate", path, "--trial", entry["trial"], "--split", "test", "--json").stdout)
     assert test["split"] == "test" and test["images"] == base["data"]["sizes"]["test"]
+    for o in (base, out):  # timed paired with the base on the study's backend
+        assert o["latency_backend"] == "torch" and o["latency_ms"] > 0 and o["base_latency_ms"] > 0
+        assert isinstance(o["latency_reliable"], bool) and o["latency_dispersion"] >= 0
+        assert o["latency_speedup"] == pytest.approx(1 / o["latency_ratio"])
+
+
+@pytest.fixture
+def noisy_latency(monkeypatch):
+    """paired_latency replaced by one that records its arguments and says the machine was contended."""
+    from autoprune import latency
+
+    calls = []
+
+    def fake(model, base, x, repeats=20, warmup=5, backend="torch"):
+        calls.append((model, base, backend))
+        return latency.LatencyResult(0.5, 1.0, 0.4, 0.9, False, backend, 80)
+
+    monkeypatch.setattr(latency, "paired_latency", fake)
+    return calls
+
+
+def test_evaluate_marks_an_unreliable_paired_latency(searched, noisy_latency):
+    path, _ = searched
+    trial = json.loads(run("pareto", path, "--json").stdout)["front"][0]["trial"]
+    out = json.loads(run("evaluate", path, "--trial", trial, "--json").stdout)
+    assert (out["latency_ms"], out["base_latency_ms"], out["latency_ratio"]) == (0.5, 1.0, 0.4)
+    assert out["latency_speedup"] == pytest.approx(2.5) and out["latency_reliable"] is False
+    assert out["latency_dispersion"] == 0.9 and out["latency_backend"] == "torch" and out["latency_pairs"] == 80
+    result = run("evaluate", path, "--trial", trial)
+    assert result.exit_code == 0, result.output
+    assert "0.500? ms" in result.stderr and "2.50x? faster than the base" in result.stderr
+    assert "latency unreliable" in result.stderr
+    model, base, backend = noisy_latency[-1]
+    assert model is not base and backend == "torch"
+
+
+def test_evaluate_base_is_the_base_paired_with_itself(searched, noisy_latency):
+    path, _ = searched
+    result = run("evaluate", path, "--base")
+    assert result.exit_code == 0, result.output
+    assert "paired with itself" in result.stderr and "faster" not in result.stderr
+    assert "0.500? ms" in result.stderr and "dispersion 0.900" in result.stderr
+    model, base, _ = noisy_latency[-1]
+    assert model is base
+
+
+def test_status_counts_the_trials_whose_latency_is_unreliable(searched, tmp_path):
+    import dataclasses
+    import sqlite3
+
+    from autoprune.record import TrialRecord
+
+    path, _ = searched
+    src, dst = sqlite3.connect(path.parent / "run" / "study.db"), sqlite3.connect(tmp_path / "copy.db")
+    src.backup(dst)  # a copy with what the write-ahead log holds; the shared study stays as it is
+    src.close()
+    dst.close()
+    url = f"sqlite:///{tmp_path / 'copy.db'}"
+    first = run("status", path, "--storage", url, "--json")
+    assert first.exit_code == 0, first.output
+    before = json.loads(first.stdout)["latency_unreliable"]
+    ost = optuna.load_study(study_name="tiny", storage=url)
+    done = next(t for t in ost.trials if t.state.name == "COMPLETE")
+    r = TrialRecord.from_frozen(done)
+    noisy = dataclasses.replace(r, metrics=dataclasses.replace(r.metrics, latency_reliable=False))
+    ost.add_trial(optuna.trial.create_trial(params=done.params, distributions=done.distributions, values=done.values,
+                                            user_attrs=noisy.to_user_attrs()))
+    assert json.loads(run("status", path, "--storage", url, "--json").stdout)["latency_unreliable"] == before + 1
+    assert f"latency unreliable in {before + 1} trial(s)" in run("status", path, "--storage", url).stderr
 
 
 def test_evaluate_needs_exactly_one_target(searched):

@@ -76,6 +76,16 @@ def test_retrain_exports_pass_their_checks(retrained, knee):
     assert report["final"]["macs"] == knee["macs"] and report["final"]["params"] == knee["params"]
     assert report["split"] == "test" and report["finetune"]["epochs"] == 2
     assert report["speedup"]["macs_reduction"] > 1.0
+    # latency timed paired with the base on the study's backend, at batch 1 and 64; the speed-up is the paired one
+    lat = report["latency"]
+    assert lat["backend"] == "torch" and {"b1", "b64"} <= set(lat)
+    for batch in ("b1", "b64"):
+        assert report["speedup"][f"latency_speedup_{batch}"] == pytest.approx(1 / lat[batch]["ratio"])
+        assert report["final"][f"latency_ms_{batch}"] == lat[batch]["ms"]
+        assert report["base"][f"latency_ms_{batch}"] == lat[batch]["base_ms"]
+        assert isinstance(lat[batch]["reliable"], bool) and lat[batch]["pairs"] >= 1
+    int8 = report["exports"]["int8_dynamic"]
+    assert int8["latency_backend"] == "torch" and int8["speedup_vs_float"] > 0
     # sizes as saved state_dicts: the pruned model's file is smaller than the base's would be, and no base file
     # is left in the output folder
     assert 0 < report["final"]["file_bytes"] < report["base"]["file_bytes"]
