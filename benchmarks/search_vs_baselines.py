@@ -50,6 +50,7 @@ from autoprune.backends.optuna_backend import run_search  # noqa: E402
 from autoprune.config import RecoveryConfig, load_study  # noqa: E402
 from autoprune.context import StudyContext, prepare  # noqa: E402
 from autoprune.distill import finetune, recalibrate_bn  # noqa: E402
+from autoprune.latency import paired_latency  # noqa: E402
 from autoprune.measure import accuracy, count_macs  # noqa: E402
 from autoprune.pareto import accuracy_at, hypervolume_2d  # noqa: E402
 from autoprune.pruning import prune_with_plan  # noqa: E402
@@ -186,18 +187,15 @@ def final_recovery(ctx: StudyContext, model, stream, steps: int, cache: dict) ->
     return dict(out)
 
 
-@torch.inference_mode()
-def interleaved_latency(models: list, x: torch.Tensor, rounds: int = 9) -> list[float]:
-    """Median ms of one forward per model, timed round-robin so that machine load falls on all alike."""
-    times: list[list[float]] = [[] for _ in models]
+def paired_speedups(base, models: list, x: torch.Tensor, repeats: int = 15) -> list[dict]:
+    """Each model timed paired with the base (:func:`autoprune.latency.paired_latency`, eager torch with
+    BatchNorm folded): its ms, the speed-up 1 / (median paired ratio), the dispersion and whether it is reliable."""
+    out = []
     for m in models:
-        m.eval()(x)
-    for _ in range(rounds):
-        for i, m in enumerate(models):
-            t0 = time.perf_counter()
-            m(x)
-            times[i].append((time.perf_counter() - t0) * 1000)
-    return [statistics.median(t) for t in times]
+        r = paired_latency(m, base, x, repeats=repeats, warmup=2)
+        out.append({"latency_ms": round(r.ms, 3), "speedup": round(1 / r.ratio, 4),
+                    "latency_dispersion": round(r.dispersion, 4), "latency_reliable": r.reliable})
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------ summary
@@ -211,10 +209,9 @@ def acc_at(points: list[dict], t: float) -> float | None:
     return round(at, 6) if at is not None else None
 
 
-def summarise(points: list[dict], base_macs: float, base_latency: float, compute: float) -> dict:
+def summarise(points: list[dict], base_macs: float, compute: float) -> dict:
     for p in points:
         p["macs_reduction"] = round(base_macs / p["macs"], 4)
-        p["speedup"] = round(base_latency / p["latency_ms"], 4)
     hv = hypervolume_2d([(p["accuracy"], p["macs"] / base_macs) for p in points], ref=(0.1, 1.0))
     # over the targets' range only: a point reducing MACs beyond the largest target counts at that target
     hv_t = hypervolume_2d([(p["accuracy"], max(p["macs"] / base_macs, 1 / max(TARGETS))) for p in points],
@@ -348,17 +345,16 @@ def main() -> None:
     methods, spent = run_methods(args, ctx, rctx, budget)
     everything = [p for pts in methods.values() for p in pts]
     x = torch.randn(BATCH, *ctx.example.shape[1:])
-    lat = interleaved_latency([ctx.base] + [p.pop("_model") for p in everything], x)
-    for p, ms in zip(everything, lat[1:]):
-        p["latency_ms"] = round(ms, 3)
+    for p, lat in zip(everything, paired_speedups(ctx.base, [p.pop("_model") for p in everything], x)):
+        p.update(lat)
     out = {"budget": {"model": args.model, "budget_epochs": args.budget_epochs, "final_epochs": args.final_epochs,
                       "budget_images": budget, "seed": args.seed, "threads": args.threads, "device": args.device,
                       "tolerance": TOLERANCE, "study": str(args.study), "eagle_top": args.eagle_top,
                       "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, torch "
                                  f"{torch.__version__}", "date": time.strftime("%Y-%m-%d")},
            "base": {"val_accuracy": base["accuracy"], "test_accuracy": accuracy(ctx.base, ctx.data.test, 500),
-                    "macs": base["macs"], "latency_ms": lat[0]},
-           "methods": {m: summarise(p, base["macs"], lat[0], spent["spent"].get(m, 0.0)) for m, p in methods.items()},
+                    "macs": base["macs"]},
+           "methods": {m: summarise(p, base["macs"], spent["spent"].get(m, 0.0)) for m, p in methods.items()},
            **spent["studies"], "wall_s": round(time.perf_counter() - t_all, 1)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2, default=str))
