@@ -55,7 +55,7 @@ def _int8(model: torch.nn.Module, ctx: StudyContext) -> dict[str, Any]:
     with ctx.lock.exclusive():
         lat = paired_latency(q, model, ctx.example.cpu(), 10, 2, "torch")
     return {"test_accuracy": accuracy(q, ctx.data.test.to("cpu"), ctx.study.config.data.batch_size),
-            "latency_ms_b1": lat.ms, "float_latency_ms_b1": lat.base_ms, "speedup_vs_float": 1.0 / lat.ratio,
+            "latency_ms_b1": lat.ms, "float_latency_ms_b1": lat.base_ms, "speedup_vs_float": lat.speedup,
             "latency_dispersion": lat.dispersion, "latency_reliable": lat.reliable, "latency_backend": lat.backend,
             "note": "dynamic int8 quantisation of Linear layers (PyTorch quantises Linear, not conv); latency timed "
                     "paired with the float model on the CPU"}
@@ -77,7 +77,7 @@ def _speedups(base_m: dict[str, Any], final_m: dict[str, Any], paired: dict[str,
     """Reductions base / final; each latency speed-up is 1 / the median paired ratio final/base."""
     return {"macs_reduction": base_m["macs"] / max(1, final_m["macs"]),
             "params_reduction": base_m["params"] / max(1, final_m["params"]),
-            **{f"latency_speedup_{k}": 1.0 / max(1e-12, r.ratio) for k, r in paired.items()}}
+            **{f"latency_speedup_{k}": r.speedup for k, r in paired.items()}}
 
 
 def _latency_section(paired: dict[str, LatencyResult]) -> dict[str, Any]:
@@ -85,7 +85,7 @@ def _latency_section(paired: dict[str, LatencyResult]) -> dict[str, Any]:
     speedup, dispersion, reliable, pairs)."""
     backend = next(iter(paired.values())).backend
     return {"backend": backend, "paired": "each model timed interleaved with the base, same input and threads",
-            **{k: {**{f: v for f, v in asdict(r).items() if f != "backend"}, "speedup": 1.0 / max(1e-12, r.ratio)}
+            **{k: {**{f: v for f, v in asdict(r).items() if f != "backend"}, "speedup": r.speedup}
                for k, r in paired.items()}}
 
 

@@ -67,6 +67,11 @@ class LatencyResult:
     backend: str
     pairs: int = 0
 
+    @property
+    def speedup(self) -> float:
+        """How many times faster than the base: 1 / the median paired ratio (inf for a zero ratio)."""
+        return 1.0 / self.ratio if self.ratio > 0 else float("inf")
+
 
 @dataclass(frozen=True)
 class Deployed:

@@ -73,7 +73,7 @@ def paired_fields(lat: LatencyResult) -> dict[str, Any]:
     (2.0, 1.0, True, 'torch')
     """
     return {"latency_ms": lat.ms, "base_latency_ms": lat.base_ms, "latency_ratio": lat.ratio,
-            "latency_speedup": 1.0 / lat.ratio if lat.ratio > 0 else None, "latency_dispersion": lat.dispersion,
+            "latency_speedup": lat.speedup if lat.ratio > 0 else None, "latency_dispersion": lat.dispersion,
             "latency_reliable": lat.reliable, "latency_backend": lat.backend, "latency_pairs": lat.pairs}
 
 

@@ -64,8 +64,9 @@ def _base_copy(ctx: StudyContext, record: TrialRecord) -> nn.Module:
     return drop_blocks(copy.deepcopy(ctx.base), list(record.plan.dropped))
 
 
-def rebuild(ctx: StudyContext, record: TrialRecord) -> tuple[nn.Module, list, bool]:
-    """The trial's pruned structure with the base model's weights; returns (model, history, matches trial)."""
+def rebuild(ctx: StudyContext, record: TrialRecord, trained: bool = False) -> tuple[nn.Module, list, bool]:
+    """The trial's pruned structure with the base model's weights (with ``trained``, the trial's own fine-tuned
+    weights where its saved model is there); returns (model, history, matches trial)."""
     blob = _trial_blob(record)
     model = _base_copy(ctx, record)
     if blob is not None:
@@ -73,6 +74,8 @@ def rebuild(ctx: StudyContext, record: TrialRecord) -> tuple[nn.Module, list, bo
         want = {k: list(v.shape) for k, v in blob["state_dict"].items()}
         if structure(model) != want:
             raise AutopruneError(f"replaying trial {record.number}'s pruning history does not rebuild its structure")
+        if trained:
+            model.load_state_dict(blob["state_dict"])
         return model, [list(h) for h in blob["history"]], True
     plan = record.plan
     model, pplan = prune_with_plan(model, ctx.example, plan.ratios, plan.scorer, layout=ctx.layout,

@@ -139,11 +139,8 @@ def _evaluate(ctx: StudyContext, model: nn.Module, clock: _Clock, ladder: list[i
 
 def _resume(ctx: StudyContext, parent: TrialRecord) -> tuple[nn.Module, list, bool]:
     """(model, pruning history, whether the saved fine-tuned model was loaded) for continuing ``parent``."""
-    model, history, _ = rebuild(ctx, parent)
-    path = parent.model_file
-    loaded = bool(path) and Path(path).is_file()
-    if loaded:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
+    loaded = bool(parent.model_file) and Path(parent.model_file).is_file()
+    model, history, _ = rebuild(ctx, parent, trained=True)
     for p in model.parameters():
         p.requires_grad_(True)
     return model.to(ctx.device), history, loaded

@@ -57,17 +57,18 @@ def global_ratios(ctx: StudyContext, ratio: float) -> dict[str, float]:
     return out
 
 
-def global_at(ctx: StudyContext, target: float, tolerance: float = 0.005, steps: int = 20) -> dict[str, float]:
-    """Per-group ratios of torch-pruning's global Group-L1 pruning at the ratio whose MACs reduction (the
-    study's cost model) is ``target``, bisected to within ``tolerance`` (else the closest met): the global
-    baseline's own structure at that target."""
-    lo, hi, best, miss = 0.0, 0.95, {}, float("inf")
+def global_at(ctx: StudyContext, target: float, tolerance: float = 0.005,
+              steps: int = 20) -> tuple[float, dict[str, float]]:
+    """(global ratio, per-group ratios) of torch-pruning's global Group-L1 pruning at the ratio whose MACs
+    reduction (the study's cost model) is ``target``, bisected to within ``tolerance`` (else the closest met):
+    the global baseline's own structure at that target (:func:`global_prune` at that ratio builds it)."""
+    lo, hi, best, miss = 0.0, 0.95, (0.0, {}), float("inf")
     for _ in range(steps):
         mid = (lo + hi) / 2
         ratios = global_ratios(ctx, mid)
         red = ctx.cost.reduction(ratios)
         if abs(red / target - 1) < miss:
-            best, miss = ratios, abs(red / target - 1)
+            best, miss = (mid, ratios), abs(red / target - 1)
         if miss <= tolerance:
             break
         lo, hi = (mid, hi) if red < target else (lo, mid)
@@ -96,7 +97,7 @@ def _baselines(ctx: StudyContext, dists: dict[str, BaseDistribution]) -> list[tu
         uniform = {g: a.high for g in ctx.groups}
         return [p for t in targets for p in (
             ({**{f"alloc.{g}": w for g, w in uniform.items()}, "target": t}, "l1", "uniform"),
-            ({**{f"alloc.{g}": w for g, w in _allocation(global_at(ctx, t), a.low, a.high).items()}, "target": t},
+            ({**{f"alloc.{g}": w for g, w in _allocation(global_at(ctx, t)[1], a.low, a.high).items()}, "target": t},
              "group_l1", "global"))]
     out = []
     for kind, ratios, scorer in (("uniform", ws.uniform, "l1"), ("global", ws.global_, "group_l1")):

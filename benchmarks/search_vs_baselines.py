@@ -61,7 +61,7 @@ from autoprune.storage import front, get_record  # noqa: E402
 from autoprune.teacher import build_stream  # noqa: E402
 from autoprune.telling import records  # noqa: E402
 from autoprune.verdict import uniform_baseline, compare_at  # noqa: E402
-from autoprune.warmstart import global_prune  # noqa: E402
+from autoprune.warmstart import global_at, global_prune  # noqa: E402
 
 TARGETS = (1.5, 2.0, 3.0)
 BATCH = 128
@@ -104,21 +104,6 @@ def search_until(ctx: StudyContext, budget: float, chunk: int, name: str) -> tup
 
 
 # ------------------------------------------------------------------------------------------------------ methods
-def bisect_ratio(ctx: StudyContext, build, target: float) -> tuple[float, object]:
-    """The ratio at which ``build(ratio)`` reduces MACs by ``target`` within TOLERANCE (else the closest met)."""
-    lo, hi, best, miss = 0.0, 0.95, None, math.inf
-    for _ in range(24):
-        mid = (lo + hi) / 2
-        model = build(mid)
-        red = ctx.reference["macs"] / count_macs(model, ctx.example)
-        if abs(red / target - 1) < miss:
-            best, miss = (mid, model), abs(red / target - 1)
-        if miss <= TOLERANCE / 2:
-            break
-        lo, hi = (mid, hi) if red < target else (lo, mid)
-    return best
-
-
 def autoprune_picks(ctx: StudyContext) -> dict[float, TrialRecord]:
     """What ``autoprune select`` offers: each target's best candidate on the default front (one rung)."""
     from autoprune.storage import load_optuna_study
@@ -193,7 +178,7 @@ def paired_speedups(base, models: list, x: torch.Tensor, repeats: int = 15) -> l
     out = []
     for m in models:
         r = paired_latency(m, base, x, repeats=repeats, warmup=2)
-        out.append({"latency_ms": round(r.ms, 3), "speedup": round(1 / r.ratio, 4),
+        out.append({"latency_ms": round(r.ms, 3), "speedup": round(r.speedup, 4),
                     "latency_dispersion": round(r.dispersion, 4), "latency_reliable": r.reliable})
     return out
 
@@ -246,7 +231,13 @@ def uniform_placed(ctx: StudyContext, target: float) -> tuple[float, object]:
 def baselines(ctx: StudyContext) -> dict[str, dict[float, tuple[float, object]]]:
     """uniform_l1 (placed) and tp_global_l1 (torch-pruning's global pruning bisected on its ratio) per target."""
     return {"uniform_l1": {t: uniform_placed(ctx, t) for t in TARGETS},
-            "tp_global_l1": {t: bisect_ratio(ctx, lambda r: global_prune(ctx, r), t) for t in TARGETS}}
+            "tp_global_l1": {t: _global(ctx, t) for t in TARGETS}}
+
+
+def _global(ctx: StudyContext, target: float) -> tuple[float, object]:
+    """torch-pruning's global Group-L1 pruning at the ratio bisected to ``target`` (warmstart.global_at)."""
+    ratio, _ = global_at(ctx, target)
+    return ratio, global_prune(ctx, ratio)
 
 
 def run_methods(args, ctx: StudyContext, rctx: StudyContext, budget: float) -> tuple[dict, dict]:
@@ -396,7 +387,7 @@ def aggregate(paths: list[str]) -> str:
         vals = [v for v in vals if v is not None]
         return max(vals) if vals else None
 
-    lines = [f"| method | " + " | ".join(f"@{k}x (%)" for k in keys) + " | HV<=3x | compute (image units) |",
+    lines = ["| method | " + " | ".join(f"@{k}x (%)" for k in keys) + " | HV<=3x | compute (image units) |",
              "|---|" + "---:|" * (len(keys) + 2)]
     for m in methods:
         accs = [ms([_pct(r["methods"][m]["acc_at"][k]) for r in runs]) for k in keys]
