@@ -2,7 +2,7 @@
 
 Every method produces one model per MACs-reduction target (1.5x, 2x, 3x, each within allocation.TOLERANCE = 1 %):
   autoprune           the study users are given (studies/cifar10_resnet20_targets.yaml: per-block allocation placed
-                      on each target, a BN-only rung 0, 20 KD steps, 200 more, eta 3, deferred promotion, TPE), run
+                      on each target, a BN-only rung 0, 20 KD steps, 80 more, eta 4, deferred promotion, TPE), run
                       until it has spent the budget; its pick per target is what `autoprune select` returns
   uniform_l1          one ratio for every block (L1 filter norm), placed on each target by autoprune's bisection
   tp_global_l1        torch-pruning's global Group-L1 pruning itself (one threshold across all blocks), bisected
