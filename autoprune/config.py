@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, field_validator,
+                      model_serializer, model_validator)
 
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.pareto import Direction
@@ -64,8 +65,9 @@ class ModelConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    name: str  # a name in autoprune.data.DATASETS
-    root: str | None = None
+    name: str  # a name in autoprune.data.DATASETS, or "package.module:factory" (see autoprune.data.resolve_data)
+    root: str | None = None  # a factory gets it as root= (when set)
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # a factory's keyword arguments
     val_source: Literal["train", "test"] = "train"
     val_fraction: float = Field(0.2, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)  # only for data sets without an official test split
@@ -80,9 +82,9 @@ class DataConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known_data_set(cls, v: str) -> str:
-        from autoprune.data import DATASETS
+        from autoprune.data import resolve_data
 
-        return _known(DATASETS.get, v)
+        return _known(resolve_data, v)
 
     @model_validator(mode="after")
     def _stats(self) -> "DataConfig":
@@ -92,7 +94,19 @@ class DataConfig(_Strict):
             raise ValueError("std values must be > 0")
         if self.name == "imagefolder" and not self.root:
             raise ValueError("data.root is required for imagefolder")
+        if self.kwargs and ":" not in self.name:
+            raise ValueError("data.kwargs is only for a package.module:factory data set")
+        if "root" in self.kwargs:
+            raise ValueError("give the folder as data.root (the factory gets it as root=), not data.kwargs.root")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Empty kwargs are left out, so studies written before kwargs existed keep their fingerprint and caches."""
+        dumped = handler(self)
+        if not self.kwargs:
+            dumped.pop("kwargs", None)
+        return dumped
 
 
 # ------------------------------------------------------------------------------------------------ search space

@@ -21,6 +21,7 @@ from torch import nn
 from autoprune.probe import check_prunable
 from autoprune.config import ChoiceParam, RangeParam, RecoveryConfig, Study
 from autoprune.data import DataSplits, Split, load_splits
+from autoprune.fitcheck import check_model_fits
 from autoprune.depth import droppable_blocks
 from autoprune.devicelock import DeviceLock, NoLock
 from autoprune.distill import finetune
@@ -203,12 +204,14 @@ def _data_and_model(study: Study, device: torch.device) -> tuple[DataSplits, nn.
     data = load_splits(cfg.data)
     num_classes = cfg.model.num_classes or data.num_classes
     if num_classes != data.num_classes:
-        raise AutopruneError(f"model has {num_classes} classes but {cfg.data.name} has {data.num_classes}",
-                             source=str(study.path), field="model.num_classes")
+        raise AutopruneError(f"the data has {data.num_classes} classes but the model outputs {num_classes} (set "
+                             f"model.num_classes: {data.num_classes}, or leave it out)", source=str(study.path),
+                             field="model.num_classes")
     data = data.to(device)
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model.name, num_classes=num_classes, **cfg.model.kwargs)
     example = data.val.example(1).cpu()
+    check_model_fits(model, example, data.num_classes, cfg.model.name, source=str(study.path))
     layout = build_layout(model, example, by=study.space.groups.by, named=_named_groups(study),
                           prunable=_prunable(study), ignore=study.space.ignore)
     check_prunable(model, example, layout, source=str(study.space_path))

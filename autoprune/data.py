@@ -2,22 +2,26 @@
 
 Sources: scikit-learn's digits (embedded, no download), CIFAR-10/100 (a folder with train.npz/test.npz, or a
 torchvision download), and an ImageFolder directory (``train/`` and ``val/`` or ``test/`` under the root),
-each registered by name in :data:`DATASETS` (the names ``data.name`` accepts).
+each registered by name in :data:`DATASETS` (the names ``data.name`` accepts), or the user's own data set as
+``package.module:factory`` (:func:`resolve_data`): the factory returns map-style train and test data sets, of
+which only the items the splits need are read (:mod:`autoprune.user_data`).
 The search scores trials on ``val``; ``test`` (held out) and ``test_full`` (the official test split) are used
 only by explicit evaluation.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import torch
 
 from autoprune.errors import AutopruneError, first_line
 from autoprune.registry import Registry
+from autoprune.user_data import DatasetSource, bad_data, import_factory, load_user
 
 
 class DataSettings(Protocol):
@@ -33,6 +37,7 @@ class DataSettings(Protocol):
     std: list[float] | None
     image_size: int
     train_subset: int | None
+    kwargs: dict[str, Any]  # keyword arguments of a package.module:factory data set
 
 CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
                "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
@@ -194,6 +199,15 @@ class Source:
     stats: tuple[tuple[float, ...], tuple[float, ...]]  # the default (mean, std) per channel
     official_test: bool = True  # False: the test split is carved from the one set the source has
 
+    @property
+    def sizes(self) -> tuple[int, int]:
+        return len(self.y_train), len(self.y_test)
+
+    def take(self, part: str, idx: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Images and labels at ``idx`` of the ``train`` or ``test`` set (None: all of it, not copied)."""
+        x, y = (self.x_train, self.y_train) if part == "train" else (self.x_test, self.y_test)
+        return (x, y) if idx is None else (x[idx], y[idx])
+
 
 def _load_digits(cfg: DataSettings, rng: np.random.Generator) -> Source:
     x, y = _digits()
@@ -219,6 +233,85 @@ DATASETS.register("cifar100", _load_cifar)
 DATASETS.register("imagefolder", _load_image_folder)
 
 
+def resolve_data(name: str) -> Callable[[DataSettings, np.random.Generator], Source | DatasetSource]:
+    """The loader for a registered name or a ``package.module:factory`` path (imported only when named so).
+
+    Example:
+        >>> resolve_data("digits") is DATASETS.get("digits")
+        True
+    """
+    if ":" in name:
+        return functools.partial(load_user, import_factory(name))
+    try:
+        return DATASETS.get(name)
+    except AutopruneError as err:
+        raise bad_data(f"{err.message}; or a package.module:factory") from None
+
+
+
+# ------------------------------------------------------------------------------------------------------ splits
+def split_indices(cfg: DataSettings, n_train: int, n_test: int, rng: np.random.Generator
+                  ) -> dict[str, tuple[str, np.ndarray | None]]:
+    """Which items each split takes: split -> (``"train"`` or ``"test"`` set, indices into it; None: all).
+
+    Drawn from ``rng`` before anything is read, so a data set read item by item reads only these items.
+
+    Example:
+        >>> from autoprune.config import DataConfig
+        >>> plan = split_indices(DataConfig(name="digits", train_subset=3), 10, 4, np.random.default_rng(0))
+        >>> {k: (part, None if i is None else len(i)) for k, (part, i) in plan.items()}
+        {'val': ('train', 2), 'train': ('train', 3), 'test': ('test', None)}
+    """
+    if cfg.val_source == "train":
+        perm = rng.permutation(n_train)
+        n_val = round(cfg.val_fraction * n_train)
+        plan = {"val": ("train", perm[:n_val]), "train": ("train", perm[n_val:]), "test": ("test", None)}
+    else:
+        perm = rng.permutation(n_test)
+        n_val = round(cfg.val_fraction * n_test)
+        plan = {"val": ("test", perm[:n_val]), "train": ("train", None), "test": ("test", perm[n_val:])}
+    kept = plan["train"][1]
+    n_kept = n_train if kept is None else len(kept)
+    if cfg.train_subset is not None and cfg.train_subset < n_kept:
+        pick = rng.permutation(n_kept)[: cfg.train_subset]
+        plan["train"] = ("train", pick if kept is None else kept[pick])
+    return plan
+
+
+def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of NCHW images in [0, 1] (uint8 read as /255); a constant channel gets std 1.
+
+    >>> channel_stats(np.array([[[[0, 255]]], [[[0, 255]]]], dtype=np.uint8))
+    ((0.5,), (0.5,))
+    """
+    if len(x) == 0:
+        return (0.0,) * x.shape[1], (1.0,) * x.shape[1]
+    scale = 255.0 if x.dtype == np.uint8 else 1.0
+    total, squares = np.zeros(x.shape[1]), np.zeros(x.shape[1])
+    for start in range(0, len(x), 1024):  # in chunks: no float64 copy of the whole set
+        chunk = x[start : start + 1024].astype(np.float64) / scale
+        total += chunk.sum(axis=(0, 2, 3))
+        squares += (chunk**2).sum(axis=(0, 2, 3))
+    count = x.size / x.shape[1]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    return tuple(float(m) for m in mean), tuple(float(s) if s > 1e-6 else 1.0 for s in std)
+
+
+def _normalisation(cfg: DataSettings, source: Source | DatasetSource, x_train: np.ndarray
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """data.mean / data.std, else the source's, else (a user data set's) the training images' own statistics."""
+    if cfg.mean is not None:
+        stats, field_name = (cfg.mean, cfg.std), "data.mean"
+    else:
+        stats, field_name = source.stats or channel_stats(x_train), "data.name"
+    mean, std = (torch.tensor(v, dtype=torch.float32) for v in stats)
+    if mean.numel() != x_train.shape[1]:
+        raise AutopruneError(f"mean/std have {mean.numel()} values but the images have {x_train.shape[1]} channels",
+                             field=field_name)
+    return mean, std
+
+
 def load_splits(cfg: DataSettings) -> DataSplits:
     """Load the data set named in ``cfg`` and carve its seeded splits.
 
@@ -229,37 +322,34 @@ def load_splits(cfg: DataSettings) -> DataSplits:
         ('train', True)
     """
     rng = np.random.default_rng(cfg.seed)
-    source = DATASETS.get(cfg.name)(cfg, rng)
-    xtr, ytr, xte, yte = source.x_train, source.y_train, source.x_test, source.y_test
-    num_classes, official_test, default_stats = source.num_classes, source.official_test, source.stats
-    mean = torch.tensor(cfg.mean if cfg.mean is not None else default_stats[0], dtype=torch.float32)
-    std = torch.tensor(cfg.std if cfg.std is not None else default_stats[1], dtype=torch.float32)
-    if mean.numel() != xtr.shape[1]:
-        raise AutopruneError(f"mean/std have {mean.numel()} values but the images have {xtr.shape[1]} channels",
-                             field="data.mean")
+    source = resolve_data(cfg.name)(cfg, rng)
+    plan = split_indices(cfg, *source.sizes, rng)
+    xte, yte = source.take("test", None)  # the whole test set is test_full; read once
+
+    def read(part: str, idx: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        if part == "train":
+            return source.take("train", idx)
+        return (xte, yte) if idx is None else (xte[idx], yte[idx])
+
+    (xval, yval), (xtr, ytr), (xts, yts) = (read(*plan[name]) for name in ("val", "train", "test"))
+    top = max(int(y.max()) for y in (ytr, yval, yte) if len(y))
+    num_classes = source.num_classes or top + 1
+    if top >= num_classes:
+        raise bad_data(f"data set {cfg.name!r} has label {top} but {num_classes} classes (labels 0 to "
+                        f"{num_classes - 1})")
+    mean, std = _normalisation(cfg, source, xtr)
 
     def mk(x: np.ndarray, y: np.ndarray) -> Split:
         return Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), mean, std)
 
-    if cfg.val_source == "train":
-        perm = rng.permutation(len(ytr))
-        n_val = int(round(cfg.val_fraction * len(ytr)))
-        val, train = mk(xtr[perm[:n_val]], ytr[perm[:n_val]]), mk(xtr[perm[n_val:]], ytr[perm[n_val:]])
-        test = mk(xte, yte)
-    else:
-        perm = rng.permutation(len(yte))
-        n_val = int(round(cfg.val_fraction * len(yte)))
-        val, test = mk(xte[perm[:n_val]], yte[perm[:n_val]]), mk(xte[perm[n_val:]], yte[perm[n_val:]])
-        train = mk(xtr, ytr)
-    if cfg.train_subset is not None and cfg.train_subset < len(train):
-        train = train.subset(torch.from_numpy(rng.permutation(len(train))[: cfg.train_subset]))
+    train, val, test = mk(xtr, ytr), mk(xval, yval), mk(xts, yts)
     info = {
         "dataset": cfg.name,
         "val_source": cfg.val_source,
         "val_fraction": cfg.val_fraction,
         "seed": cfg.seed,
         "sizes": {"train": len(train), "val": len(val), "test": len(test), "test_full": len(yte)},
-        "test_is_official": official_test,
+        "test_is_official": source.official_test,
         "note": ("validation carved from the test split; test = the other part"
                  if cfg.val_source == "test" else "validation carved from the training split"),
     }

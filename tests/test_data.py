@@ -105,3 +105,11 @@ def test_a_failed_cifar_download_with_an_empty_message_is_a_one_line_error(tmp_p
         load_splits(DataConfig(name="cifar10", root=str(tmp_path)))
     assert str(err.value).endswith("download failed: OSError)")
     assert err.value.field == "data.root" and "\n" not in str(err.value)
+
+
+def test_the_data_module_examples_hold():
+    import doctest
+
+    from autoprune import data, fitcheck
+
+    assert doctest.testmod(data).failed == 0 and doctest.testmod(fitcheck).failed == 0
