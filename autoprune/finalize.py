@@ -5,15 +5,21 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from autoprune.context import StudyContext
-from autoprune.export import export_onnx, export_torchscript, quantize_dynamic_int8
-from autoprune.latency import LatencyResult, paired_latency
+from autoprune.export import (
+    export_onnx,
+    export_onnx_int8_static,
+    export_torchscript,
+    onnx_accuracy,
+)
+from autoprune.latency import LatencyResult, deploy_onnx, paired_latency
 from autoprune.measure import accuracy, count_macs, count_params
 from autoprune.record import TrialRecord
 from autoprune.retrain import RetrainResult
@@ -48,27 +54,63 @@ def paired_with_base(model: torch.nn.Module, ctx: StudyContext, large_batch: int
                 for k, x in xs.items()}
 
 
-def _int8(model: torch.nn.Module, ctx: StudyContext) -> dict[str, Any]:
-    """The dynamic int8 variant: its test accuracy and its latency at batch 1 on the CPU, timed paired with the
-    float model it came from (eager torch: dynamic quantisation is an eager-mode feature)."""
-    q = quantize_dynamic_int8(model)
+CALIBRATION_IMAGES = 512  # training images the static int8 export calibrates its activation ranges on
+
+
+def calibration_batches(ctx: StudyContext, images: int = CALIBRATION_IMAGES, batch_size: int = 64
+                        ) -> list[torch.Tensor]:
+    """A seeded subset (the study's seed) of ``images`` training images, normalised as the model sees them, in
+    batches on the CPU: the static int8 export's calibration data."""
+    train = ctx.data.train
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(ctx.study.config.seed))[:images]
+    return [x.cpu() for x, _ in train.subset(pick).batches(batch_size)]
+
+
+def _onnx_latency(int8_file: str, float_file: str, ctx: StudyContext) -> dict[str, Any]:
+    """The int8 file's latency at batch 1 on onnxruntime, timed paired with the float ONNX file."""
+    m, x = ctx.study.config.measure, ctx.example.cpu()
     with ctx.lock.exclusive():
-        lat = paired_latency(q, model, ctx.example.cpu(), 10, 2, "torch")
-    return {"test_accuracy": accuracy(q, ctx.data.test.to("cpu"), ctx.study.config.data.batch_size),
-            "latency_ms_b1": lat.ms, "float_latency_ms_b1": lat.base_ms, "speedup_vs_float": lat.speedup,
+        lat = paired_latency(deploy_onnx(int8_file, x), deploy_onnx(float_file, x), x, m.latency_repeats,
+                             m.latency_warmup, "onnxruntime")
+    return {"latency_ms_b1": lat.ms, "float_latency_ms_b1": lat.base_ms, "speedup_vs_float": lat.speedup,
             "latency_dispersion": lat.dispersion, "latency_reliable": lat.reliable, "latency_backend": lat.backend,
-            "note": "dynamic int8 quantisation of Linear layers (PyTorch quantises Linear, not conv); latency timed "
-                    "paired with the float model on the CPU"}
+            "latency_pairs": lat.pairs}
+
+
+def static_int8(ctx: StudyContext, onnx_export: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """report.json's ``exports.int8_static``: the float ONNX export quantised to static int8 by onnxruntime
+    (:func:`autoprune.export.export_onnx_int8_static`, calibrated on :func:`calibration_batches`), its test accuracy
+    and the float ONNX model's, both run by onnxruntime on the same test images, and its latency at batch 1 timed
+    paired with the float ONNX model. ``{"file": None, "error": ...}`` where it could not be made."""
+    if not onnx_export.get("file"):
+        return {"file": None, "error": f"static int8 needs the float ONNX export, which failed: {onnx_export['error']}"}
+    q = export_onnx_int8_static(Path(onnx_export["file"]), calibration_batches(ctx), out_dir / "model.int8.onnx")
+    if q["file"] is None:
+        return q
+    test, batch = ctx.data.test, ctx.study.config.data.batch_size
+    return {**q, "test_accuracy": onnx_accuracy(q["file"], test, batch),
+            "float_test_accuracy": onnx_accuracy(onnx_export["file"], test, batch),
+            **_onnx_latency(q["file"], onnx_export["file"], ctx), "note": _int8_note(q)}
+
+
+def _int8_note(q: dict[str, Any]) -> str:
+    """What ``exports.int8_static`` measured, in words."""
+    weights = "per-channel int8 weights" + (" in a 7-bit range" if q["reduce_range"] else "")
+    return (f"static int8 by ONNX Runtime (QDQ; {weights}; {q['activations']} activations calibrated on "
+            f"{q['calibration_images']} training images, a seeded subset): {q['convs_quantized']} of {q['convs']} "
+            "convolutions quantised. test_accuracy and float_test_accuracy: the int8 and the float ONNX model run by "
+            "onnxruntime on the same test images; latency at batch 1 on onnxruntime (CPU), timed paired with the "
+            "float ONNX model")
 
 
 def _exports(model: torch.nn.Module, ctx: StudyContext, out_dir: Path, int8: bool) -> dict[str, Any]:
-    """TorchScript and ONNX exports (each checked against the model), and the optional dynamic int8 variant."""
+    """TorchScript and ONNX exports (each checked against the model), and the optional static int8 ONNX."""
     cpu_model = model.cpu()
     check_x = ctx.data.test.example(8).cpu()
     exports = {"torchscript": export_torchscript(cpu_model, check_x, out_dir / "model.torchscript.pt"),
                "onnx": export_onnx(cpu_model, check_x, out_dir / "model.onnx")}
     if int8:
-        exports["int8_dynamic"] = _int8(cpu_model, ctx)
+        exports["int8_static"] = static_int8(ctx, exports["onnx"], out_dir)
     model.to(ctx.device)
     return exports
 
@@ -118,14 +160,15 @@ def _html_sections(ctx: StudyContext, ost, record: TrialRecord, result: RetrainR
              "latency_ms_b1": speed["latency_speedup_b1"], big: speed[f"latency_speedup_b{large_batch}"]}]
     cols = ["", "test_accuracy", "test_full_accuracy", "macs", "params", "latency_ms_b1", big, "file_bytes"]
     sections = [
-        f"<p class='note'>Test accuracy on the held-out test split ({ctx.data.info['sizes']['test']} images; "
-        f"{ctx.data.info['note']}). Fine-tune: {result.epochs} epochs, {result.images_seen:,} images, "
-        f"{result.seconds:.0f} s on {ctx.device}.</p>",
+        (f"<p class='note'>Test accuracy on the held-out test split ({ctx.data.info['sizes']['test']} images; "
+         f"{ctx.data.info['note']}). Fine-tune: {result.epochs} epochs, {result.images_seen:,} images, "
+         f"{result.seconds:.0f} s on {ctx.device}.</p>"),
         "<h2>Base vs retrained</h2>", html_table(rows, cols), _latency_note(report.get("latency") or {}),
         "<h2>Exports</h2>", html_table([{"export": k, **{kk: vv for kk, vv in v.items() if kk != "note"}}
                                         for k, v in exports.items()],
-                                       ["export", "file", "bytes", "max_abs_diff", "test_accuracy", "latency_ms_b1",
-                                        "speedup_vs_float", "latency_reliable"]),
+                                       ["export", "file", "bytes", "max_abs_diff", "test_accuracy",
+                                        "float_test_accuracy", "latency_ms_b1", "speedup_vs_float", "latency_reliable",
+                                        "error"]),
     ]
     if ost is not None:
         fr, base = study_front(ost), ost.user_attrs.get("base", {})

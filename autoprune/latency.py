@@ -10,7 +10,8 @@ repeated once with :data:`RETRY_FACTOR` times the repeats, and if still noisy th
 Each latency backend (:data:`LATENCY_BACKENDS`, ``measure.latency_backend``) prepares a model as it would be
 deployed: a copy with BatchNorm folded into the preceding convolution (torch.fx's ``fuse``), in eval and inference
 mode; ``torchscript`` traces and freezes it; ``onnxruntime`` exports it to ONNX in memory and runs it in an
-``InferenceSession`` on the CPU with as many intra-op threads as torch uses.
+``InferenceSession`` on the CPU with as many intra-op threads as torch uses. An ONNX file already written (such as
+a quantised export) is deployed on onnxruntime by :func:`deploy_onnx`.
 
 Example:
     >>> import torch
@@ -29,8 +30,9 @@ import math
 import statistics
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -167,19 +169,39 @@ def _torchscript(model: nn.Module, x: torch.Tensor) -> Runner:
     return _finished(frozen, x)
 
 
+def onnx_session(model: str | Path | bytes, purpose: str = "an ONNX Runtime session"):
+    """An onnxruntime ``InferenceSession`` of an ONNX model (a file or its bytes) on the CPU, with as many
+    intra-op threads as torch uses and one inter-op thread; ``purpose`` names what needs it if onnxruntime is
+    missing."""
+    ort = require("onnxruntime", "export", purpose)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    source = str(model) if isinstance(model, Path) else model
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def deploy_onnx(model: str | Path | bytes, x: torch.Tensor) -> Deployed:
+    """An ONNX model (a file or its bytes) deployed on onnxruntime to run on ``x``, ready for
+    :func:`paired_latency` with ``backend="onnxruntime"`` (e.g. a quantised ONNX file against the float one).
+
+    Example:
+        >>> a, b = deploy_onnx("model.int8.onnx", x), deploy_onnx("model.onnx", x)  # doctest: +SKIP
+        >>> paired_latency(a, b, x, backend="onnxruntime").speedup  # doctest: +SKIP
+    """
+    session = onnx_session(model)
+    feed = {session.get_inputs()[0].name: x.detach().cpu().numpy()}
+    return Deployed("onnxruntime", lambda: session.run(None, feed))
+
+
 def _onnxruntime(model: nn.Module, x: torch.Tensor) -> Runner:
-    ort = require("onnxruntime", "export", "measure.latency_backend: onnxruntime")
+    require("onnxruntime", "export", "measure.latency_backend: onnxruntime")
     folded, x = fold_batchnorm(model).cpu(), x.detach().cpu()
     buffer = io.BytesIO()  # exported as autoprune.export does, but in memory
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(folded, (x,), buffer, input_names=["input"], output_names=["logits"], dynamo=False)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-    feed = {"input": x.numpy()}
-    return lambda: session.run(None, feed)
+    return deploy_onnx(buffer.getvalue(), x).run
 
 
 LATENCY_BACKENDS = Registry[BackendBuilder]("latency backend")
