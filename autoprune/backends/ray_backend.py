@@ -73,12 +73,15 @@ def trainable(config: dict[str, Any], spec: dict[str, Any]) -> None:
         else:  # a deferred promotion: read the candidate's record from the study (the driver alone writes)
             ost = optuna.load_study(study_name=spec["study_name"], storage=open_storage(spec["storage_url"]))
             record = continue_trial(ctx, get_record(ost, int(config["_continues"])), save_dir=save_dir)
-    except Exception as exc:  # told on the Optuna trial by the driver, then re-raised so Ray counts it errored
+    except Exception as exc:
+        # Reported as this trial's final result, and the function returns: Ray always delivers a returning
+        # trial's last report to the searcher, while a raising trial's last report may be dropped (its reason
+        # lost). The driver tells the failure and counts the trial as errored (_error_messages).
         failure = Failure.from_exception(exc)
         nan = float("nan")
         tune.report({"accuracy": nan, "macs": nan, "params": nan, "latency_ms": nan,
                      "_autoprune_failure": json.dumps([failure.reason, failure.traceback])})
-        raise
+        return
     node = {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
     record = TrialRecord(record.metrics, record.plan, record.fidelity, record.timings, record.model_file, node=node)
     tune.report({**record.metrics.to_dict(), "_autoprune": record.to_json()})
@@ -107,14 +110,13 @@ def _searcher_class(OptunaSearch):
             return {**params, **({"target": target} if target is not None else {}),
                     "_seed": self._base_seed + ot_trial.number, "_continues": continued(ot_trial)}
 
-        def on_trial_result(self, trial_id: str, result: dict) -> None:
-            ot_trial = self._optuna_trial(trial_id)
-            if ot_trial is not None and result.get("_autoprune_failure"):
-                tell_failure(ot_trial, Failure(*json.loads(result["_autoprune_failure"])))
-
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
             ot_trial = self._optuna_trial(trial_id)
-            if ot_trial is not None and result and "_autoprune" in result:
+            if result and result.get("_autoprune_failure"):  # the trial caught its exception and reported it
+                if ot_trial is not None:
+                    tell_failure(ot_trial, Failure(*json.loads(result["_autoprune_failure"])))
+                error = True
+            elif ot_trial is not None and result and "_autoprune" in result:
                 tell_result(ot_trial, TrialRecord.from_json(result["_autoprune"]), self._autoprune_study)
             elif ot_trial is not None and error and TrialRecord.from_user_attrs(ot_trial.user_attrs).failure is None:
                 tell_failure(ot_trial, Failure("the Ray trial errored (see the Ray trial's error file)"))
@@ -233,16 +235,19 @@ def _restorable(tune, results_dir: Path, marker: Path) -> Path | None:
 
 
 def _error_messages(grid, ost: optuna.Study, seed: int) -> list[str]:
-    """One line per errored Ray trial: its number and the failure it recorded (or Ray's last error line)."""
+    """One line per errored Ray trial (one that raised, or reported its caught failure): its number and the
+    failure it recorded (or Ray's last error line)."""
     failed = {r.number: r.failure.reason for r in map(TrialRecord.from_frozen, ost.get_trials(deepcopy=False))
               if r.failure is not None}
     messages = []
     for r in (grid if grid is not None else []):
-        if r.error is None:
+        reported = (r.metrics or {}).get("_autoprune_failure")
+        if r.error is None and not reported:
             continue
-        lines = [ln for ln in str(r.error).strip().splitlines() if ln.strip()]
         number = int(r.config.get("_seed", seed - 1)) - seed
-        messages.append(f"trial {number}: {failed.get(number) or (lines[-1][:300] if lines else type(r.error).__name__)}")
+        lines = [ln for ln in str(r.error).strip().splitlines() if ln.strip()] if r.error is not None else []
+        fallback = json.loads(reported)[0] if reported else (lines[-1][:300] if lines else type(r.error).__name__)
+        messages.append(f"trial {number}: {failed.get(number) or fallback}")
     return messages
 
 
