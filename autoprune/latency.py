@@ -172,11 +172,13 @@ def _torchscript(model: nn.Module, x: torch.Tensor) -> Runner:
 def onnx_session(model: str | Path | bytes, purpose: str = "an ONNX Runtime session"):
     """An onnxruntime ``InferenceSession`` of an ONNX model (a file or its bytes) on the CPU, with as many
     intra-op threads as torch uses and one inter-op thread; ``purpose`` names what needs it if onnxruntime is
-    missing."""
+    missing. Its threads do not spin-wait after a run: a paired measurement alternates two sessions, and one's
+    spinning threads would take the cores from the other's next run."""
     ort = require("onnxruntime", "export", purpose)
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = str(model) if isinstance(model, Path) else model
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
