@@ -240,18 +240,50 @@ def _global(ctx: StudyContext, target: float) -> tuple[float, object]:
     return ratio, global_prune(ctx, ratio)
 
 
+def reuse_final(args, ctx: StudyContext, bis: dict, stream, steps: int, cache: dict) -> None:
+    """Fill ``cache`` with the baselines' final recoveries from an earlier run (``--reuse-final``).
+
+    The final recovery is deterministic at a fixed thread count, so a baseline with the same structure, seed,
+    stream and steps has the same figures. Reused only when the earlier run's settings, ratios and MACs all match
+    and one model recomputed here (uniform_l1 at the first target) gives its accuracies to the last digit."""
+    old = json.loads(Path(args.reuse_final).read_text())
+    same = {k: (old["budget"].get(k), v) for k, v in (("model", args.model), ("seed", args.seed), ("threads",
+            args.threads), ("final_epochs", args.final_epochs), ("device", args.device))}
+    if any(a != b for a, b in same.values()):
+        sys.exit(f"--reuse-final {args.reuse_final}: another run's settings {same}")
+    stored = {(m, p["target"]): p for m in bis for p in old["methods"][m]["points"]}
+    for (name, t), p in stored.items():
+        ratio, model = bis[name][t]
+        if round(ratio, 4) != p["ratio"] or count_macs(model, ctx.example) != p["macs"]:
+            sys.exit(f"--reuse-final: {name} @ {t}x differs from the earlier run's (ratio {ratio:.4f}, MACs)")
+    first = ("uniform_l1", TARGETS[0])
+    check = final_recovery(ctx, copy.deepcopy(bis[first[0]][first[1]][1]), stream, steps, cache)
+    got = (check["accuracy"], check["val_accuracy"])
+    want = (stored[first]["accuracy"], stored[first]["val_accuracy"])
+    if got != want:
+        sys.exit(f"--reuse-final: {first} recomputed gives {got}, the earlier run {want}: not reused")
+    log(f"--reuse-final: {first} recomputed = the earlier run's {want}; the other baselines are reused")
+    for (name, t), p in stored.items():
+        model = bis[name][t][1]
+        keep = {k: p[k] for k in ("accuracy", "val_accuracy", "macs", "final_steps", "finetune_s")}
+        cache.setdefault((fingerprint(model), steps), {**keep, "reused_from": Path(args.reuse_final).name,
+                                                       "_model": model})
+
+
 def run_methods(args, ctx: StudyContext, rctx: StudyContext, budget: float) -> tuple[dict, dict]:
     """Every method's chosen models after the final recovery, and what the searches spent."""
     bis = baselines(ctx)
     log("baselines bisected: " + "; ".join(f"{n} {[round(r, 4) for r, _ in v.values()]}" for n, v in bis.items()))
-    ap_recs, ap_used, ap_failed = search_until(ctx, budget, 2, "autoprune")
-    ap = autoprune_picks(ctx)
-    rnd_recs, rnd_screen, rnd_failed = search_until(rctx, ap_used / 2, 4, "random_adaptive_bn screening")
-    eagle, rnd_tune = eagle_picks(ctx, rctx, rnd_recs, ap_used - rnd_screen, args.eagle_top, args.seed)
     steps_per_epoch = 50000 // BATCH
     final_steps = int(args.final_epochs * steps_per_epoch)
     stream = build_stream(ctx.base, ctx.data.train, final_steps, BATCH, True, args.seed + 1)
     cache: dict = {}
+    if args.reuse_final:
+        reuse_final(args, ctx, bis, stream, final_steps, cache)
+    ap_recs, ap_used, ap_failed = search_until(ctx, budget, 2, "autoprune")
+    ap = autoprune_picks(ctx)
+    rnd_recs, rnd_screen, rnd_failed = search_until(rctx, ap_used / 2, 4, "random_adaptive_bn screening")
+    eagle, rnd_tune = eagle_picks(ctx, rctx, rnd_recs, ap_used - rnd_screen, args.eagle_top, args.seed)
     methods: dict[str, list[dict]] = {m: [] for m in ("autoprune", "uniform_l1", "tp_global_l1", "random_adaptive_bn")}
     for t in TARGETS:
         for name in bis:
@@ -314,6 +346,8 @@ def main() -> None:
     ap.add_argument("--extra-kd", action="store_true", help="add the baselines given the search budget as KD")
     ap.add_argument("--workdir", help="keep the studies here (default: a new temporary folder)")
     ap.add_argument("--plot", help="also draw the points to this PNG (needs matplotlib)")
+    ap.add_argument("--reuse-final", metavar="JSON", help="take the uniform and global baselines' final recoveries "
+                    "from this earlier run of the same seed and settings (checked by recomputing one)")
     ap.add_argument("--aggregate", nargs="+", metavar="JSON", help="only print the mean and spread of saved runs")
     args = ap.parse_args()
     if args.aggregate:
