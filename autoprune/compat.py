@@ -3,6 +3,9 @@
 * Attention: the width of every ``nn.MultiheadAttention`` is pruned in multiples of its number of heads, so every
   head keeps the same, smaller head dimension and no head is removed (torch-pruning's torchvision example).
   torchvision's ``VisionTransformer`` reads ``hidden_dim`` in its forward; it is updated after pruning.
+  timm's ``Attention`` (one ``qkv`` projection) is given to torch-pruning as ``num_heads`` so every head loses the
+  same dimensions, and its ``head_dim``, ``attn_dim`` and ``scale`` are updated after pruning (torch-pruning's
+  timm ViT example).
 * Custom layers: a model may carry ``autoprune_pruners = {LayerType: torch_pruning BasePruningFunc()}``, passed to
   torch-pruning as ``customized_pruners`` (the same attribute convention as ``autoprune_prunable``).
 * :func:`failing_layer` runs a model and names the innermost layer whose forward raised.
@@ -35,7 +38,16 @@ def pruner_kwargs(model: nn.Module, round_to: int | None = None) -> dict[str, An
     heads = [m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
     if heads:
         round_to = math.lcm(round_to or 1, *heads)
-    return {"customized_pruners": customized_pruners(model), "round_to": round_to}
+    kwargs = {"customized_pruners": customized_pruners(model), "round_to": round_to}
+    qkv = {m.qkv: m.num_heads for m in model.modules() if _qkv_attention(m)}
+    if qkv:
+        kwargs |= {"num_heads": qkv, "prune_head_dims": True, "prune_num_heads": False}
+    return kwargs
+
+
+def _qkv_attention(m: nn.Module) -> bool:
+    """timm's attention layout: one ``qkv`` linear projection split into ``num_heads`` heads of ``head_dim``."""
+    return isinstance(getattr(m, "qkv", None), nn.Linear) and hasattr(m, "num_heads") and hasattr(m, "head_dim")
 
 
 def after_pruning(model: nn.Module) -> nn.Module:
@@ -43,6 +55,12 @@ def after_pruning(model: nn.Module) -> nn.Module:
     for m in model.modules():
         if type(m).__name__ == "VisionTransformer" and hasattr(m, "conv_proj") and hasattr(m, "hidden_dim"):
             m.hidden_dim = m.conv_proj.out_channels
+        if _qkv_attention(m):
+            m.head_dim = m.qkv.out_features // (3 * m.num_heads)
+            if hasattr(m, "attn_dim"):
+                m.attn_dim = m.num_heads * m.head_dim
+            if hasattr(m, "scale"):
+                m.scale = m.head_dim**-0.5  # what the fused path uses: both paths agree
     return model
 
 

@@ -113,10 +113,14 @@ def build_cost_model(model: nn.Module, example_inputs: torch.Tensor, layout: Gro
                 if target is not None:
                     side = "out" if dg.is_out_channel_pruning_fn(dep.handler) else "in"
                     shrinks.setdefault(target, {}).setdefault(side, root)
-    leaves = {n for n, m in modules.items() if n and not any(True for _ in m.children())}
+    # leaves, and layers with children of their own (timm's BatchNormAct2d holds its activation): their own MACs
+    units = {n for n, m in modules.items() if n and (not any(True for _ in m.children())
+                                                      or any(True for _ in m.parameters(recurse=False)))}
+    own = {n: float(by_module.get(n, 0)) - sum(float(by_module.get(f"{n}.{c}", 0)) for c, _ in modules[n].named_children())
+           for n in units}
     layers, fixed = [], 0.0
-    for name in sorted(leaves):
-        macs = float(by_module.get(name, 0))
+    for name in sorted(units):
+        macs = own[name]
         if not macs:
             continue
         sides = shrinks.get(name, {})
@@ -126,7 +130,7 @@ def build_cost_model(model: nn.Module, example_inputs: torch.Tensor, layout: Gro
             layers.append(LayerCost(name, macs, sides.get("out"), sides.get("in")))
         else:
             fixed += macs
-    fixed += float(by_module.get("", 0)) - sum(float(by_module.get(n, 0)) for n in leaves)
+    fixed += float(by_module.get("", 0)) - sum(own.values())
     channels = {r: out_width(modules[r]) for rs in layout.roots.values() for r in rs}
     root_group = {r: g for g, rs in layout.roots.items() for r in rs}
     rt = pruner_kwargs(model, round_to)["round_to"]

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from autoprune.errors import AutopruneError, first_line
-from autoprune.registry import Registry
-from autoprune.user_data import DatasetSource, bad_data, import_factory, load_user
+from autoprune.registry import Registry, import_callable
+from autoprune.user_data import DatasetSource, bad_data, load_user
 
 
 class DataSettings(Protocol):
@@ -241,7 +241,7 @@ def resolve_data(name: str) -> Callable[[DataSettings, np.random.Generator], Sou
         True
     """
     if ":" in name:
-        return functools.partial(load_user, import_factory(name))
+        return functools.partial(load_user, import_callable(name, "data", field="data.name"))
     try:
         return DATASETS.get(name)
     except AutopruneError as err:

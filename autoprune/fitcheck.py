@@ -36,9 +36,12 @@ def _first_layer(model: nn.Module, example: torch.Tensor) -> tuple[str, nn.Modul
 
 
 def _channel_fix(model_name: str) -> str:
-    """The model setting that sets its input channels: ``model.kwargs.in_channels`` if its factory takes one."""
+    """The model setting that sets its input channels: ``model.kwargs.in_channels`` if its factory takes one
+    (``in_chans`` for timm models)."""
     from autoprune.models import resolve_model
 
+    if model_name.startswith("timm:"):
+        return "model.kwargs.in_chans"
     try:
         takes = "in_channels" in inspect.signature(resolve_model(model_name).factory).parameters
     except (TypeError, ValueError):  # no signature to read

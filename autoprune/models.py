@@ -1,4 +1,5 @@
-"""Model registry: torchvision classifiers, CIFAR ResNets, the quickstart CNN, and user "module:factory" models.
+"""Model registry: torchvision classifiers, CIFAR ResNets, the quickstart CNN, timm models ("timm:<name>") and
+user "module:factory" models.
 
 Each registered model carries what the pruner needs to know about it: its input size, its named stages (for
 per-stage ratios) and which layers' output channels may be pruned.
@@ -6,7 +7,7 @@ per-stage ratios) and which layers' output channels may be pruned.
 
 from __future__ import annotations
 
-import importlib
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -16,7 +17,7 @@ from torch import nn
 
 from autoprune.cifar_resnet import cifar_resnet
 from autoprune.errors import AutopruneError
-from autoprune.registry import Registry
+from autoprune.registry import Registry, import_callable
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ _CIFAR_NOTE = (
     "channels are coupled to the stem through the zero-padding shortcut and are kept."
 )
 
+TIMM_NOTE = ("timm model: pruned through torch-pruning's dependency graph like any model; attention layers keep "
+             "their head count (timm's Attention is not an nn.MultiheadAttention)")
+
 MODELS: Registry[ModelSpec] = Registry("model")
 MODELS.register(
     "quickstart_cnn",
@@ -97,18 +101,33 @@ for _name in ("mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "densenet
     MODELS.register(_name, ModelSpec(_torchvision(_name)))
 
 
+def _timm(model_name: str) -> Callable[..., nn.Module]:
+    """A factory for the timm model ``model_name`` (randomly initialised: weights come from model.checkpoint)."""
+    try:
+        import timm
+    except ImportError:
+        raise AutopruneError(f"model 'timm:{model_name}' needs timm: pip install 'autoprune[timm]'",
+                             field="model.name") from None
+    if not timm.is_model(model_name):
+        near = difflib.get_close_matches(model_name, timm.list_models(), n=5)
+        raise AutopruneError(f"unknown timm model {model_name!r}" + (f"; similar: {', '.join(near)}" if near else ""),
+                             field="model.name")
+
+    def factory(num_classes: int = 1000, **kwargs) -> nn.Module:
+        kwargs.setdefault("pretrained", False)
+        return timm.create_model(model_name, num_classes=num_classes, **kwargs)
+
+    factory.__name__ = model_name
+    return factory
+
+
 def resolve_model(name: str) -> ModelSpec:
-    """The spec for a registered name or a ``package.module:factory`` path (imported only when named so)."""
+    """The spec for a registered name, ``timm:<name>`` or a ``package.module:factory`` path (imported only when
+    named so)."""
+    if name.startswith("timm:"):
+        return ModelSpec(_timm(name.removeprefix("timm:")), note=TIMM_NOTE)
     if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise AutopruneError(f"cannot import model module {module_name!r}: {exc}") from None
-        factory = getattr(module, attr, None)
-        if not callable(factory):
-            raise AutopruneError(f"{module_name!r} has no callable {attr!r}")
-        return ModelSpec(factory)
+        return ModelSpec(import_callable(name, "model", field="model.name"))
     return MODELS.get(name)
 
 

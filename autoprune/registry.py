@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Generic, Iterator, TypeVar
+import importlib
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
-from autoprune.errors import AutopruneError
+from autoprune.errors import AutopruneError, first_line
 
 T = TypeVar("T")
 
@@ -42,3 +43,24 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._entries)
+
+
+def import_callable(path: str, kind: str, field: str | None = None) -> Callable[..., Any]:
+    """The callable named by ``package.module:attr`` (a user's model or data factory), imported now.
+
+    Any error the module raises on import, or a missing or non-callable attribute, is one AutopruneError naming
+    the ``kind`` of module (``"model"``, ``"data"``) and the config ``field``.
+
+    Example:
+        >>> import_callable("math:sqrt", "model")(4.0)
+        2.0
+    """
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - ImportError, or any error the module raises on import
+        raise AutopruneError(f"cannot import {kind} module {module_name!r}: {first_line(exc)}", field=field) from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise AutopruneError(f"{module_name!r} has no callable {attr!r}", field=field)
+    return factory

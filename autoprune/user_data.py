@@ -7,7 +7,6 @@ Everything that can go wrong is one :class:`~autoprune.errors.AutopruneError` na
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -118,18 +117,6 @@ class DatasetSource:
                             f"but the first image read is {list(self._like.shape)} {self._like.dtype}; every image "
                             "must have one shape and dtype")
         return image, label
-
-
-def import_factory(path: str) -> Callable[..., Any]:
-    module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - ImportError, or any error the module raises on import
-        raise bad_data(f"cannot import data module {module_name!r}: {first_line(exc)}") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise bad_data(f"{module_name!r} has no callable {attr!r}")
-    return factory
 
 
 def _stats_given(name: str, mean: Any, std: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:

@@ -15,6 +15,7 @@ import torch_pruning as tp
 from torch import nn
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
+from autoprune.compat import after_pruning, pruner_kwargs
 from autoprune.context import StudyContext
 from autoprune.pruning import out_width
 
@@ -39,10 +40,11 @@ def global_prune(ctx: StudyContext, ratio: float) -> nn.Module:
     modules = dict(model.named_modules())
     ignored = [modules[n] for n in ctx.layout.ignored if n in modules]
     pruner = tp.pruner.MetaPruner(model, ctx.example, importance=tp.importance.GroupMagnitudeImportance(p=1),
-                                  pruning_ratio=ratio, global_pruning=True, ignored_layers=ignored)
+                                  pruning_ratio=ratio, global_pruning=True, ignored_layers=ignored,
+                                  **pruner_kwargs(model, ctx.study.space.round_to))
     pruner.step()
     model.zero_grad(set_to_none=True)
-    return model
+    return after_pruning(model)
 
 
 def global_ratios(ctx: StudyContext, ratio: float) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import random
 
 import pytest
@@ -14,7 +15,10 @@ from autoprune.models import create_model, resolve_model
 from autoprune.pruning import build_layout, prune_with_plan
 
 CASES = [("resnet20", (1, 3, 32, 32), "dependency", 1e-9), ("resnet20", (1, 3, 32, 32), "stage", 1e-9),
-         ("quickstart_cnn", (1, 1, 8, 8), "dependency", 5e-3), ("mobilenet_v2", (1, 3, 32, 32), "dependency", 5e-3)]
+         ("quickstart_cnn", (1, 1, 8, 8), "dependency", 5e-3), ("mobilenet_v2", (1, 3, 32, 32), "dependency", 5e-3),
+         # timm: BatchNorm fused with its activation in one module that has children; squeeze-excitation
+         pytest.param("timm:efficientnet_b0", (1, 3, 32, 32), "dependency", 1e-3, marks=pytest.mark.skipif(
+             importlib.util.find_spec("timm") is None, reason="timm is an optional extra"))]
 
 
 def _setup(name, shape, by):
