@@ -1,4 +1,5 @@
-"""Safety: files autoprune reads cannot run code, and a study file cannot name code to run except a model factory.
+"""Safety: files autoprune reads cannot run code, and a study file cannot name code to run except a model or data
+factory (`package.module:factory`).
 
 Each test plants a payload that would create a marker file if it ever ran, and checks that autoprune refuses the
 input with one line and exit code 2, and that the marker was never created.
