@@ -8,7 +8,6 @@ from __future__ import annotations
 import collections
 import functools
 import json
-import os
 import shlex
 import sys
 import time
@@ -17,7 +16,7 @@ from typing import Any, Callable
 
 import click
 
-from autoprune.errors import AutopruneError, SearchFailedError, first_line
+from autoprune.errors import AutopruneError, first_line
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
 
@@ -183,7 +182,9 @@ def _search_worker(study, options, index: int) -> None:
     from autoprune.context import prepare
     from autoprune.record import TrialRecord
 
-    ctx = prepare(study, options.device, measure_reference=False)
+    from autoprune.device import resolve_device
+
+    ctx = prepare(study, resolve_device(options.device, index), measure_reference=False)  # worker i: GPU i mod count
     ctx.share_device()
 
     def log_trial(ost, frozen) -> None:  # noqa: ARG001

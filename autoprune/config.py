@@ -268,6 +268,8 @@ class RecoveryConfig(_Strict):
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.9, ge=0, le=1)
     teacher_cache: bool = True  # every trial fine-tunes on one cached stream of batches with the teacher's logits
+    # bf16 autocast in every fine-tune and the retrain; auto: bf16 on CUDA, fp32 elsewhere (the CPU's bf16 is slow)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 class FidelityConfig(_Strict):
@@ -420,7 +422,9 @@ class Study:
             # had before they existed, so it resumes
             "space": self.space.model_dump(exclude=None if self.config.targets else {"allocation"}),
             "objectives": self.config.objectives,
-            "recovery": self.config.recovery.model_dump(),
+            # precision counts only when set: studies from before it keep their fingerprint ("auto" follows the device)
+            "recovery": self.config.recovery.model_dump(exclude={"precision"} if self.config.recovery.precision == "auto"
+                                                        else None),
             # a setting added since (bn_rung) counts only when it is on, so older studies keep their fingerprint
             "fidelity": self.config.fidelity.model_dump(exclude=None if self.config.fidelity.bn_rung else {"bn_rung"}),
             **({"targets": self.config.targets.model_dump()} if self.config.targets else {}),

@@ -23,6 +23,7 @@ from autoprune.config import ChoiceParam, RangeParam, RecoveryConfig, Study
 from autoprune.data import DataSplits, Split, load_splits
 from autoprune.fitcheck import check_model_fits
 from autoprune.depth import droppable_blocks
+from autoprune.device import memory_format, resolve_device, to_device
 from autoprune.devicelock import DeviceLock, NoLock
 from autoprune.distill import finetune
 from autoprune.errors import AutopruneError
@@ -35,14 +36,6 @@ from autoprune.allocation import Placement, place
 from autoprune.cost import CostModel, build_cost_model
 from autoprune.space import TrialPlan, decode, distributions
 from autoprune.teacher import RecoveryStream, load_or_build_stream, weights_digest
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise AutopruneError("--device cuda was asked for but CUDA is not available here", field="device")
-    if name not in ("cpu", "cuda"):
-        raise AutopruneError(f"unknown device {name!r}; expected cpu or cuda", field="device")
-    return torch.device(name)
 
 
 @dataclass
@@ -152,19 +145,19 @@ def _base_weights(study: Study, model: nn.Module, data: DataSplits, device: torc
     cfg = study.config
     if cfg.model.checkpoint:
         load_checkpoint(model, cfg.model.checkpoint)
-        return model.to(device).eval(), str(cfg.model.checkpoint), False
+        return to_device(model, device).eval(), str(cfg.model.checkpoint), False
     cache = _base_cache_path(study, num_classes)
     if cache.is_file() and not checksum_ok(cache):
         log(f"cached base model {cache} fails its checksum; retraining it")
         cache.unlink()
     if cache.is_file():
         load_checkpoint(model, cache)
-        return model.to(device).eval(), f"cached {cache}", False
+        return to_device(model, device).eval(), f"cached {cache}", False
     t0 = time.perf_counter()
-    model = train_base(study, model.to(device), data, device, on_step=on_base_step)
+    model = train_base(study, to_device(model, device), data, device, on_step=on_base_step)
     save_checksummed(model.state_dict(), cache)
     # parameters keep requires_grad: torch-pruning traces through autograd
-    return model.to(device).eval(), f"trained here in {time.perf_counter() - t0:.1f} s, cached at {cache}", True
+    return to_device(model, device).eval(), f"trained here in {time.perf_counter() - t0:.1f} s, cached at {cache}", True
 
 
 def _droppable(study: Study, model: nn.Module, example: torch.Tensor) -> list[str]:
@@ -234,7 +227,7 @@ def prepare(study: Study, device: str | torch.device = "cpu", *, measure_referen
     example = data.val.example(1)
     gen = torch.Generator().manual_seed(cfg.seed)
     calib = [b for _, b in zip(range(2), data.train.batches(min(64, len(data.train)), shuffle=True, generator=gen))]
-    lat_x = example.expand(cfg.measure.latency_batch_size, *example.shape[1:]).contiguous()
+    lat_x = example.expand(cfg.measure.latency_batch_size, *example.shape[1:]).contiguous(memory_format=memory_format(device))
     highs = _sensitivity(study, model, example, layout, data, log) if study.space.sensitivity else {}
     stream, stream_source = (_recovery_stream(study, model, data, log, on_stream_step) if recovery_stream
                              else (None, "not prepared: this command runs no trial"))

@@ -67,7 +67,8 @@ class Split:
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         if augment:
             x = random_crop_flip(x, generator=generator)
-        return (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+        x = (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+        return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x  # as CUDA models are kept
 
     def batches(
         self,

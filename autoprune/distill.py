@@ -25,6 +25,22 @@ class RecoverySettings(Protocol):
     batch_size: int
     temperature: float
     alpha: float
+    precision: str  # "auto" (bf16 autocast on CUDA, fp32 elsewhere), "fp32" or "bf16"
+
+
+SYNC_EVERY = 50  # on CUDA the losses are read back (and checked) every this many steps: no per-step host sync
+
+
+def autocast_dtype(precision: str, device_type: str) -> torch.dtype | None:
+    """The autocast dtype of a fine-tune step: bfloat16, or None for plain fp32.
+
+    Example:
+        >>> [autocast_dtype(p, d) for p, d in (("auto", "cuda"), ("auto", "cpu"), ("bf16", "cpu"), ("fp32", "cuda"))]
+        [torch.bfloat16, None, torch.bfloat16, None]
+    """
+    if precision == "bf16" or (precision == "auto" and device_type == "cuda"):
+        return torch.bfloat16
+    return None
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -61,28 +77,37 @@ def recalibrate_bn(model: nn.Module, split: Split, batches: int, batch_size: int
 
 
 def train_step(student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor, opt, sched,
-               temperature: float, alpha: float, where: str, teacher_logits: torch.Tensor | None = None) -> float:
+               temperature: float, alpha: float, where: str, teacher_logits: torch.Tensor | None = None,
+               dtype: torch.dtype | None = None, check: bool = True) -> torch.Tensor:
     """One SGD step: distillation from ``teacher`` (or from its cached ``teacher_logits`` on ``x``; plain
-    cross-entropy with neither); returns the loss.
+    cross-entropy with neither), the forward under ``dtype`` autocast when given; returns the loss (detached).
 
-    Raises FloatingPointError, naming ``where``, on a non-finite loss (before the weights are touched).
+    With ``check`` a non-finite loss raises FloatingPointError, naming ``where``, before the weights are touched
+    (reading the loss waits for the device: on CUDA :func:`run_steps` checks every SYNC_EVERY steps instead).
     """
-    logits = student(x)
-    if teacher_logits is None and teacher is not None:
-        with torch.no_grad():
-            teacher_logits = teacher(x)
-    if teacher_logits is not None:
-        loss = kd_loss(logits, teacher_logits, y, temperature, alpha)
-    else:
-        loss = F.cross_entropy(logits, y)
-    value = float(loss.detach())
-    if not math.isfinite(value):
-        raise FloatingPointError(f"non-finite loss {value} at {where}")
+    with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        logits = student(x)
+        if teacher_logits is None and teacher is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+        if teacher_logits is not None:
+            loss = kd_loss(logits.float(), teacher_logits.float(), y, temperature, alpha)
+        else:
+            loss = F.cross_entropy(logits.float(), y)
+    if check:
+        _check_finite([float(loss.detach())], -1, where)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     sched.step()
-    return value
+    return loss.detach()
+
+
+def _check_finite(values: list[float], first_step: int, where: str) -> None:
+    for i, v in enumerate(values):
+        if not math.isfinite(v):
+            at = where if first_step < 0 else f"{where} step {first_step + i}"
+            raise FloatingPointError(f"non-finite loss {v} at {at}")
 
 
 def _cycle(split: Split, batch_size: int, augment: bool, generator: torch.Generator | None):
@@ -112,23 +137,39 @@ def make_optimizer(model: nn.Module, settings: RecoverySettings, total_steps: in
 def run_steps(student: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
               opt, sched, settings: RecoverySettings, teacher: nn.Module | None = None, *, steps: int | None = None,
               where: str = "fine-tune", step_guard: Callable[[], ContextManager] = contextlib.nullcontext,
-              on_step: Callable[[int, float], None] | None = None) -> list[float]:
+              on_step: Callable[[int, float], None] | None = None, sync_every: int | None = None) -> list[float]:
     """The one training loop of autoprune (a trial's recovery, the base model's training, the final retrain):
     ``train_step`` over ``(x, y, teacher_logits or None)`` batches, at most ``steps`` of them; returns the losses.
-    ``step_guard`` is entered around every step (the device lock's shared side, when workers share a device)."""
+    ``step_guard`` is entered around every step (the device lock's shared side, when workers share a device).
+    The losses are read back every ``sync_every`` steps (default: every step on the CPU, SYNC_EVERY on CUDA, so the
+    device is not stalled each step); ``on_step`` sees every step, in order, when they are read back."""
     if teacher is not None:
         teacher.eval()
     student.train()
     losses: list[float] = []
+    pending: list[torch.Tensor] = []  # losses not yet read back
+
+    def read_back() -> None:
+        values = torch.stack(pending).float().tolist() if pending else []
+        pending.clear()
+        _check_finite(values, len(losses), where)
+        for v in values:
+            if on_step is not None:
+                on_step(len(losses), v)
+            losses.append(v)
+
     for step, (x, y, t_logits) in enumerate(batches):
         if steps is not None and step >= steps:
             break
+        every = sync_every or (SYNC_EVERY if x.is_cuda else 1)
         with step_guard():
-            value = train_step(student, teacher, x, y, opt, sched, settings.temperature, settings.alpha,
-                               f"{where} step {step}", teacher_logits=t_logits)
-        losses.append(value)
-        if on_step is not None:
-            on_step(step, value)
+            loss = train_step(student, teacher, x, y, opt, sched, settings.temperature, settings.alpha,
+                              f"{where} step {step}", teacher_logits=t_logits,
+                              dtype=autocast_dtype(settings.precision, x.device.type), check=every == 1)
+        pending.append(loss)
+        if len(pending) >= every:
+            read_back()
+    read_back()
     student.eval()
     return losses
 

@@ -27,6 +27,7 @@ from autoprune.distill import make_optimizer, recalibrate_bn, run_steps
 from autoprune.errors import AutopruneError
 from autoprune.pruning import prune_with_plan, replay, structure
 from autoprune.depth import drop_blocks
+from autoprune.device import to_device
 from autoprune.record import TrialRecord
 from autoprune.saving import atomic_save
 
@@ -165,7 +166,7 @@ def retrain(
     key = {"trial": record.number, "epochs": epochs, "progressive": progressive_steps, "lr": settings.lr,
            "batch_size": settings.batch_size}
     st = _start(ctx, record, ckpt_path, key, progressive_steps)
-    st.model = st.model.to(ctx.device)
+    st.model = to_device(st.model, ctx.device)
     for p in st.model.parameters():
         p.requires_grad_(True)
     opt, sched = make_optimizer(st.model, settings, total_steps)

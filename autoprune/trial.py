@@ -15,6 +15,7 @@ from torch import nn
 
 from autoprune.context import StudyContext
 from autoprune.depth import drop_blocks
+from autoprune.device import to_device
 from autoprune.distill import finetune, recalibrate_bn
 from autoprune.config import RecoveryConfig
 from autoprune.errors import AutopruneError
@@ -143,7 +144,7 @@ def _resume(ctx: StudyContext, parent: TrialRecord) -> tuple[nn.Module, list, bo
     model, history, _ = rebuild(ctx, parent, trained=True)
     for p in model.parameters():
         p.requires_grad_(True)
-    return model.to(ctx.device), history, loaded
+    return to_device(model, ctx.device), history, loaded
 
 
 def _prune(ctx: StudyContext, plan: TrialPlan) -> tuple[nn.Module, PrunePlan]:
