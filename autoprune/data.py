@@ -44,6 +44,11 @@ CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
+def device_layout(x: torch.Tensor) -> torch.Tensor:
+    """A batch of images in the memory layout its device's models are kept in: channels_last on CUDA."""
+    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+
+
 @dataclass
 class Split:
     """Images (uint8 NCHW, or float NCHW already in [0, 1]) and labels, normalised batch by batch."""
@@ -67,8 +72,7 @@ class Split:
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         if augment:
             x = random_crop_flip(x, generator=generator)
-        x = (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
-        return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x  # as CUDA models are kept
+        return device_layout((x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1))
 
     def batches(
         self,

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from autoprune.data import Split, crop_flip, crop_flip_params
+from autoprune.data import Split, crop_flip, crop_flip_params, device_layout
 from autoprune.saving import checksum_ok, save_checksummed
 
 FORMAT = "autoprune-recovery-stream-1"
@@ -54,14 +54,15 @@ class RecoveryStream:
         if self.augment:
             x = crop_flip(x, self.oy[step].long(), self.ox[step].long(), self.flip[step])
         x = (x - split.mean.view(1, -1, 1, 1)) / split.std.view(1, -1, 1, 1)
-        return x, split.y[idx]
+        return device_layout(x), split.y[idx]
 
     def batches(self, split: Split, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """``(x, y, teacher_logits)`` from batch ``start`` on, cycling when the stream runs out."""
         step = start
+        logits = self.logits.to(split.x.device)  # once, not a host-to-device copy every step
         while True:
             x, y = self.images(split, step % self.steps)
-            yield x, y, self.logits[step % self.steps].to(x.device, torch.float32)
+            yield x, y, logits[step % self.steps].float()
             step += 1
 
     def to_dict(self) -> dict:
