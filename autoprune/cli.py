@@ -180,9 +180,8 @@ def _search_worker(study, options, index: int) -> None:
     """The loop of one ``--workers`` process: trials until the shared budget is reached; exits."""
     from autoprune.backends.optuna_backend import run_search
     from autoprune.context import prepare
-    from autoprune.record import TrialRecord
-
     from autoprune.device import resolve_device
+    from autoprune.record import TrialRecord
 
     ctx = prepare(study, resolve_device(options.device, index), measure_reference=False)  # worker i: GPU i mod count
     ctx.share_device()

@@ -28,7 +28,8 @@ def gpu_for_worker(worker: int | None, count: int) -> int:
 
 
 def resolve_device(name: str, worker: int | None = None) -> torch.device:
-    """``cpu``, or ``cuda:<gpu of this worker>``; a clear error where CUDA is missing or the name is unknown."""
+    """``cpu``, or ``cuda:<gpu of this worker>`` (made this process's current device, with cudnn.benchmark on); a
+    clear error where CUDA is missing or the name is unknown."""
     if name not in ("cpu", "cuda"):
         raise AutopruneError(f"unknown device {name!r}; expected cpu or cuda", field="device")
     if name == "cpu":

@@ -95,7 +95,7 @@ def train_step(student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y
         else:
             loss = F.cross_entropy(logits.float(), y)
     if check:
-        _check_finite([float(loss.detach())], -1, where)
+        _check_finite(float(loss.detach()), where)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -103,11 +103,9 @@ def train_step(student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y
     return loss.detach()
 
 
-def _check_finite(values: list[float], first_step: int, where: str) -> None:
-    for i, v in enumerate(values):
-        if not math.isfinite(v):
-            at = where if first_step < 0 else f"{where} step {first_step + i}"
-            raise FloatingPointError(f"non-finite loss {v} at {at}")
+def _check_finite(value: float, where: str) -> None:
+    if not math.isfinite(value):
+        raise FloatingPointError(f"non-finite loss {value} at {where}")
 
 
 def _cycle(split: Split, batch_size: int, augment: bool, generator: torch.Generator | None):
@@ -152,8 +150,8 @@ def run_steps(student: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Te
     def read_back() -> None:
         values = torch.stack(pending).float().tolist() if pending else []
         pending.clear()
-        _check_finite(values, len(losses), where)
         for v in values:
+            _check_finite(v, f"{where} step {len(losses)}")
             if on_step is not None:
                 on_step(len(losses), v)
             losses.append(v)

@@ -155,7 +155,7 @@ def _prune(ctx: StudyContext, plan: TrialPlan) -> tuple[nn.Module, PrunePlan]:
                                    inplace=bool(plan.dropped))
     for p in model.parameters():
         p.requires_grad_(True)
-    return model, pplan
+    return to_device(model, ctx.device), pplan  # pruned weights are new tensors: the device's layout again
 
 
 def _measure(ctx: StudyContext, model: nn.Module, acc: float) -> Metrics:
