@@ -250,6 +250,25 @@ def test_due_takes_each_rungs_best_within_one_target_whenever_they_arrive():
     assert pick([early[0], cont, early[1]]) is None  # one lineage at rung 20, one place at rung 0, taken
 
 
+def test_at_a_target_a_less_accurate_candidate_never_goes_up_past_a_better_one_by_being_slightly_cheaper():
+    from autoprune.fidelity import due
+
+    # the uniform warm start (0) is dominated by 2 (more accurate and cheaper); 1 is less accurate but the
+    # cheapest, so it is non-dominated on (accuracy, MACs); all three are within 1 % of the target's MACs
+    done = [_rec(0, {0: 0.50, 20: 0.779}, 2.0, macs=1003), _rec(1, {0: 0.50, 20: 0.771}, 2.0, macs=990),
+            _rec(2, {0: 0.50, 20: 0.780}, 2.0, macs=1000)]
+
+    def pick(target, claimed):
+        r = due(done, [0, 20, 100], ["accuracy", "macs"], ["maximize", "minimize"], 1.5, target, claimed)
+        return None if r is None else r.number
+
+    assert pick(2.0, [2]) == 0  # two places at rung 20: accuracy alone ranks 2, then the warm start
+    # without targets the MACs are a real trade-off: the cheapest one is on the front, the warm start is not
+    free = [replace(r, plan=replace(r.plan, target=None)) for r in done]
+    done[:] = free
+    assert pick(None, [2]) == 1
+
+
 def test_a_front_never_mixes_rungs(tmp_path):
     """A promoted trial's longer-recovery accuracy never competes with others' short scores: the default front
     compares every trial at the rung all reached, and --rung N compares only the trials that reached N."""
@@ -275,8 +294,10 @@ def test_bn_rung_scores_every_candidate_before_any_fine_tune(tmp_path):
     study = _study(tmp_path, study={"fidelity": {"bn_rung": True, "promote_steps": 4, "eta": 2},
                                     "budget": {"n_trials": 8}, "targets": {"macs_reduction": [1.5, 2]}},
                    space={"scorers": ["l1"]})
-    recs = records(run_search(prepare(study), n_trials=8).study)
+    ost = run_search(prepare(study), n_trials=8).study
+    recs = records(ost)
     assert len(recs) == 8 and any(r.continues is not None for r in recs)
+    _assert_picks_never_below_their_warm_starts(ost, recs)
     ladders = [sorted(r.fidelity.scores) for r in recs]
     assert all(lad[0] == 0 and lad in ([0], [0, 5], [0, 5, 9]) for lad in ladders), ladders
     assert any(lad == [0] for lad in ladders), "some candidates stop after rung 0"
@@ -290,6 +311,23 @@ def test_bn_rung_scores_every_candidate_before_any_fine_tune(tmp_path):
         assert r.plan.finetune_steps == r.fidelity.steps and r.timings.get("finetune", 0.0) >= 0.0
         if r.fidelity.steps == 0:
             assert "finetune" not in r.timings
+
+
+def _assert_picks_never_below_their_warm_starts(ost, recs):
+    """Each target's pick scores at least as well as every warm start of its target, at the highest rung both
+    reached, on the same validation images."""
+    from autoprune.record import heads
+    from autoprune.storage import front
+    from autoprune.verdict import compare_at
+
+    by_number = {r.number: r for r in recs}
+    for e in front(ost):
+        pick = by_number[e["trial"]]
+        starts = [r for r in heads(recs) if r.warm_start and r.plan.target == pick.plan.target and r is not pick]
+        assert starts
+        for w in starts:
+            c = compare_at(pick, w)
+            assert c is not None and c["accuracy_a"] >= c["accuracy_b"], (pick.number, w.number, c)
 
 
 def test_a_bn_rung_alone_still_promotes_to_the_short_recovery(tmp_path):
