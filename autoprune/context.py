@@ -179,6 +179,7 @@ def _reference(ctx: StudyContext, source: str, trained_here: bool, stream_source
                          m.latency_backend)
     ref = {"accuracy": accuracy(model, ctx.data.val, cfg.data.batch_size), "macs": count_macs(model, ctx.example),
            "params": count_params(model), "latency_ms": lat.base_ms, "latency_backend": lat.backend,
+           "latency_batch_size": m.latency_batch_size,
            "latency_dispersion": lat.dispersion, "latency_reliable": lat.reliable, "source": source,
            "trained_here": trained_here, "split": "val", "data": ctx.data.info,
            "groups": {g: {"roots": r, "channels": ctx.layout.channels.get(g, 0)} for g, r in ctx.layout.roots.items()},

@@ -156,6 +156,7 @@ def _check_same_study(study: Study, ost: optuna.Study, url: str) -> None:
         raise AutopruneError(f"study {ost.study_name!r} in {display_url(url)} has objectives {attrs.get('objectives')}, "
                              f"the study file asks for {study.config.objectives}; use another --study-name",
                              source=str(study.path), field="objectives")
+    _check_same_latency(study, ost, url)
     if attrs.get("fingerprint") in (None, study.fingerprint()):
         return
     theirs, ours = attrs.get("fingerprints") or {}, study.fingerprint_parts()
@@ -169,6 +170,19 @@ def _check_same_study(study: Study, ost: optuna.Study, url: str) -> None:
                              "or use another --study-name", source=str(study.path), field=differ[0])
     raise AutopruneError(f"{where} was created with a different model, data, search space or recovery; expected "
                          "them to match, or use another --study-name", source=str(study.path))
+
+
+def _check_same_latency(study: Study, ost: optuna.Study, url: str) -> None:
+    """A resumed study measures latency as its earlier runs did: on the same backend at the same batch size (what
+    its reference was measured with), so one front never mixes two meanings of ``latency_ms``. Studies whose
+    reference predates a setting are not checked on it. (Not in the fingerprint: it would change every study's.)"""
+    base, m = ost.user_attrs.get("base") or {}, study.config.measure
+    for name, ours in (("latency_backend", m.latency_backend), ("latency_batch_size", m.latency_batch_size)):
+        theirs = base.get(name)
+        if theirs is not None and theirs != ours:
+            raise AutopruneError(f"study {ost.study_name!r} in {display_url(url)} measured latency with {name} "
+                                 f"{theirs!r}, this file asks for {ours!r}; set it back, or use another --study-name",
+                                 source=str(study.path), field=f"measure.{name}")
 
 
 def _check_host(ost: optuna.Study, url: str) -> list[str] | None:

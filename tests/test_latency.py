@@ -298,3 +298,23 @@ def test_a_study_on_torchscript_records_the_backend_in_its_reference_and_every_t
     assert record.plan.latency_backend == "torchscript"
     assert record.metrics.latency_ratio is not None and record.metrics.latency_ratio > 0
     assert TrialRecord.from_user_attrs(record.to_user_attrs()).plan.latency_backend == "torchscript"
+
+
+def test_a_resumed_study_must_measure_latency_as_its_reference_was(write_study, tmp_path) -> None:
+    import optuna
+
+    from autoprune.storage import create_or_load
+
+    url, sampler = f"sqlite:///{tmp_path / 'lat.db'}", optuna.samplers.RandomSampler()
+    study = lambda **m: load_study(write_study({"measure": m}))  # noqa: E731
+    create_or_load(study(), url, "s", sampler, {"latency_backend": "torch", "latency_batch_size": 1})
+    create_or_load(study(latency_repeats=7), url, "s", sampler, {})  # repeats change noise, not the meaning
+    with pytest.raises(AutopruneError, match="latency_backend 'torch', this file asks for 'torchscript'") as err:
+        create_or_load(study(latency_backend="torchscript"), url, "s", sampler, {})
+    assert err.value.field == "measure.latency_backend"
+    with pytest.raises(AutopruneError, match="latency_batch_size 1, this file asks for 8") as err:
+        create_or_load(study(latency_batch_size=8), url, "s", sampler, {})
+    assert err.value.field == "measure.latency_batch_size"
+    # a study whose reference predates the settings is not checked on them
+    create_or_load(study(), url, "old", sampler, {"latency_ms": 1.0})
+    create_or_load(study(latency_backend="torchscript", latency_batch_size=8), url, "old", sampler, {})
