@@ -78,6 +78,9 @@ class DataConfig(_Strict):
     image_size: int = Field(224, ge=8)  # ImageFolder images are resized to this
     train_subset: int | None = Field(None, ge=1)  # use at most this many training images (seeded)
     batch_size: int = Field(256, ge=1)  # evaluation batch size
+    # loader worker processes of a streamed data set (image folders, user data sets); None: the machine's
+    # default (autoprune.streaming.default_workers). It changes no result, so it is in no fingerprint or cache key
+    num_workers: int | None = Field(None, ge=0)
 
     @field_validator("name")
     @classmethod
@@ -102,10 +105,12 @@ class DataConfig(_Strict):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Empty kwargs are left out, so studies written before kwargs existed keep their fingerprint and caches."""
+        """Empty kwargs are left out, so studies written before kwargs existed keep their fingerprint and caches;
+        num_workers always is: it changes how fast the data is read, not what is read."""
         dumped = handler(self)
         if not self.kwargs:
             dumped.pop("kwargs", None)
+        dumped.pop("num_workers", None)
         return dumped
 
 
@@ -221,7 +226,8 @@ class SearchSpaceConfig(_Strict):
     ignore: list[str] = Field(default_factory=list)  # module-name patterns never pruned
     ratio: RangeParam = Field(default_factory=lambda: RangeParam(low=0.0, high=0.5, step=0.05))
     scorers: list[str] = Field(default_factory=lambda: ["l1"], min_length=1)
-    round_to: int | None = Field(None, ge=1)
+    # keep channel counts multiples of this; a list makes it a searchable choice (1: no rounding)
+    round_to: int | list[int] | None = None
     recovery: dict[str, Param] = Field(default_factory=dict)
     warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig)
     depth: DepthConfig | None = None
@@ -234,6 +240,29 @@ class SearchSpaceConfig(_Strict):
         if v.low < 0 or v.high >= 1:
             raise ValueError(f"pruning ratios must lie in [0, 1); got low={v.low}, high={v.high}")
         return v
+
+    @field_validator("round_to")
+    @classmethod
+    def _round_to(cls, v: int | list[int] | None) -> int | list[int] | None:
+        values = v if isinstance(v, list) else [] if v is None else [v]
+        if isinstance(v, list) and not v:
+            raise ValueError("round_to is an empty list; give one value, several to search over, or null")
+        if any(r < 1 for r in values):
+            raise ValueError(f"round_to values must be >= 1 (1: no rounding); got {v}")
+        if len(set(values)) != len(values):
+            raise ValueError(f"round_to repeats a value: {v}")
+        return sorted(values) if isinstance(v, list) else v
+
+    @property
+    def round_to_choices(self) -> list[int] | None:
+        """The ``round_to`` values the search chooses among (None: not searchable)."""
+        return self.round_to if isinstance(self.round_to, list) and len(self.round_to) > 1 else None
+
+    @property
+    def fixed_round_to(self) -> int | None:
+        """The ``round_to`` of anything not sampled (baselines, the cost model's default): the one value, or the
+        smallest of a searchable list."""
+        return self.round_to[0] if isinstance(self.round_to, list) else self.round_to
 
     @field_validator("scorers")
     @classmethod
@@ -310,19 +339,41 @@ class ConstraintsConfig(_Strict):
 
 class TargetsConfig(_Strict):
     """Cost targets: every candidate is placed within 1 % of one of them (``macs_reduction: [1.5, 2, 3]``: 1.5x,
-    2x and 3x fewer MACs than the base), so candidates of a target are compared at equal cost."""
+    2x and 3x fewer MACs than the base), so candidates of a target are compared at equal cost. Or
+    ``latency_reduction``: placed on a predicted speed-up by the per-group latency model measured once per study
+    (:mod:`autoprune.latency_model`). One of the two."""
 
-    macs_reduction: list[float] = Field(..., min_length=1)
+    macs_reduction: list[float] | None = Field(None, min_length=1)
+    latency_reduction: list[float] | None = Field(None, min_length=1)
 
-    @field_validator("macs_reduction")
+    @field_validator("macs_reduction", "latency_reduction")
     @classmethod
-    def _reductions(cls, v: list[float]) -> list[float]:
+    def _reductions(cls, v: list[float] | None) -> list[float] | None:
+        if v is None:
+            return v
         bad = [t for t in v if t <= 1.0]
         if bad:
-            raise ValueError(f"a MACs reduction target must be > 1 (2 = half the MACs); got {bad}")
+            raise ValueError(f"a reduction target must be > 1 (2 = half the MACs, or twice as fast); got {bad}")
         if len(set(v)) != len(v):
             raise ValueError(f"targets repeat a value: {v}")
         return sorted(float(t) for t in v)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "TargetsConfig":
+        if (self.macs_reduction is None) == (self.latency_reduction is None):
+            raise ValueError("give one of macs_reduction or latency_reduction")
+        return self
+
+    @property
+    def values(self) -> list[float]:
+        """The targets, whichever kind."""
+        return list(self.macs_reduction or self.latency_reduction or [])
+
+    @property
+    def objective(self) -> str:
+        """The cost the targets pin: ``macs`` or ``latency_ms`` (candidates of a target differ in it only by noise
+        or the tolerance, so promotion ranks them without it)."""
+        return "macs" if self.macs_reduction is not None else "latency_ms"
 
 
 class BudgetConfig(_Strict):
@@ -427,7 +478,7 @@ class Study:
                                                         else None),
             # a setting added since (bn_rung) counts only when it is on, so older studies keep their fingerprint
             "fidelity": self.config.fidelity.model_dump(exclude=None if self.config.fidelity.bn_rung else {"bn_rung"}),
-            **({"targets": self.config.targets.model_dump()} if self.config.targets else {}),
+            **({"targets": self.config.targets.model_dump(exclude_none=True)} if self.config.targets else {}),
         }
 
     def fingerprint(self) -> str:

@@ -6,6 +6,7 @@ the study's folder keyed by its config), the group layout, and the base model's 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -20,7 +21,7 @@ from torch import nn
 
 from autoprune.probe import check_prunable
 from autoprune.config import ChoiceParam, RangeParam, RecoveryConfig, Study
-from autoprune.data import DataSplits, Split, load_splits
+from autoprune.data import DataSplits, Images, load_splits
 from autoprune.fitcheck import check_model_fits
 from autoprune.depth import droppable_blocks
 from autoprune.device import memory_format, resolve_device, to_device
@@ -33,7 +34,9 @@ from autoprune.models import create_model, load_checkpoint, resolve_model
 from autoprune.pruning import GroupLayout, build_layout
 from autoprune.saving import checksum_ok, save_checksummed
 from autoprune.allocation import Placement, place
+from autoprune.compat import pruner_kwargs
 from autoprune.cost import CostModel, build_cost_model
+from autoprune.latency_model import LatencyCostModel
 from autoprune.space import TrialPlan, decode, distributions
 from autoprune.teacher import RecoveryStream, load_or_build_stream, weights_digest
 
@@ -55,6 +58,8 @@ class StudyContext:
     droppable: list[str] = field(default_factory=list)  # residual blocks depth pruning may drop
     ratio_highs: dict[str, float] = field(default_factory=dict)  # per-group upper ratios from a sensitivity scan
     cost: CostModel | None = None  # the per-group MACs model, for a study with cost targets
+    _costs: dict = field(default_factory=dict, repr=False)  # round_to -> the cost model with that rounding
+    latency_cost: LatencyCostModel | None = None  # the per-group latency model, for a study with latency targets
 
     def share_device(self) -> None:
         """Serialise latency measurements with the other workers on this machine (see :mod:`autoprune.devicelock`)."""
@@ -72,7 +77,7 @@ class StudyContext:
         return self.layout.names
 
     @functools.cached_property
-    def short_val(self) -> Split:
+    def short_val(self) -> Images:
         """The validation images a short recovery is scored on (``fidelity.short_val_images``, a subset seeded by
         the study's seed; the whole split when unset or larger)."""
         n = self.study.config.fidelity.short_val_images
@@ -86,7 +91,7 @@ class StudyContext:
     def targets(self) -> list[float] | None:
         """The study's MACs-reduction targets (None: candidates land anywhere on the cost axis)."""
         t = self.study.config.targets
-        return list(t.macs_reduction) if t else None
+        return t.values if t else None
 
     def distributions(self) -> dict:
         """The Optuna distributions of this study's searchable parameters (see :mod:`autoprune.space`)."""
@@ -98,20 +103,32 @@ class StudyContext:
         r = self.study.space.ratio
         return {g: (r.low, max(r.low, min(r.high, self.ratio_highs.get(g, r.high)))) for g in self.groups}
 
-    def place(self, weights: Mapping[str, float], target: float) -> Placement:
-        """An allocation placed on a MACs-reduction target (see :func:`autoprune.allocation.place`)."""
+    def place(self, weights: Mapping[str, float], target: float, round_to: int | None = None) -> Placement:
+        """An allocation placed on a cost target (see :func:`autoprune.allocation.place`), channel counts rounded
+        to ``round_to`` (None: the search space's fixed one)."""
         if self.cost is None:
             raise AutopruneError("this study has no cost targets, so allocations cannot be placed", field="targets")
-        return place(weights, target, self.cost.reduction, self.bounds, nudge=self._channel_steps)
+        cost = self._cost_at(self.study.space.fixed_round_to if round_to is None else round_to)
+        return place(weights, target, lambda r: self.reduction(r, round_to), self.bounds, nudge=cost.channel_steps())
 
-    @functools.cached_property
-    def _channel_steps(self) -> dict[str, float]:
-        return self.cost.channel_steps() if self.cost is not None else {}
+    def reduction(self, ratios: Mapping[str, float], round_to: int | None = None) -> float:
+        """The predicted reduction of the study's target kind at ``ratios``: MACs (the cost model, channel counts
+        rounded to ``round_to``), or latency (the per-group latency model) for latency targets."""
+        if self.latency_cost is not None:
+            return self.latency_cost.reduction(ratios)
+        return self._cost_at(self.study.space.fixed_round_to if round_to is None else round_to).reduction(ratios)
+
+    def _cost_at(self, round_to: int | None) -> CostModel:
+        """The cost model with channel counts rounded to ``round_to`` (attention widths kept whole as in pruning)."""
+        if round_to not in self._costs:
+            rt = pruner_kwargs(self.base, round_to)["round_to"]
+            self._costs[round_to] = self.cost if rt == self.cost.round_to else dataclasses.replace(self.cost, round_to=rt)
+        return self._costs[round_to]
 
     def decode(self, params: Mapping[str, Any]) -> TrialPlan:
         """Sampled parameters -> the plan a trial runs (allocations placed on their target)."""
         return decode(params, self.study.space, self.groups, self.study.config.recovery, self.targets,
-                      lambda w, t: self.place(w, t).ratios)
+                      lambda w, t, rt: self.place(w, t, rt).ratios)
 
     def fresh_model(self) -> nn.Module:
         cfg = self.study.config.model
@@ -232,12 +249,30 @@ def prepare(study: Study, device: str | torch.device = "cpu", *, measure_referen
     highs = _sensitivity(study, model, example, layout, data, log) if study.space.sensitivity else {}
     stream, stream_source = (_recovery_stream(study, model, data, log, on_stream_step) if recovery_stream
                              else (None, "not prepared: this command runs no trial"))
-    cost = build_cost_model(model, example, layout, study.space.round_to) if cfg.targets else None
+    cost = build_cost_model(model, example, layout, study.space.fixed_round_to) if cfg.targets else None
     ctx = StudyContext(study, device, data, model, layout, example, lat_x, calibration=calib, stream=stream,
                        droppable=_droppable(study, model, example), ratio_highs=highs, cost=cost)
+    if cfg.targets and cfg.targets.objective == "latency_ms":
+        ctx.latency_cost = _latency_model(ctx, log)
     if measure_reference:
         ctx.reference = _reference(ctx, source, trained_here, stream_source)
     return ctx
+
+
+def _latency_model(ctx: StudyContext, log: Callable[[str], None]) -> LatencyCostModel:
+    """The per-group latency model of a study with latency targets (measured once, cached in the study folder)."""
+    from autoprune.latency_model import cache_key, load_or_scan, scan
+
+    m, rt = ctx.study.config.measure, ctx.study.space.fixed_round_to
+    key = cache_key(weights_digest(ctx.base), ctx.layout, m.latency_backend, m.latency_batch_size,
+                    m.latency_repeats, rt)
+
+    def run() -> LatencyCostModel:
+        log(f"latency model: timing {len(ctx.groups)} groups alone on {m.latency_backend}")
+        return scan(ctx.base, ctx.latency_base, ctx.example, ctx.latency_input, ctx.layout, m.latency_backend,
+                    m.latency_repeats, m.latency_warmup, rt)
+
+    return load_or_scan(ctx.study.workdir, key, run, log)
 
 
 def stream_steps(study: Study) -> int:

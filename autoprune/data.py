@@ -1,4 +1,4 @@
-"""Data sets as in-memory tensors, and the seeded train / validation / test splits a study uses.
+"""Data sets as in-memory tensors or streamed splits, and the seeded train / validation / test splits a study uses.
 
 Sources: scikit-learn's digits (embedded, no download), CIFAR-10/100 (a folder with train.npz/test.npz, or a
 torchvision download), and an ImageFolder directory (``train/`` and ``val/`` or ``test/`` under the root),
@@ -11,16 +11,19 @@ only by explicit evaluation.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol, Union
 
 import numpy as np
 import torch
 
+from autoprune.batching import (Batches, crop_flip, crop_flip_params, device_layout,  # noqa: F401 - re-exported
+                                random_crop_flip)
 from autoprune.errors import AutopruneError, first_line
 from autoprune.registry import Registry, import_callable
+from autoprune.streaming import StreamSplit, default_workers
 from autoprune.user_data import DatasetSource, bad_data, load_user
 
 
@@ -38,20 +41,16 @@ class DataSettings(Protocol):
     image_size: int
     train_subset: int | None
     kwargs: dict[str, Any]  # keyword arguments of a package.module:factory data set
+    num_workers: int | None  # loader worker processes of a streamed data set (None: default_workers())
 
 CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
                "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-def device_layout(x: torch.Tensor) -> torch.Tensor:
-    """A batch of images in the memory layout its device's models are kept in: channels_last on CUDA."""
-    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
-
-
 @dataclass
-class Split:
-    """Images (uint8 NCHW, or float NCHW already in [0, 1]) and labels, normalised batch by batch."""
+class Split(Batches):
+    """Images held in memory (uint8 NCHW, or float NCHW already in [0, 1]) and labels, normalised batch by batch."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -61,6 +60,11 @@ class Split:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """One image's (channels, height, width)."""
+        return tuple(self.x.shape[1:])
+
     def to(self, device: torch.device | str) -> "Split":
         return Split(self.x.to(device), self.y.to(device), self.mean.to(device), self.std.to(device))
 
@@ -68,41 +72,42 @@ class Split:
         idx = torch.as_tensor(idx, device=self.x.device)
         return Split(self.x[idx], self.y[idx], self.mean, self.std)
 
-    def prepare(self, x: torch.Tensor, augment: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        if augment:
-            x = random_crop_flip(x, generator=generator)
-        return device_layout((x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1))
+    def read(self, idx: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = idx if isinstance(idx, slice) else torch.as_tensor(idx).to(self.x.device)
+        return self.x[idx], self.y[idx]
 
-    def batches(
-        self,
-        batch_size: int,
-        shuffle: bool = False,
-        augment: bool = False,
-        generator: torch.Generator | None = None,
-        drop_last: bool = False,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self)
-        order = torch.randperm(n, generator=generator).to(self.x.device) if shuffle else None
-        stop = n - n % batch_size if drop_last and n >= batch_size else n
-        for start in range(0, stop, batch_size):
-            idx = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
-            yield self.prepare(self.x[idx], augment, generator), self.y[idx]
+    def rows(self, rows: Iterable[torch.Tensor | slice]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return (self.read(r) for r in rows)
 
-    def example(self, batch_size: int = 1) -> torch.Tensor:
-        return self.prepare(self.x[:batch_size])
+
+Images = Union[Split, StreamSplit]  # a split: in memory (array data sets) or streamed (image folders, user sets)
+
+
+def join(a: Images, b: Images) -> Images:
+    """The images of ``a`` then those of ``b`` (two splits of one data set, normalised alike), without reading
+    a streamed split.
+
+    >>> s = Split(torch.zeros(2, 1, 1, 1), torch.tensor([0, 1]), torch.zeros(1), torch.ones(1))
+    >>> join(s, s.subset([1])).y.tolist()
+    [0, 1, 1]
+    """
+    if isinstance(a, Split) and isinstance(b, Split):
+        return Split(torch.cat([a.x, b.x]), torch.cat([a.y, b.y]), a.mean, a.std)
+    if isinstance(a, StreamSplit) and isinstance(b, StreamSplit) and a.reader == b.reader:
+        return dataclasses.replace(a, idx=torch.cat([a.idx, b.idx]), y=torch.cat([a.y, b.y]))
+    raise ValueError("only two splits of the same data set can be joined")
 
 
 @dataclass
 class DataSplits:
-    train: Split
-    val: Split
-    test: Split
-    test_full: Split
+    train: Images
+    val: Images
+    test: Images
+    test_full: Images
     num_classes: int
     info: dict = field(default_factory=dict)
 
-    def get(self, name: str) -> Split:
+    def get(self, name: str) -> Images:
         names = {"train": self.train, "val": self.val, "test": self.test, "test-full": self.test_full}
         if name not in names:
             raise AutopruneError(f"unknown split {name!r}; valid: {', '.join(names)}")
@@ -111,33 +116,6 @@ class DataSplits:
     def to(self, device: torch.device | str) -> "DataSplits":
         return DataSplits(self.train.to(device), self.val.to(device), self.test.to(device), self.test_full.to(device),
                           self.num_classes, self.info)
-
-
-def crop_flip_params(n: int, pad: int = 4, generator: torch.Generator | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Random crop offsets (rows, columns, each in [0, 2*pad]) and horizontal-flip flags for ``n`` images."""
-    oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    flip = torch.rand(n, generator=generator) < 0.5
-    return oy, ox, flip
-
-
-def crop_flip(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.Tensor, pad: int = 4) -> torch.Tensor:
-    """Crop each image of a float NCHW batch at (oy, ox) of its zero-padded copy, flipping where ``flip``."""
-    n, _, h, w = x.shape
-    oy, ox, flip = oy.to(x.device), ox.to(x.device), flip.to(x.device)
-    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    rows = (oy[:, None] + torch.arange(h, device=x.device)[None, :])[:, None, :, None]
-    cols = (ox[:, None] + torch.arange(w, device=x.device)[None, :])[:, None, None, :]
-    cols = torch.where(flip[:, None, None, None], cols.flip(-1), cols)
-    batch = torch.arange(n, device=x.device)[:, None, None, None]
-    chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-    return xp[batch, chan, rows, cols]
-
-
-def random_crop_flip(x: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Per-image random crop (zero padding ``pad``) and horizontal flip, on a float NCHW batch."""
-    return crop_flip(x, *crop_flip_params(x.shape[0], pad, generator), pad=pad)
 
 
 # ----------------------------------------------------------------------------------------------------- sources
@@ -169,7 +147,49 @@ def _cifar(name: str, root: str | None) -> tuple[np.ndarray, np.ndarray, np.ndar
             te.data.transpose(0, 3, 1, 2), np.asarray(te.targets, dtype=np.int64))
 
 
-def _image_folder(root: str, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+@dataclass
+class FolderReader:
+    """Decode image ``i`` of a torchvision ImageFolder as uint8 3xHxW (grey repeated, alpha dropped)."""
+
+    folder: Any  # torchvision.datasets.ImageFolder, its transform resizing and cropping to image_size
+
+    def __call__(self, i: int) -> torch.Tensor:
+        try:
+            t, _ = self.folder[i]
+        except Exception as exc:  # noqa: BLE001 - a file PIL cannot read
+            raise AutopruneError(f"cannot read image {self.folder.samples[i][0]}: {first_line(exc)}",
+                                 field="data.root") from None
+        return t.expand(3, -1, -1) if t.shape[0] == 1 else t[:3]
+
+
+@dataclass
+class FolderSource:
+    """An ImageFolder's train and test folders, streamed: nothing is decoded at load but one image (the check)."""
+
+    train: Any
+    test: Any
+    num_classes: int
+    num_workers: int
+    shape: tuple[int, ...]  # one image's (3, image_size, image_size), from decoding the first
+    stats: tuple[tuple[float, ...], tuple[float, ...]] = IMAGENET_STATS
+    official_test: bool = True
+
+    @property
+    def sizes(self) -> tuple[int, int]:
+        return len(self.train), len(self.test)
+
+    def split(self, part: str, idx: np.ndarray | None) -> StreamSplit:
+        ds = self.train if part == "train" else self.test
+        targets = torch.as_tensor(ds.targets, dtype=torch.long)
+        rows = torch.arange(len(ds)) if idx is None else torch.as_tensor(idx, dtype=torch.long)
+        return StreamSplit(FolderReader(ds), rows, targets[rows], torch.zeros(3), torch.ones(3), self.shape,
+                           self.num_workers)
+
+    def image_stats(self, split: StreamSplit) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return self.stats
+
+
+def _image_folder(root: str, size: int, num_workers: int) -> FolderSource:
     import torchvision
     from torchvision import transforms
 
@@ -178,18 +198,13 @@ def _image_folder(root: str, size: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     if not (base / "train").is_dir() or test_dir is None:
         raise AutopruneError(f"{root} must hold train/ and val/ (or test/) class folders", field="data.root")
     tf = transforms.Compose([transforms.Resize(int(size * 1.14)), transforms.CenterCrop(size), transforms.PILToTensor()])
-
-    def load(d: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        ds = torchvision.datasets.ImageFolder(str(d), transform=tf)
-        xs = [ds[i][0] for i in range(len(ds))]
-        x = torch.stack([t.expand(3, -1, -1) if t.shape[0] == 1 else t[:3] for t in xs]).numpy()
-        return x, np.asarray(ds.targets, dtype=np.int64), ds.classes
-
-    xtr, ytr, classes = load(base / "train")
-    xte, yte, classes_te = load(test_dir)
-    if classes != classes_te:
+    try:
+        train, test = (torchvision.datasets.ImageFolder(str(d), transform=tf) for d in (base / "train", test_dir))
+    except (OSError, RuntimeError) as exc:  # an empty class folder, an unreadable directory
+        raise AutopruneError(f"cannot read the image folder {root}: {first_line(exc)}", field="data.root") from None
+    if train.classes != test.classes:
         raise AutopruneError(f"train/ and {test_dir.name}/ hold different class folders", field="data.root")
-    return xtr, ytr, xte, yte, len(classes)
+    return FolderSource(train, test, len(train.classes), num_workers, tuple(FolderReader(train)(0).shape))
 
 
 @dataclass
@@ -208,10 +223,15 @@ class Source:
     def sizes(self) -> tuple[int, int]:
         return len(self.y_train), len(self.y_test)
 
-    def take(self, part: str, idx: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Images and labels at ``idx`` of the ``train`` or ``test`` set (None: all of it, not copied)."""
+    def split(self, part: str, idx: np.ndarray | None) -> Split:
+        """The images and labels at ``idx`` of the ``train`` or ``test`` set (None: all of it), in memory."""
         x, y = (self.x_train, self.y_train) if part == "train" else (self.x_test, self.y_test)
-        return (x, y) if idx is None else (x[idx], y[idx])
+        x, y = (x, y) if idx is None else (x[idx], y[idx])
+        c = x.shape[1]
+        return Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), torch.zeros(c), torch.ones(c))
+
+    def image_stats(self, split: Split) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return channel_stats(split.x.numpy())
 
 
 def _load_digits(cfg: DataSettings, rng: np.random.Generator) -> Source:
@@ -226,19 +246,24 @@ def _load_cifar(cfg: DataSettings, rng: np.random.Generator) -> Source:
     return Source(*_cifar(cfg.name, cfg.root), 10 if cfg.name == "cifar10" else 100, CIFAR_STATS[cfg.name])
 
 
-def _load_image_folder(cfg: DataSettings, rng: np.random.Generator) -> Source:
-    return Source(*_image_folder(cfg.root or "", cfg.image_size), IMAGENET_STATS)
+def _load_image_folder(cfg: DataSettings, rng: np.random.Generator) -> FolderSource:
+    return _image_folder(cfg.root or "", cfg.image_size, workers(cfg))
+
+
+def workers(cfg: DataSettings) -> int:
+    """``data.num_workers``, or the machine's default (:func:`autoprune.streaming.default_workers`)."""
+    return default_workers() if cfg.num_workers is None else cfg.num_workers
 
 
 # name -> loader(config, rng); the rng is the study's split generator (a loader may draw from it, in order)
-DATASETS = Registry[Callable[[DataSettings, np.random.Generator], Source]]("data set")
+DATASETS = Registry[Callable[[DataSettings, np.random.Generator], Union[Source, FolderSource]]]("data set")
 DATASETS.register("digits", _load_digits)
 DATASETS.register("cifar10", _load_cifar)
 DATASETS.register("cifar100", _load_cifar)
 DATASETS.register("imagefolder", _load_image_folder)
 
 
-def resolve_data(name: str) -> Callable[[DataSettings, np.random.Generator], Source | DatasetSource]:
+def resolve_data(name: str) -> Callable[[DataSettings, np.random.Generator], Source | FolderSource | DatasetSource]:
     """The loader for a registered name or a ``package.module:factory`` path (imported only when named so).
 
     Example:
@@ -246,7 +271,8 @@ def resolve_data(name: str) -> Callable[[DataSettings, np.random.Generator], Sou
         True
     """
     if ":" in name:
-        return functools.partial(load_user, import_callable(name, "data", field="data.name"))
+        factory = import_callable(name, "data", field="data.name")
+        return lambda cfg, rng: load_user(factory, cfg, rng, workers(cfg))
     try:
         return DATASETS.get(name)
     except AutopruneError as err:
@@ -303,22 +329,23 @@ def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(float(m) for m in mean), tuple(float(s) if s > 1e-6 else 1.0 for s in std)
 
 
-def _normalisation(cfg: DataSettings, source: Source | DatasetSource, x_train: np.ndarray
+def _normalisation(cfg: DataSettings, source: Source | FolderSource | DatasetSource, train: Images
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """data.mean / data.std, else the source's, else (a user data set's) the training images' own statistics."""
     if cfg.mean is not None:
         stats, field_name = (cfg.mean, cfg.std), "data.mean"
     else:
-        stats, field_name = source.stats or channel_stats(x_train), "data.name"
+        stats, field_name = source.stats or source.image_stats(train), "data.name"
     mean, std = (torch.tensor(v, dtype=torch.float32) for v in stats)
-    if mean.numel() != x_train.shape[1]:
-        raise AutopruneError(f"mean/std have {mean.numel()} values but the images have {x_train.shape[1]} channels",
+    if mean.numel() != train.shape[0]:
+        raise AutopruneError(f"mean/std have {mean.numel()} values but the images have {train.shape[0]} channels",
                              field=field_name)
     return mean, std
 
 
 def load_splits(cfg: DataSettings) -> DataSplits:
-    """Load the data set named in ``cfg`` and carve its seeded splits.
+    """Load the data set named in ``cfg`` and carve its seeded splits (in memory for array data sets, streamed
+    for image folders and user data sets).
 
     Example:
         >>> from autoprune.config import DataConfig
@@ -329,33 +356,27 @@ def load_splits(cfg: DataSettings) -> DataSplits:
     rng = np.random.default_rng(cfg.seed)
     source = resolve_data(cfg.name)(cfg, rng)
     plan = split_indices(cfg, *source.sizes, rng)
-    xte, yte = source.take("test", None)  # the whole test set is test_full; read once
+    full = source.split("test", None)  # the whole test set is test_full
 
-    def read(part: str, idx: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        if part == "train":
-            return source.take("train", idx)
-        return (xte, yte) if idx is None else (xte[idx], yte[idx])
+    def carve(part: str, idx: np.ndarray | None) -> Images:
+        return source.split(part, idx) if part == "train" else (full if idx is None else full.subset(idx))
 
-    (xval, yval), (xtr, ytr), (xts, yts) = (read(*plan[name]) for name in ("val", "train", "test"))
-    top = max(int(y.max()) for y in (ytr, yval, yte) if len(y))
+    val, train, test = (carve(*plan[name]) for name in ("val", "train", "test"))
+    top = max(int(s.y.max()) for s in (train, val, full) if len(s))
     num_classes = source.num_classes or top + 1
     if top >= num_classes:
         raise bad_data(f"data set {cfg.name!r} has label {top} but {num_classes} classes (labels 0 to "
                         f"{num_classes - 1})")
-    mean, std = _normalisation(cfg, source, xtr)
-
-    def mk(x: np.ndarray, y: np.ndarray) -> Split:
-        return Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), mean, std)
-
-    train, val, test = mk(xtr, ytr), mk(xval, yval), mk(xts, yts)
+    mean, std = _normalisation(cfg, source, train)
+    train, val, test, full = (dataclasses.replace(s, mean=mean, std=std) for s in (train, val, test, full))
     info = {
         "dataset": cfg.name,
         "val_source": cfg.val_source,
         "val_fraction": cfg.val_fraction,
         "seed": cfg.seed,
-        "sizes": {"train": len(train), "val": len(val), "test": len(test), "test_full": len(yte)},
+        "sizes": {"train": len(train), "val": len(val), "test": len(test), "test_full": len(full)},
         "test_is_official": source.official_test,
         "note": ("validation carved from the test split; test = the other part"
                  if cfg.val_source == "test" else "validation carved from the training split"),
     }
-    return DataSplits(train, val, test, mk(xte, yte), num_classes, info)
+    return DataSplits(train, val, test, full, num_classes, info)

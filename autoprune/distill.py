@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoprune.data import Split
+from autoprune.data import Images
 
 if TYPE_CHECKING:
     from autoprune.teacher import RecoveryStream
@@ -56,7 +56,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, split: Split, batches: int, batch_size: int,
+def recalibrate_bn(model: nn.Module, split: Images, batches: int, batch_size: int,
                    generator: torch.Generator | None = None) -> None:
     """Re-estimate BatchNorm running statistics on ``batches`` training batches (cumulative average, no gradients)."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -108,7 +108,7 @@ def _check_finite(value: float, where: str) -> None:
         raise FloatingPointError(f"non-finite loss {value} at {where}")
 
 
-def _cycle(split: Split, batch_size: int, augment: bool, generator: torch.Generator | None):
+def _cycle(split: Images, batch_size: int, augment: bool, generator: torch.Generator | None):
     while True:
         yielded = False
         for batch in split.batches(batch_size, shuffle=True, augment=augment, generator=generator, drop_last=True):
@@ -174,7 +174,7 @@ def run_steps(student: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Te
 
 def finetune(
     student: nn.Module,
-    split: Split,
+    split: Images,
     *,
     steps: int,
     settings: RecoverySettings,

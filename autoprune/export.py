@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoprune.data import Split
+from autoprune.data import Images
 from autoprune.errors import AutopruneError, first_line
 from autoprune.latency import onnx_session
 from autoprune.optional import require
@@ -154,7 +154,7 @@ def export_onnx_int8_static(onnx_path: Path, calibration: Iterable[torch.Tensor]
             "convs": convs, "convs_quantized": quantized}
 
 
-def onnx_accuracy(path: Path, split: Split, batch_size: int = 256) -> float:
+def onnx_accuracy(path: Path, split: Images, batch_size: int = 256) -> float:
     """Top-1 accuracy (0..1) of an ONNX model on ``split``, run by onnxruntime over ``split.batches(batch_size)``."""
     session = onnx_session(path, "evaluating an ONNX model")
     name = session.get_inputs()[0].name

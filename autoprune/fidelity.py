@@ -32,7 +32,7 @@ def rung_ladder(steps: int, promote_steps: int, bn_rung: bool) -> list[int]:
 
 def due(records: Sequence[TrialRecord], ladder: Sequence[int], objectives: Sequence[str],
         directions: Sequence[Direction | str], eta: float, target: float | None,
-        claimed: Iterable[int] = ()) -> TrialRecord | None:
+        claimed: Iterable[int] = (), pinned: str | None = "macs") -> TrialRecord | None:
     """The candidate at ``target`` to take one rung further next, or None (asynchronous successive halving with
     deferred promotion, as ASHA: a rung's best go up whenever a worker asks, not only when they arrive).
 
@@ -40,12 +40,13 @@ def due(records: Sequence[TrialRecord], ladder: Sequence[int], objectives: Seque
     :func:`autoprune.record.heads`), the best ``floor(n / eta)`` by non-dominated rank (accuracy at ``r``, then
     trial number) are due; the first of them that is still at ``r`` and not ``claimed`` (a continuation of it is
     already waiting or running) is returned. So early arrivals do not use up a rung's places: as candidates
-    accumulate, every one that is ever in its rung's best ``1/eta`` goes up. At a cost target the MACs objective
-    is left out of the rank (:func:`ranked_objectives`), so a candidate that goes up is never below one left at
-    its rung (the warm starts, which arrive first, included).
+    accumulate, every one that is ever in its rung's best ``1/eta`` goes up. At a cost target the objective the
+    targets pin (``pinned``: ``macs``, or ``latency_ms`` for latency targets) is left out of the rank
+    (:func:`ranked_objectives`), so a candidate that goes up is never below one left at its rung (the warm
+    starts, which arrive first, included).
     """
     claimed = set(claimed)
-    objectives, directions = ranked_objectives(objectives, directions, target)
+    objectives, directions = ranked_objectives(objectives, directions, target, pinned)
     at = [r for r in heads(records) if r.completed and r.fidelity and (r.plan.target if r.plan else None) == target]
     for rung in reversed(list(ladder)[:-1]):
         peers = [r for r in at if r.fidelity.score(rung) is not None]
@@ -62,10 +63,11 @@ def due(records: Sequence[TrialRecord], ladder: Sequence[int], objectives: Seque
     return None
 
 
-def ranked_objectives(objectives: Sequence[str], directions: Sequence[Direction | str],
-                      target: float | None) -> tuple[list[str], list[Direction | str]]:
-    """The objectives (and their directions) a target's candidates are ranked on: all of them, less ``macs``
-    at a MACs-reduction target, where every candidate was placed within the tolerance of the same MACs.
+def ranked_objectives(objectives: Sequence[str], directions: Sequence[Direction | str], target: float | None,
+                      pinned: str | None = "macs") -> tuple[list[str], list[Direction | str]]:
+    """The objectives (and their directions) a target's candidates are ranked on: all of them, less the one the
+    targets pin (``macs`` at a MACs-reduction target, where every candidate was placed within the tolerance of
+    the same MACs; ``latency_ms`` at a latency target).
     Ranking on those leftover differences would keep a less accurate candidate that happens to be 1 % cheaper
     on the front and push a more accurate one to the second (benchmark v3, seed 0: the uniform warm start at 2x,
     77.9 % at rung 20, stayed there while a 77.1 % candidate 0.8 % cheaper went up).
@@ -75,7 +77,7 @@ def ranked_objectives(objectives: Sequence[str], directions: Sequence[Direction 
     >>> ranked_objectives(["accuracy", "macs", "latency_ms"], ["maximize", "minimize", "minimize"], None)[0]
     ['accuracy', 'macs', 'latency_ms']
     """
-    keep = [i for i, o in enumerate(objectives) if target is None or o != "macs"]
+    keep = [i for i, o in enumerate(objectives) if target is None or o != pinned]
     return [objectives[i] for i in keep], [directions[i] for i in keep]
 
 

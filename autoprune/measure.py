@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoprune.data import Split
+from autoprune.data import Images
 from autoprune.latency import LatencyResult
 
 
@@ -78,7 +78,7 @@ def paired_fields(lat: LatencyResult) -> dict[str, Any]:
 
 
 @torch.inference_mode()
-def correct(model: nn.Module, split: Split, batch_size: int = 256) -> torch.Tensor:
+def correct(model: nn.Module, split: Images, batch_size: int = 256) -> torch.Tensor:
     """Per image of ``split`` (in order), whether ``model``'s top-1 prediction is right (a bool tensor)."""
     was_training = model.training
     model.eval()
@@ -87,7 +87,7 @@ def correct(model: nn.Module, split: Split, batch_size: int = 256) -> torch.Tens
     return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
 
 
-def accuracy(model: nn.Module, split: Split, batch_size: int = 256) -> float:
+def accuracy(model: nn.Module, split: Images, batch_size: int = 256) -> float:
     """Top-1 accuracy (0..1) of ``model`` on a split."""
     return int(correct(model, split, batch_size).sum()) / max(1, len(split))
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from autoprune.context import StudyContext
-from autoprune.data import Split
+from autoprune.data import Images, join
 from autoprune.config import RecoveryConfig
 from autoprune.distill import make_optimizer, recalibrate_bn, run_steps
 from autoprune.errors import AutopruneError
@@ -45,11 +45,11 @@ class RetrainResult:
     losses: list[float] = field(default_factory=list)
 
 
-def full_training_split(ctx: StudyContext) -> Split:
+def full_training_split(ctx: StudyContext) -> Images:
     """All training images: train plus validation when validation was carved from train."""
     train, val = ctx.data.train, ctx.data.val
     if ctx.study.config.data.val_source == "train":
-        return Split(torch.cat([train.x, val.x]), torch.cat([train.y, val.y]), train.mean, train.std)
+        return join(train, val)
     return train
 
 

@@ -1,8 +1,9 @@
 """The search space as Optuna distributions, and sampled parameters decoded into a trial plan.
 
 Parameter names: ``ratio.<group>`` for each pruning group (or, with cost targets, ``alloc.<group>`` weights;
-the trial's ``target`` is given, not sampled), ``scorer``, ``recovery.<name>`` for searchable
-recovery settings, ``drop.<block>`` (true/false) for each residual block depth pruning may drop. The same dict of distributions serves Optuna's ``ask`` and Ray's ``OptunaSearch``.
+the trial's ``target`` is given, not sampled), ``scorer``, ``round_to`` (when the space lists several),
+``recovery.<name>`` for searchable recovery settings, ``drop.<block>`` (true/false) for each residual block
+depth pruning may drop. The same dict of distributions serves Optuna's ``ask`` and Ray's ``OptunaSearch``.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ class TrialPlan:
     recovery: RecoveryConfig
     dropped: tuple[str, ...] = ()
     target: float | None = None
+    round_to: int | None = None
 
 
-Placer = Callable[[Mapping[str, float], float], Mapping[str, float]]
+# (allocation weights, target, round_to) -> per-group ratios placed on the target
+Placer = Callable[[Mapping[str, float], float, int | None], Mapping[str, float]]
 
 
 def _range(p: RangeParam, as_int: bool) -> BaseDistribution:
@@ -58,6 +61,8 @@ def distributions(space: SearchSpaceConfig, groups: list[str], droppable: Sequen
         out[f"drop.{block}"] = CategoricalDistribution([False, True])
     if len(space.scorers) > 1:
         out["scorer"] = CategoricalDistribution(space.scorers)
+    if space.round_to_choices:
+        out["round_to"] = CategoricalDistribution(space.round_to_choices)
     for name, p in space.recovery.items():
         if isinstance(p, RangeParam):
             out[f"recovery.{name}"] = _range(p, name in INT_RECOVERY)
@@ -75,11 +80,12 @@ def decode(params: Mapping[str, Any], space: SearchSpaceConfig, groups: list[str
     if missing:
         raise AutopruneError(f"parameters lack {kind} values for groups {missing}")
     target = None
+    round_to = int(params["round_to"]) if "round_to" in params else space.fixed_round_to
     if targets:
         if place is None:
             raise ValueError("a study with targets needs a placer to turn allocations into ratios")
         target = float(params.get("target", targets[0]))
-        ratios = dict(place({g: float(params[f"alloc.{g}"]) for g in groups}, target))
+        ratios = dict(place({g: float(params[f"alloc.{g}"]) for g in groups}, target, round_to))
     else:
         ratios = {g: float(params[f"ratio.{g}"]) for g in groups}
     scorer = str(params.get("scorer", space.scorers[0]))
@@ -91,4 +97,4 @@ def decode(params: Mapping[str, Any], space: SearchSpaceConfig, groups: list[str
             overrides[name] = p
     rec = recovery.model_copy(update={k: (int(v) if k in INT_RECOVERY else float(v)) for k, v in overrides.items()})
     dropped = tuple(k[len("drop."):] for k, v in params.items() if k.startswith("drop.") and bool(v))
-    return TrialPlan(ratios, scorer, RecoveryConfig.model_validate(rec.model_dump()), dropped, target)
+    return TrialPlan(ratios, scorer, RecoveryConfig.model_validate(rec.model_dump()), dropped, target, round_to)

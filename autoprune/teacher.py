@@ -14,6 +14,8 @@ teacher's logits in float16. It is cached in the study's folder with a checksum,
 from __future__ import annotations
 
 import hashlib
+import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -21,7 +23,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from autoprune.data import Split, crop_flip, crop_flip_params, device_layout
+from autoprune.batching import crop_flip, crop_flip_params, normalise, to_unit
+from autoprune.data import Images
 from autoprune.saving import checksum_ok, save_checksummed
 
 FORMAT = "autoprune-recovery-stream-1"
@@ -46,24 +49,34 @@ class RecoveryStream:
     def batch_size(self) -> int:
         return int(self.idx.shape[1])
 
-    def images(self, split: Split, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def images(self, split: Images, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The preprocessed (and augmented) images and labels of batch ``step``, on the split's device."""
-        idx = self.idx[step].to(split.x.device)
-        x = split.x[idx]
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        return self._prepare(split, step, *split.read(self.idx[step]))
+
+    def _prepare(self, split: Images, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = to_unit(x)
         if self.augment:
             x = crop_flip(x, self.oy[step].long(), self.ox[step].long(), self.flip[step])
-        x = (x - split.mean.view(1, -1, 1, 1)) / split.std.view(1, -1, 1, 1)
-        return device_layout(x), split.y[idx]
+        return normalise(x, split.mean, split.std), y
 
-    def batches(self, split: Split, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def read(self, split: Images, start: int = 0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """``(step, x, y)`` from batch ``start`` on, cycling (a streamed split reads the next batches ahead)."""
+        order: list[int] = []  # the steps handed to the reader, in order
+
+        def rows() -> Iterator[torch.Tensor]:
+            for step in itertools.count(start):
+                order.append(step % self.steps)
+                yield self.idx[step % self.steps]
+
+        for x, y in split.rows(rows()):
+            step = order.pop(0)
+            yield (step, *self._prepare(split, step, x, y))
+
+    def batches(self, split: Images, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """``(x, y, teacher_logits)`` from batch ``start`` on, cycling when the stream runs out."""
-        step = start
-        logits = self.logits.to(split.x.device)  # once, not a host-to-device copy every step
-        while True:
-            x, y = self.images(split, step % self.steps)
-            yield x, y, logits[step % self.steps].float()
-            step += 1
+        logits = self.logits.to(split.mean.device)  # once, not a host-to-device copy every step
+        for step, x, y in self.read(split, start):
+            yield x, y, logits[step].float()
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "idx": self.idx, "oy": self.oy, "ox": self.ox, "flip": self.flip,
@@ -92,22 +105,32 @@ def sample_stream_indices(n: int, steps: int, batch_size: int, augment: bool, se
 
 
 @torch.no_grad()
-def build_stream(teacher: nn.Module, split: Split, steps: int, batch_size: int, augment: bool, seed: int,
-                 on_step: Callable[[int, int], None] | None = None) -> RecoveryStream:
-    """Sample the stream and run the teacher (eval mode) over it once."""
+def build_stream(teacher: nn.Module, split: Images, steps: int, batch_size: int, augment: bool, seed: int,
+                 on_step: Callable[[int, int], None] | None = None, scratch: Path | None = None) -> RecoveryStream:
+    """Sample the stream and run the teacher (eval mode) over it once; the logits are written into the file
+    ``scratch`` as they come (memory-mapped: a long stream of many classes never sits whole in memory) when given."""
     idx, oy, ox, flip = sample_stream_indices(len(split), steps, batch_size, augment, seed)
     stream = RecoveryStream(idx, oy, ox, flip, torch.empty(0), augment)
     was_training = teacher.training
     teacher.eval()
-    logits = []
-    for step in range(steps):
-        x, _ = stream.images(split, step)
-        logits.append(teacher(x).to("cpu", torch.float16))
+    logits = None
+    for step, x, _ in itertools.islice(stream.read(split), steps):
+        out = teacher(x).to("cpu", torch.float16)
+        if logits is None:
+            logits = _logits_buffer((steps, *out.shape), scratch)
+        logits[step] = out
         if on_step is not None:
             on_step(step + 1, steps)
     teacher.train(was_training)
-    stream.logits = torch.stack(logits)
+    stream.logits = logits
     return stream
+
+
+def _logits_buffer(shape: tuple[int, ...], scratch: Path | None) -> torch.Tensor:
+    if scratch is None:
+        return torch.empty(shape, dtype=torch.float16)
+    scratch.unlink(missing_ok=True)
+    return torch.from_file(str(scratch), shared=True, size=math.prod(shape), dtype=torch.float16).view(shape)
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -120,7 +143,7 @@ def weights_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def load_or_build_stream(cache_dir: Path, key: str, teacher: nn.Module, split: Split, steps: int, batch_size: int,
+def load_or_build_stream(cache_dir: Path, key: str, teacher: nn.Module, split: Images, steps: int, batch_size: int,
                          augment: bool, seed: int, log: Callable[[str], None] = lambda s: None,
                          on_step: Callable[[int, int], None] | None = None) -> tuple[RecoveryStream, str]:
     """The study's cached stream for ``key`` if intact, else a new one (saved atomically with a checksum).
@@ -129,12 +152,22 @@ def load_or_build_stream(cache_dir: Path, key: str, teacher: nn.Module, split: S
     """
     path = Path(cache_dir) / f"teacher-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
     if path.is_file() and checksum_ok(path):
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(blob, dict) and blob.get("format") == FORMAT and blob["idx"].shape[0] >= steps:
-            return RecoveryStream(blob["idx"], blob["oy"], blob["ox"], blob["flip"], blob["logits"],
-                                  bool(blob["augment"])), f"cached {path}"
+        if (stream := _load(path, steps)) is not None:
+            return stream, f"cached {path}"
     elif path.is_file():
         log(f"cached teacher logits {path} fail their checksum; recomputing them")
-    stream = build_stream(teacher, split, steps, batch_size, augment, seed, on_step=on_step)
-    save_checksummed(stream.to_dict(), path)
-    return stream, f"computed once for the study, cached at {path}"
+    scratch = path.with_suffix(".logits.partial")
+    try:
+        stream = build_stream(teacher, split, steps, batch_size, augment, seed, on_step=on_step, scratch=scratch)
+        save_checksummed(stream.to_dict(), path)
+    finally:
+        scratch.unlink(missing_ok=True)
+    return _load(path, steps), f"computed once for the study, cached at {path}"
+
+
+def _load(path: Path, steps: int) -> RecoveryStream | None:
+    """A cached stream, its logits memory-mapped from the file (not read into memory); None if it is not one."""
+    blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if isinstance(blob, dict) and blob.get("format") == FORMAT and blob["idx"].shape[0] >= steps:
+        return RecoveryStream(blob["idx"], blob["oy"], blob["ox"], blob["flip"], blob["logits"], bool(blob["augment"]))
+    return None

@@ -88,11 +88,13 @@ def enqueue_due(ost: optuna.Study, study: Study) -> list[int]:
     pending = ost.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
     claimed = {int(t.user_attrs["continues"]) for t in pending if t.user_attrs.get("continues") is not None}
     done = records(ost)
-    targets = study.config.targets.macs_reduction if study.config.targets else [None]
+    targets = study.config.targets.values if study.config.targets else [None]
+    pinned = study.config.targets.objective if study.config.targets else None
     enqueued = []
     for target in targets:
         target = float(target) if target is not None else None
-        while (r := due(done, ladder, list(study.config.objectives), study.directions, fid.eta, target, claimed)):
+        while (r := due(done, ladder, list(study.config.objectives), study.directions, fid.eta, target, claimed,
+                        pinned)):
             attrs = {"continues": r.number, **({"target": target} if target is not None else {}),
                      **({"warm_start": r.warm_start} if r.warm_start else {})}
             ost.enqueue_trial(dict(r.params), user_attrs=attrs, skip_if_exists=False)

@@ -151,7 +151,7 @@ def _prune(ctx: StudyContext, plan: TrialPlan) -> tuple[nn.Module, PrunePlan]:
     """A pruned copy of the base (the plan's dropped blocks replaced by the identity first), trainable."""
     base = drop_blocks(copy.deepcopy(ctx.base), plan.dropped) if plan.dropped else ctx.base
     model, pplan = prune_with_plan(base, ctx.example, plan.ratios, plan.scorer, layout=ctx.layout,
-                                   round_to=ctx.study.space.round_to, calibration=ctx.calibration,
+                                   round_to=plan.round_to, calibration=ctx.calibration,
                                    inplace=bool(plan.dropped))
     for p in model.parameters():
         p.requires_grad_(True)

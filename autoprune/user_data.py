@@ -2,11 +2,17 @@
 ``factory(**data.kwargs)`` (plus ``root=data.root`` when set) and returns map-style train and test data sets
 yielding ``(image, label)`` (:data:`RETURNS`); :class:`DatasetSource` reads only the items the splits need.
 Everything that can go wrong is one :class:`~autoprune.errors.AutopruneError` naming ``data.name``.
+
+The splits are streamed (:class:`~autoprune.streaming.StreamSplit`). Loading reads each item a split needs once,
+in the loader's workers, keeping only its label and its share of the channel statistics: labels have no cheaper
+source a map-style data set is bound to offer, and this one pass also checks every item (pair, image, label,
+shape, float range), so a broken item is a clear error before the search, not in the middle of it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +23,9 @@ import torch
 from torch.utils.data import IterableDataset
 
 from autoprune.errors import AutopruneError, first_line
+from autoprune.streaming import Failure, StreamSplit, load_batches
+
+SCAN_BATCH = 64  # items per loader batch of the loading pass
 
 
 class FactorySettings(Protocol):
@@ -64,40 +73,68 @@ def _as_label(value: Any) -> int:
     return label
 
 
+Stats = tuple[tuple[float, ...], tuple[float, ...]]
+
+
 @dataclass
 class DatasetSource:
-    """A user's train and test data sets (map-style, yielding ``(image, label)``), read item by item where a
-    split needs them (:meth:`take`). ``num_classes`` and ``stats`` are None where the factory gave none."""
+    """A user's train and test data sets (map-style, yielding ``(image, label)``), streamed where a split needs
+    them (:meth:`split`). ``num_classes`` and ``stats`` are None where the factory gave none."""
 
     name: str
     train: Any
     test: Any
     num_classes: int | None = None
-    stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    stats: Stats | None = None
     official_test: bool = True
-    _like: torch.Tensor | None = field(default=None, init=False, repr=False)  # the first image read: the model
-    # every other image must match (shape and dtype)
+    num_workers: int = 0
+    _like: tuple[tuple[int, ...], str] | None = field(default=None, init=False, repr=False)  # the first image
+    # read (shape, dtype): every other image must match it
 
     @property
     def sizes(self) -> tuple[int, int]:
         return len(self.train), len(self.test)
 
-    def take(self, part: str, idx: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Read the items at ``idx`` (None: all) of the ``train`` or ``test`` set, each once, into arrays."""
+    def split(self, part: str, idx: np.ndarray | None) -> StreamSplit:
+        """The items at ``idx`` (None: all) of the ``train`` or ``test`` set, each read once here (the labels and
+        checks) and later batch by batch; normalised by their own channel statistics until the study sets its."""
         ds = self.train if part == "train" else self.test
-        order = range(len(ds)) if idx is None else [int(i) for i in idx]
-        images, labels = [], []
-        for i in order:
-            image, label = self._item(ds, part, i)
-            images.append(image)
-            labels.append(label)
-        if not images:
-            return np.zeros((0, *self._like.shape), self._like.numpy().dtype), np.zeros(0, np.int64)
-        x = torch.stack(images)
-        if x.is_floating_point() and (x.min() < 0 or x.max() > 1):
-            raise bad_data(f"data set {self.name!r}: the {part} images are floats in [{x.min():g}, {x.max():g}]; "
+        rows = list(range(len(ds))) if idx is None else [int(i) for i in idx]
+        labels, (mean, std) = self._scan(part, rows)
+        shape = self._like[0] if self._like else (0, 0, 0)
+        return StreamSplit(_ItemReader(self, part), torch.tensor(rows, dtype=torch.long), labels,
+                           torch.tensor(mean), torch.tensor(std), shape, self.num_workers)
+
+    def image_stats(self, split: StreamSplit) -> Stats:
+        """The channel statistics of a split's images (computed when it was read: see :meth:`split`)."""
+        return tuple(split.mean.tolist()), tuple(split.std.tolist())
+
+    def _scan(self, part: str, rows: list[int]) -> tuple[torch.Tensor, Stats]:
+        batches = [rows[s : s + SCAN_BATCH] for s in range(0, len(rows), SCAN_BATCH)]
+        labels: list[int] = []
+        total = squares = 0.0
+        lo, hi, pixels = math.inf, -math.inf, 0
+        for records, failure in load_batches(_Scan(self, part), batches, self.num_workers):
+            for i, label, shape, dtype, sums, sq, mn, mx in records:
+                self._check_like(part, i, shape, dtype)
+                labels.append(label)
+                total, squares, pixels = total + sums, squares + sq, pixels + shape[1] * shape[2]
+                lo, hi = min(lo, mn), max(hi, mx)
+            if failure is not None:
+                failure.raise_()
+        if self._like is not None and self._like[1] != str(torch.uint8) and labels and (lo < 0 or hi > 1):
+            raise bad_data(f"data set {self.name!r}: the {part} images are floats in [{lo:g}, {hi:g}]; "
                             "expected floats in [0, 1] or uint8 0-255 (normalisation is data.mean / data.std)")
-        return x.numpy(), np.asarray(labels, dtype=np.int64)
+        return torch.tensor(labels, dtype=torch.long), _mean_std(total, squares, pixels, self._like)
+
+    def _check_like(self, part: str, i: int, shape: tuple[int, ...], dtype: str) -> None:
+        shape = tuple(shape)
+        if self._like is None:
+            self._like = (shape, dtype)
+        elif (shape, dtype) != self._like:
+            raise bad_data(f"data set {self.name!r}: {part} item {i} is a {list(shape)} {dtype} image but the first "
+                            f"image read is {list(self._like[0])} {self._like[1]}; every image must have one shape "
+                            "and dtype")
 
     def _item(self, ds: Any, part: str, i: int) -> tuple[torch.Tensor, int]:
         try:
@@ -107,16 +144,57 @@ class DatasetSource:
         try:
             if not isinstance(item, (tuple, list)) or len(item) != 2:
                 raise ValueError(f"it is a {type(item).__name__}, not an (image, label) pair")
-            image, label = _as_image(item[0]), _as_label(item[1])
+            return _as_image(item[0]), _as_label(item[1])
         except ValueError as exc:
             raise bad_data(f"data set {self.name!r}: {part} item {i}: {exc}") from None
-        if self._like is None:
-            self._like = image
-        elif image.shape != self._like.shape or image.dtype != self._like.dtype:
-            raise bad_data(f"data set {self.name!r}: {part} item {i} is a {list(image.shape)} {image.dtype} image "
-                            f"but the first image read is {list(self._like.shape)} {self._like.dtype}; every image "
-                            "must have one shape and dtype")
-        return image, label
+
+
+def _mean_std(total: Any, squares: Any, pixels: int, like: tuple[tuple[int, ...], str] | None) -> Stats:
+    """Per-channel mean and std from sums over ``pixels`` pixels per channel; a constant channel gets std 1."""
+    channels = like[0][0] if like else 0
+    if pixels == 0:
+        return (0.0,) * channels, (1.0,) * channels
+    mean = total / pixels
+    std = (squares / pixels - mean**2).clamp(min=0).sqrt()
+    return tuple(float(m) for m in mean), tuple(float(s) if s > 1e-6 else 1.0 for s in std)
+
+
+@dataclass(eq=False)
+class _Scan:
+    """The loading pass over a batch of items, in a loader worker: per item its label, shape, dtype, channel sums
+    (of the image in [0, 1]), squared sums, min and max; stops at the first item that fails."""
+
+    source: DatasetSource
+    part: str
+
+    def __call__(self, indices: list[int]) -> tuple[list[tuple], Failure | None]:
+        ds = self.source.train if self.part == "train" else self.source.test
+        records = []
+        for i in indices:
+            try:
+                image, label = self.source._item(ds, self.part, i)
+            except AutopruneError as err:
+                return records, Failure.of(err)
+            x = image.double() / (255.0 if image.dtype == torch.uint8 else 1.0)
+            records.append((i, label, tuple(image.shape), str(image.dtype), x.sum((1, 2)), (x * x).sum((1, 2)),
+                            float(image.min()), float(image.max())))
+        return records, None
+
+
+@dataclass(eq=False)
+class _ItemReader:
+    """Image ``i`` of one part of a user's data set (a streamed split's reader)."""
+
+    source: DatasetSource
+    part: str
+
+    def __call__(self, i: int) -> torch.Tensor:
+        return self.source._item(self.source.train if self.part == "train" else self.source.test, self.part, i)[0]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ItemReader) and other.source is self.source and other.part == self.part
+
+    __hash__ = object.__hash__
 
 
 def _stats_given(name: str, mean: Any, std: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
@@ -167,13 +245,15 @@ def _unpack(name: str, value: Any) -> DatasetSource:
     return DatasetSource(name, value["train"], value["test"], num_classes, stats)
 
 
-def load_user(factory: Callable[..., Any], cfg: FactorySettings, rng: np.random.Generator) -> DatasetSource:
-    """Call a ``package.module:factory`` data set: ``factory(**data.kwargs)``, plus ``root=data.root`` when set."""
+def load_user(factory: Callable[..., Any], cfg: FactorySettings, rng: np.random.Generator,
+              num_workers: int = 0) -> DatasetSource:
+    """Call a ``package.module:factory`` data set: ``factory(**data.kwargs)``, plus ``root=data.root`` when set;
+    its splits are read through ``num_workers`` loader worker processes."""
     kwargs = dict(cfg.kwargs, **({"root": cfg.root} if cfg.root else {}))
     try:
         returned = factory(**kwargs)
     except Exception as exc:  # noqa: BLE001 - the user's code: any error is theirs
         raise bad_data(f"data factory {cfg.name!r} failed: {first_line(exc)}") from None
-    return _unpack(cfg.name, returned)
+    return dataclasses.replace(_unpack(cfg.name, returned), num_workers=num_workers)
 
 

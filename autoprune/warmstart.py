@@ -41,7 +41,7 @@ def global_prune(ctx: StudyContext, ratio: float) -> nn.Module:
     ignored = [modules[n] for n in ctx.layout.ignored if n in modules]
     pruner = tp.pruner.MetaPruner(model, ctx.example, importance=tp.importance.GroupMagnitudeImportance(p=1),
                                   pruning_ratio=ratio, global_pruning=True, ignored_layers=ignored,
-                                  **pruner_kwargs(model, ctx.study.space.round_to))
+                                  **pruner_kwargs(model, ctx.study.space.fixed_round_to))
     pruner.step()
     model.zero_grad(set_to_none=True)
     return after_pruning(model)
@@ -61,14 +61,14 @@ def global_ratios(ctx: StudyContext, ratio: float) -> dict[str, float]:
 
 def global_at(ctx: StudyContext, target: float, tolerance: float = 0.005,
               steps: int = 20) -> tuple[float, dict[str, float]]:
-    """(global ratio, per-group ratios) of torch-pruning's global Group-L1 pruning at the ratio whose MACs
-    reduction (the study's cost model) is ``target``, bisected to within ``tolerance`` (else the closest met):
+    """(global ratio, per-group ratios) of torch-pruning's global Group-L1 pruning at the ratio whose predicted
+    reduction (MACs, or latency for latency targets: :meth:`StudyContext.reduction`) is ``target``, bisected to within ``tolerance`` (else the closest met):
     the global baseline's own structure at that target (:func:`global_prune` at that ratio builds it)."""
     lo, hi, best, miss = 0.0, 0.95, (0.0, {}), float("inf")
     for _ in range(steps):
         mid = (lo + hi) / 2
         ratios = global_ratios(ctx, mid)
-        red = ctx.cost.reduction(ratios)
+        red = ctx.reduction(ratios)
         if abs(red / target - 1) < miss:
             best, miss = (mid, ratios), abs(red / target - 1)
         if miss <= tolerance:
@@ -110,13 +110,15 @@ def _baselines(ctx: StudyContext, dists: dict[str, BaseDistribution]) -> list[tu
 
 
 def warm_starts(ctx: StudyContext, dists: dict[str, BaseDistribution]) -> list[tuple[dict[str, Any], str]]:
-    """(parameters, kind) of the configured baselines: only the ratio or allocation, target and scorer
-    parameters (Optuna samples any other searchable parameter); kind is "uniform" or "global"."""
+    """(parameters, kind) of the configured baselines: only the ratio or allocation, target, scorer and
+    round_to parameters (Optuna samples any other searchable parameter); kind is "uniform" or "global"."""
     scorers = ctx.study.space.scorers
     out = []
     for params, scorer, kind in _baselines(ctx, dists):
         if isinstance(dists.get("scorer"), CategoricalDistribution):
             params["scorer"] = scorer if scorer in scorers else scorers[0]
+        if "round_to" in dists:  # the hand-set baseline rounds as the space's fixed value does
+            params["round_to"] = ctx.study.space.fixed_round_to
         for name in dists:
             if name.startswith("drop."):
                 params[name] = False

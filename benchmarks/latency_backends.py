@@ -206,7 +206,7 @@ def context(args, model: str, workdir: Path) -> StudyContext:
 def structures(ctx: StudyContext, targets: Sequence[float], picks: list[dict] | None, model: str) -> list[dict]:
     """Each structure to time: {"structure", "target", "module", ...}, the base paired with itself first."""
     out = [{"structure": "base", "target": 1.0, "module": ctx.base}]
-    round_to = ctx.study.space.round_to
+    round_to = ctx.study.space.fixed_round_to
     for p in picks or []:
         unknown = set(p["ratios"]) ^ set(ctx.groups)
         if unknown:

@@ -44,7 +44,7 @@ def scores_at(ctx, target: float, n: int, rng: random.Random, subsets: dict) -> 
     for _ in range(n):
         plan = ctx.decode({f"alloc.{g}": rng.random() for g in ctx.groups} | {"target": target})
         model = prune_with_plan(ctx.base, ctx.example, plan.ratios, "l1", layout=ctx.layout,
-                                round_to=ctx.study.space.round_to)[0]
+                                round_to=ctx.study.space.fixed_round_to)[0]
         for k, (batches, images, seed) in SETTINGS.items():
             recalibrate_bn(model, ctx.data.train, batches, BATCH, generator=torch.Generator().manual_seed(seed))
             out[k].append(accuracy(model, subsets[images], 500))

@@ -224,7 +224,7 @@ def uniform_placed(ctx: StudyContext, target: float) -> tuple[float, object]:
     params = {f"alloc.{g}": ctx.study.space.allocation.high for g in ctx.groups} | {"target": target}
     plan = ctx.decode(params)
     model = prune_with_plan(ctx.base, ctx.example, plan.ratios, "l1", layout=ctx.layout,
-                            round_to=ctx.study.space.round_to)[0]
+                            round_to=ctx.study.space.fixed_round_to)[0]
     return statistics.mean(plan.ratios.values()), model
 
 

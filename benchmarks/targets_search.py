@@ -81,7 +81,7 @@ def main() -> None:
            "finetune_steps": sum(r.fidelity.steps for r in heads(recs)),
            "rung_counts": {str(k): sum(k in r.fidelity.scores for r in heads(recs)) for k in sorted(
                {s for r in recs for s in r.fidelity.scores})},
-           "targets": {str(t): per_target(recs, t) for t in study.config.targets.macs_reduction},
+           "targets": {str(t): per_target(recs, t) for t in study.config.targets.values},
            "machine": f"{platform.node()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads",
            "date": time.strftime("%Y-%m-%d")}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

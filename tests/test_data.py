@@ -50,7 +50,8 @@ def test_image_folder_loads_train_and_val(tmp_path):
     s = load_splits(DataConfig(name="imagefolder", root=str(tmp_path), image_size=16, val_fraction=0.5))
     assert s.num_classes == 2
     assert len(s.train) + len(s.val) == 6 and len(s.test_full) == 4
-    assert s.train.x.shape[1:] == (3, 16, 16) and s.train.x.dtype == torch.uint8
+    x = s.train.read(torch.arange(len(s.train)))[0]  # streamed: read on demand
+    assert x.shape[1:] == (3, 16, 16) and x.dtype == torch.uint8
 
 
 def test_image_folder_without_val_is_a_clear_error(tmp_path):

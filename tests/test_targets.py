@@ -17,7 +17,7 @@ TARGETS = {"macs_reduction": [2, 1.5]}
 
 
 def test_targets_must_reduce_and_must_not_meet_depth(write_study):
-    with pytest.raises(ConfigError, match="targets.macs_reduction: a MACs reduction target must be > 1"):
+    with pytest.raises(ConfigError, match="targets.macs_reduction: a reduction target must be > 1"):
         load_study(write_study({"targets": {"macs_reduction": [0.5, 2]}}))
     with pytest.raises(ConfigError, match="cannot be combined with depth"):
         load_study(write_study({"targets": TARGETS}, {"depth": {"blocks": ["features.*"]}}))
@@ -29,7 +29,7 @@ def test_with_targets_the_space_samples_allocations_and_a_target():
     d = distributions(space, ["a", "b"], targets=[1.5, 2.0])
     assert set(d) == {"alloc.a", "alloc.b"}  # the target is given to each trial in turn, not sampled
     plan = decode({"alloc.a": 1.0, "alloc.b": 0.5, "target": 2.0}, space, ["a", "b"], RecoveryConfig(), [1.5, 2.0],
-                  lambda w, t: {g: v * 0.4 for g, v in w.items()})
+                  lambda w, t, rt: {g: v * 0.4 for g, v in w.items()})
     assert plan.ratios == {"a": 0.4, "b": 0.2} and plan.target == 2.0
     with pytest.raises(ValueError, match="needs a placer"):
         decode({"alloc.a": 1.0}, space, ["a"], RecoveryConfig(), [2.0])
@@ -211,3 +211,30 @@ def test_with_targets_and_rungs_the_front_compares_each_target_at_one_common_run
     at0 = front(ost, rung=0)
     assert [(e["rung"], e["trial"]) for e in at0] == [(0, 6)]  # 3x's 0.90 dominates 2x's best there (0.60)
     assert [e["trial"] for e in front(ost, rung=220)] == [3]
+
+
+@pytest.mark.slow
+def test_a_searchable_round_to_prunes_to_the_chosen_multiple_on_target(write_study):
+    """round_to: [1, 8] with targets: each trial's channel counts are multiples of its own round_to, placed on
+    its target by a cost model that rounds the same way; the baselines take 1."""
+    from autoprune.pruning import out_width
+    from autoprune.saving import load_pruned
+
+    model = {"name": "quickstart_cnn", "kwargs": {"width": 32}, "base_training": {"epochs": 2, "lr": 0.05, "batch_size": 64}}
+    study = load_study(write_study({"targets": {"macs_reduction": [2]}, "model": model, "budget": {"n_trials": 8}},
+                                   {"round_to": [1, 8], "scorers": ["l1"]}))
+    ctx = prepare(study)
+    out = run_search(ctx, n_trials=8)
+    recs = [TrialRecord.from_frozen(t) for t in out.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))]
+    assert {r.plan.round_to for r in recs if r.warm_start} == {1}
+    eights = [r for r in recs if r.plan.round_to == 8]
+    assert eights, "the sampler never chose 8 in 8 trials"
+    for r in recs:  # the placement's cost model rounds as pruning does: its MACs are the pruned model's
+        assert ctx._cost_at(r.plan.round_to).macs(r.plan.ratios) == pytest.approx(r.metrics.macs, rel=2e-3)
+        if r.plan.round_to == 1:  # 8-channel steps of 32-channel layers may not allow 1 %: the closest is taken
+            assert ctx.reference["macs"] / r.metrics.macs == pytest.approx(2.0, rel=TOLERANCE), r.number
+    for r in eights:
+        pruned = load_pruned(r.model_file, ctx.fresh_model())
+        modules = dict(pruned.named_modules())
+        widths = [out_width(modules[n]) for roots in ctx.layout.roots.values() for n in roots]
+        assert widths and all(w % 8 == 0 for w in widths), widths

@@ -24,13 +24,18 @@ def _made():
     return user_data.MADE[-1]
 
 
+def _x(split) -> torch.Tensor:
+    """All of a split's raw images (a user data set's splits are streamed)."""
+    return split.read(torch.arange(len(split)))[0]
+
+
 # ------------------------------------------------------------------------------------------------- loading
 def test_a_pair_of_data_sets_loads_with_classes_from_labels_and_their_own_statistics():
     s = load_splits(DataConfig(name="tests.user_data:rgb"))
     assert s.num_classes == 4  # labels 0-3
     assert (len(s.train), len(s.val), len(s.test), len(s.test_full)) == (96, 24, 40, 40)
-    assert s.train.x.shape[1:] == (3, 8, 8) and s.train.x.dtype == torch.uint8
-    x = s.train.x.double() / 255  # no mean/std given: the training split's own, per channel
+    assert _x(s.train).shape[1:] == (3, 8, 8) and _x(s.train).dtype == torch.uint8
+    x = _x(s.train).double() / 255  # no mean/std given: the training split's own, per channel
     assert s.train.mean.tolist() == pytest.approx(x.mean(dim=(0, 2, 3)).tolist(), abs=1e-6)
     assert s.train.std.tolist() == pytest.approx(x.std(dim=(0, 2, 3), unbiased=False).tolist(), abs=1e-6)
     assert s.info["dataset"] == "tests.user_data:rgb" and s.info["test_is_official"] is True
@@ -39,7 +44,7 @@ def test_a_pair_of_data_sets_loads_with_classes_from_labels_and_their_own_statis
 def test_a_dataclass_may_give_the_class_count_and_normalisation_and_data_mean_overrides_it():
     s = load_splits(DataConfig(name="tests.user_data:gray"))
     assert s.num_classes == 5, "given by the factory, although the labels only reach 2"
-    assert s.train.x.shape[1:] == (1, 8, 8)
+    assert _x(s.train).shape[1:] == (1, 8, 8)
     assert s.train.mean.tolist() == [0.25] and s.train.std.tolist() == [0.5]
     s = load_splits(DataConfig(name="tests.user_data:gray", mean=[0.1], std=[0.2]))
     assert s.train.mean.tolist() == pytest.approx([0.1]) and s.val.std.tolist() == pytest.approx([0.2])
@@ -68,27 +73,27 @@ def test_a_factory_gives_the_splits_a_registered_source_of_the_same_images_gives
     for split in ("train", "val", "test", "test-full"):
         a, b = ours.get(split), theirs.get(split)
         assert torch.equal(a.y, b.y), split
-        assert torch.allclose(a.prepare(a.x), b.prepare(b.x), atol=1e-5), split
+        assert torch.allclose(a.prepare(_x(a)), b.prepare(_x(b)), atol=1e-5), split
     assert theirs.num_classes == 3 and theirs.info["sizes"] == ours.info["sizes"]
 
 
 @pytest.mark.parametrize("val_source,expected_train_reads", [("test", 10), ("train", 24 + 10)])
 def test_train_subset_reads_only_the_subset(val_source, expected_train_reads):
-    s = load_splits(DataConfig(name="tests.user_data:rgb", val_source=val_source, train_subset=10, seed=3))
+    s = load_splits(DataConfig(name="tests.user_data:rgb", val_source=val_source, train_subset=10, seed=3, num_workers=0))
     train, test = _made()
     assert len(s.train) == 10
     assert len(train.reads) == expected_train_reads == len(set(train.reads)), "each needed item read once"
     assert sorted(test.reads) == list(range(40)), "the test set is read whole, once"
-    again = load_splits(DataConfig(name="tests.user_data:rgb", val_source=val_source, train_subset=10, seed=3))
-    assert _made()[0].reads == train.reads and torch.equal(again.train.x, s.train.x), "seeded"
-    other = load_splits(DataConfig(name="tests.user_data:rgb", val_source=val_source, train_subset=10, seed=4))
-    assert not torch.equal(other.train.x, s.train.x)
+    again = load_splits(DataConfig(name="tests.user_data:rgb", val_source=val_source, train_subset=10, seed=3, num_workers=0))
+    assert _made()[0].reads == train.reads and torch.equal(_x(again.train), _x(s.train)), "seeded"
+    other = load_splits(DataConfig(name="tests.user_data:rgb", val_source=val_source, train_subset=10, seed=4, num_workers=0))
+    assert not torch.equal(_x(other.train), _x(s.train))
 
 
 @pytest.mark.parametrize("mode,channels", [("L", 1), ("RGB", 3)])
 def test_pil_images_are_read_as_uint8_chw(mode, channels):
     s = load_splits(DataConfig(name="tests.user_data:pil", kwargs={"mode": mode}))
-    assert s.train.x.shape[1:] == (channels, 8, 8) and s.train.x.dtype == torch.uint8 and s.num_classes == 2
+    assert _x(s.train).shape[1:] == (channels, 8, 8) and _x(s.train).dtype == torch.uint8 and s.num_classes == 2
 
 
 # ---------------------------------------------------------------------------------------------- mistakes

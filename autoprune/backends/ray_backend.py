@@ -95,7 +95,7 @@ def _searcher_class(OptunaSearch):
             super().__init__(*args, **kwargs)
             self._autoprune_study, self._base_seed, self._driver = study, seed, driver
             targets = study.config.targets
-            self._targets = list(targets.macs_reduction) if targets else None
+            self._targets = targets.values if targets else None
 
         def _optuna_trial(self, trial_id: str):
             return self._ot_trials.get(trial_id)  # Ray's OptunaSearch keeps its Optuna trial per Ray trial id
