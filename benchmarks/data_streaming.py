@@ -80,7 +80,8 @@ def tree_pss_kb(pid: int) -> dict[int, int]:
     return found
 
 
-def search_study(folder: Path, workdir: Path, trials: int, workers: int | None, base_epochs: int | None) -> Path:
+def search_study(folder: Path, workdir: Path, trials: int, workers: int | None, base_epochs: int | None,
+                 eval_batch: int | None = None) -> Path:
     study = yaml.safe_load((ROOT / "studies" / "quickstart.yaml").read_text())
     study["search_space"] = str(ROOT / "search_spaces" / "quickstart.yaml")
     study["workdir"] = str(workdir)
@@ -88,17 +89,21 @@ def search_study(folder: Path, workdir: Path, trials: int, workers: int | None, 
     if base_epochs is not None:
         study["model"]["base_training"]["epochs"] = base_epochs
     study["data"] = {"name": "imagefolder", "root": str(folder), "image_size": 96, "train_subset": 2000,
-                     **({"num_workers": workers} if workers is not None else {})}
+                     **({"num_workers": workers} if workers is not None else {}),
+                     **({"batch_size": eval_batch} if eval_batch is not None else {})}
     study["budget"] = {"n_trials": trials}
     path = workdir.parent / "study.yaml"
     path.write_text(yaml.safe_dump(study))
     return path
 
 
-def run_search(study: Path) -> dict:
+def run_search(study: Path, code: Path | None = None) -> dict:
+    """``autoprune search`` in a subprocess (of the checkout ``code`` if given: another commit, side by side)."""
     cmd = [sys.executable, "-m", "autoprune.cli", "search", str(study)]
+    env = dict(os.environ, PYTHONPATH=str(code)) if code else None
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=str(code) if code else None)
     peak, at_peak = 0, {}
     while proc.poll() is None:
         sample = tree_pss_kb(proc.pid)
@@ -119,9 +124,11 @@ def image_folder_search(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         write_folder(folder, args.images, args.val_images)
         made = time.perf_counter() - t0
-        result = run_search(search_study(folder, Path(tmp) / "run", args.trials, args.workers, args.base_epochs))
+        result = run_search(search_study(folder, Path(tmp) / "run", args.trials, args.workers, args.base_epochs,
+                                         args.eval_batch), args.code)
     return {"images": args.images, "val_images": args.val_images, "trials": args.trials,
-            "num_workers": args.workers, "folder_written_s": round(made, 1), **result}
+            "num_workers": args.workers, "eval_batch": args.eval_batch, "code": str(args.code or ROOT),
+            "folder_written_s": round(made, 1), **result}
 
 
 # ----------------------------------------------------------------------------------- (b) CIFAR-10 fine-tune
@@ -189,10 +196,15 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=4)
     ap.add_argument("--base-epochs", type=int, default=None, help="base training epochs (default: quickstart's)")
     ap.add_argument("--workers", type=int, default=None, help="data.num_workers (default: the machine's)")
+    ap.add_argument("--eval-batch", type=int, default=None,
+                    help="data.batch_size, the evaluation batch (default: 256; at 96 px the quickstart CNN's "
+                         "activations of one 256-image batch take about 1.2 GB)")
     ap.add_argument("--cifar-steps", type=int, default=300, help="timed fine-tune steps per run (0: skip (b))")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--code", type=Path, default=None,
+                    help="run the search from this checkout (e.g. a worktree of the commit before streaming)")
     ap.add_argument("--skip-search", action="store_true", help="only (b)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
