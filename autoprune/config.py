@@ -81,6 +81,10 @@ class DataConfig(_Strict):
     # loader worker processes of a streamed data set (image folders, user data sets); None: the machine's
     # default (autoprune.streaming.default_workers). It changes no result, so it is in no fingerprint or cache key
     num_workers: int | None = Field(None, ge=0)
+    # streamed splits (image folders, user data sets) whose decoded images together fit in this many MB are
+    # decoded once, through the workers, and held in memory (a train_subset, a small folder); 0: always stream.
+    # Like num_workers it changes no result, so it is in no fingerprint
+    memory_mb: int = Field(1024, ge=0)
 
     @field_validator("name")
     @classmethod
@@ -106,11 +110,12 @@ class DataConfig(_Strict):
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         """Empty kwargs are left out, so studies written before kwargs existed keep their fingerprint and caches;
-        num_workers always is: it changes how fast the data is read, not what is read."""
+        num_workers and memory_mb always are: they change how the data is read, not what is read."""
         dumped = handler(self)
         if not self.kwargs:
             dumped.pop("kwargs", None)
         dumped.pop("num_workers", None)
+        dumped.pop("memory_mb", None)
         return dumped
 
 

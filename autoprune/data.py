@@ -42,6 +42,7 @@ class DataSettings(Protocol):
     train_subset: int | None
     kwargs: dict[str, Any]  # keyword arguments of a package.module:factory data set
     num_workers: int | None  # loader worker processes of a streamed data set (None: default_workers())
+    memory_mb: int  # streamed splits that fit in this many MB together are decoded once and held
 
 CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
                "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
@@ -343,6 +344,28 @@ def _normalisation(cfg: DataSettings, source: Source | FolderSource | DatasetSou
     return mean, std
 
 
+def _fits(memory_mb: int, *splits: Images) -> bool:
+    """Whether the streamed ``splits`` together, decoded, take at most ``memory_mb`` MB (one image read for its
+    dtype); False when none is streamed."""
+    streamed = [s for s in splits if isinstance(s, StreamSplit) and len(s)]
+    if not streamed or memory_mb <= 0:
+        return False
+    item = streamed[0].read(torch.arange(1))[0]
+    return sum(len(s) for s in streamed) * item[0].numel() * item.element_size() <= memory_mb * 2**20
+
+
+def held(split: Images, batch_size: int = 256) -> Images:
+    """A streamed split decoded once (through its loader workers) into an in-memory :class:`Split`: the same
+    images, so the same batches; an in-memory split as it is."""
+    if not isinstance(split, StreamSplit):
+        return split
+    if not len(split):
+        return Split(torch.zeros((0, *split.shape), dtype=torch.uint8), split.y, split.mean, split.std)
+    rows = (slice(s, s + batch_size) for s in range(0, len(split), batch_size))
+    x = torch.cat([x.cpu() for x, _ in split.rows(rows)])
+    return Split(x, split.y.cpu(), split.mean, split.std)
+
+
 def load_splits(cfg: DataSettings) -> DataSplits:
     """Load the data set named in ``cfg`` and carve its seeded splits (in memory for array data sets, streamed
     for image folders and user data sets).
@@ -369,6 +392,8 @@ def load_splits(cfg: DataSettings) -> DataSplits:
                         f"{num_classes - 1})")
     mean, std = _normalisation(cfg, source, train)
     train, val, test, full = (dataclasses.replace(s, mean=mean, std=std) for s in (train, val, test, full))
+    if _fits(cfg.memory_mb, train, val, full):
+        train, val, test, full = (held(s) for s in (train, val, test, full))
     info = {
         "dataset": cfg.name,
         "val_source": cfg.val_source,

@@ -14,6 +14,8 @@ Usage: python benchmarks/data_streaming.py [--images 30000] [--workers N] [--cif
 (b) Fine-tunes resnet20 (the shared CIFAR-10 checkpoint) for ``--cifar-steps`` steps through the in-memory
     Split and through a StreamSplit over the same arrays read item by item as a map-style data set (alternating,
     ``--repeats`` times each), and reports the images per second of each.
+(c) With ``--floor``: the memory the search needs whatever the data: a fresh process's peak RSS after importing
+    autoprune, two training steps of the same CNN at 96 px (batch 64) and one evaluation batch, no data read.
 Prints one JSON object (also written to ``--out``). Linux only (it reads /proc).
 """
 
@@ -131,6 +133,33 @@ def image_folder_search(args: argparse.Namespace) -> dict:
             "folder_written_s": round(made, 1), **result}
 
 
+FLOOR = """
+import json, resource, sys, torch
+import autoprune.cli  # noqa: F401 - what the search process imports
+from autoprune.models import QuickstartCNN
+rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+out = {"imports_mb": rss()}
+m, (train_batch, eval_batch) = QuickstartCNN(num_classes=4, in_channels=3), map(int, sys.argv[1:3])
+opt = torch.optim.SGD(m.parameters(), lr=0.01)
+for _ in range(2):
+    x, y = torch.randn(train_batch, 3, 96, 96), torch.randint(0, 4, (train_batch,))
+    opt.zero_grad(); torch.nn.functional.cross_entropy(m(x), y).backward(); opt.step()
+out["after_training_mb"] = rss()
+with torch.inference_mode():
+    m.eval()(torch.randn(eval_batch, 3, 96, 96))
+out["after_evaluation_mb"] = rss()
+print(json.dumps(out))
+"""
+
+
+def compute_floor(train_batch: int, eval_batch: int) -> dict:
+    """(c) Peak RSS of one fresh process that reads no data: imports, two training steps of the quickstart CNN
+    (3 channels, 96 px) at the recovery batch, one evaluation batch. What the search needs whatever the data."""
+    done = subprocess.run([sys.executable, "-c", FLOOR, str(train_batch), str(eval_batch)], capture_output=True,
+                          text=True, check=True, cwd=ROOT)
+    return {"train_batch": train_batch, "eval_batch": eval_batch, **json.loads(done.stdout.strip().splitlines()[-1])}
+
+
 # ----------------------------------------------------------------------------------- (b) CIFAR-10 fine-tune
 class ArrayItems(torch.utils.data.Dataset):
     """NHWC uint8 arrays as a map-style data set of (CHW uint8 tensor, label) items."""
@@ -197,15 +226,17 @@ def main() -> None:
     ap.add_argument("--base-epochs", type=int, default=None, help="base training epochs (default: quickstart's)")
     ap.add_argument("--workers", type=int, default=None, help="data.num_workers (default: the machine's)")
     ap.add_argument("--eval-batch", type=int, default=None,
-                    help="data.batch_size, the evaluation batch (default: 256; at 96 px the quickstart CNN's "
-                         "activations of one 256-image batch take about 1.2 GB)")
+                    help="data.batch_size, the evaluation batch (default: 256)")
     ap.add_argument("--cifar-steps", type=int, default=300, help="timed fine-tune steps per run (0: skip (b))")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--code", type=Path, default=None,
                     help="run the search from this checkout (e.g. a worktree of the commit before streaming)")
-    ap.add_argument("--skip-search", action="store_true", help="only (b)")
+    ap.add_argument("--skip-search", action="store_true", help="only (b) and (c)")
+    ap.add_argument("--floor", action="store_true",
+                    help="(c): the compute floor, no data read: a fresh process's peak RSS after importing "
+                         "autoprune, two training steps of the search's CNN at 96 px and one evaluation batch")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     result = {"cpus": os.cpu_count(), "torch": torch.__version__}
@@ -213,6 +244,8 @@ def main() -> None:
         result["image_folder_search"] = image_folder_search(args)
     if args.cifar_steps > 0:
         result["cifar10_finetune"] = cifar_finetune(args)
+    if args.floor:
+        result["compute_floor"] = compute_floor(64, args.eval_batch or 256)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -49,7 +49,8 @@ def folder(tmp_path_factory):
 
 
 def _cfg(folder, **kw) -> DataConfig:
-    return DataConfig(name="imagefolder", root=str(folder), image_size=16, **kw)
+    """The folder streamed (memory_mb 0: a small folder would otherwise be decoded once and held)."""
+    return DataConfig(name="imagefolder", root=str(folder), image_size=16, **{"memory_mb": 0, **kw})
 
 
 def _decoded(split: StreamSplit) -> Split:
@@ -121,7 +122,7 @@ def test_an_unreadable_image_in_a_worker_is_one_line_naming_the_file(tmp_path):
 
 # ------------------------------------------------------------------------------------------- user data sets
 def test_a_user_data_set_is_streamed_and_batches_read_only_the_training_subset():
-    s = load_splits(DataConfig(name="tests.user_data:rgb", train_subset=20, seed=2, num_workers=0))
+    s = load_splits(DataConfig(name="tests.user_data:rgb", train_subset=20, seed=2, num_workers=0, memory_mb=0))
     train_set, _ = user_data.MADE[-1]
     assert isinstance(s.train, StreamSplit) and len(s.train) == 20
     loaded = list(train_set.reads)
@@ -164,7 +165,8 @@ def test_the_final_retrain_trains_on_train_plus_validation_of_a_streamed_split(f
 # ------------------------------------------------------------------------------------------------ end to end
 def test_search_on_a_streamed_image_folder_end_to_end(write_study, folder, one_intra_op_thread):
     path = write_study({
-        "data": {"name": "imagefolder", "root": str(folder), "image_size": 16, "num_workers": 0, "train_subset": 64},
+        "data": {"name": "imagefolder", "root": str(folder), "image_size": 16, "num_workers": 0, "train_subset": 64,
+                 "memory_mb": 0},
         "model": {"name": "quickstart_cnn", "kwargs": {"width": 8, "in_channels": 3},
                   "base_training": {"epochs": 1, "batch_size": 32}},
         "budget": {"n_trials": 2},
@@ -175,3 +177,21 @@ def test_search_on_a_streamed_image_folder_end_to_end(write_study, folder, one_i
     assert status["trials"]["COMPLETE"] == 2
     base = json.loads(CliRunner().invoke(main, ["evaluate", str(path), "--base", "--json"]).stdout)
     assert base["data"]["dataset"] == "imagefolder" and base["data"]["sizes"]["train"] == 64
+
+
+def test_streamed_splits_that_fit_in_memory_mb_are_decoded_once_and_held_giving_the_same_batches(folder):
+    from autoprune.data import held
+
+    streamed = load_splits(_cfg(folder, num_workers=2, train_subset=64))
+    kept = load_splits(_cfg(folder, num_workers=2, train_subset=64, memory_mb=1))  # 300 16x16 images: 0.2 MB
+    assert all(isinstance(kept.get(n), Split) for n in ("train", "val", "test", "test-full"))
+    for name in ("train", "val", "test", "test-full"):
+        a, b = streamed.get(name), kept.get(name)
+        assert torch.equal(b.x, held(a).x) and torch.equal(a.y, b.y)
+        gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+        for (xa, ya), (xb, yb) in zip(a.batches(16, shuffle=True, augment=True, generator=gen()),
+                                      b.batches(16, shuffle=True, augment=True, generator=gen())):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    # the budget counts every streamed split: 0 MB keeps all of them streamed
+    assert isinstance(load_splits(_cfg(folder, memory_mb=0)).train, StreamSplit)
+    assert _cfg(folder, memory_mb=5).model_dump() == _cfg(folder).model_dump()  # in no fingerprint

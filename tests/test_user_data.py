@@ -79,12 +79,14 @@ def test_a_factory_gives_the_splits_a_registered_source_of_the_same_images_gives
 
 @pytest.mark.parametrize("val_source,expected_train_reads", [("test", 10), ("train", 24 + 10)])
 def test_train_subset_reads_only_the_subset(val_source, expected_train_reads):
-    s = load_splits(DataConfig(name="tests.user_data:rgb", val_source=val_source, train_subset=10, seed=3, num_workers=0))
+    s = load_splits(DataConfig(name="tests.user_data:rgb", val_source=val_source, train_subset=10, seed=3, num_workers=0,
+                               memory_mb=0))  # streamed: holding them would read each once more
     train, test = _made()
     assert len(s.train) == 10
     assert len(train.reads) == expected_train_reads == len(set(train.reads)), "each needed item read once"
     assert sorted(test.reads) == list(range(40)), "the test set is read whole, once"
-    again = load_splits(DataConfig(name="tests.user_data:rgb", val_source=val_source, train_subset=10, seed=3, num_workers=0))
+    again = load_splits(DataConfig(name="tests.user_data:rgb", val_source=val_source, train_subset=10, seed=3, num_workers=0,
+                       memory_mb=0))
     assert _made()[0].reads == train.reads and torch.equal(_x(again.train), _x(s.train)), "seeded"
     other = load_splits(DataConfig(name="tests.user_data:rgb", val_source=val_source, train_subset=10, seed=4, num_workers=0))
     assert not torch.equal(_x(other.train), _x(s.train))
