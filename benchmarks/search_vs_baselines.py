@@ -350,10 +350,13 @@ def main() -> None:
     ap.add_argument("--plot", help="also draw the points to this PNG (needs matplotlib)")
     ap.add_argument("--reuse-final", metavar="JSON", help="take the uniform and global baselines' final recoveries "
                     "from this earlier run of the same seed and settings (checked by recomputing one)")
-    ap.add_argument("--aggregate", nargs="+", metavar="JSON", help="only print the mean and spread of saved runs")
+    ap.add_argument("--aggregate", nargs="+", metavar="JSON", help="only print the mean and spread of saved runs "
+                    "(with --plot: draw them, every seed and the mean with its standard deviation, per target)")
     args = ap.parse_args()
     if args.aggregate:
         print(aggregate(args.aggregate))
+        if args.plot:
+            plot_aggregate([json.loads(Path(f).read_text()) for f in args.aggregate], Path(args.plot))
         return
     missing = [f"--{n.replace('_', '-')}" for n in ("checkpoint", "data_root", "out") if not getattr(args, n)]
     if missing:
@@ -460,6 +463,39 @@ def plot(results: dict, path: Path) -> None:
            title=f"{b['model']}: {b['budget_epochs']:g} search epochs, {b['final_epochs']:g} final KD, seed {b['seed']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+def plot_aggregate(runs: list[dict], path: Path) -> None:
+    """Test accuracy at each target over several runs (seeds), per method: every seed as a small mark, the mean
+    with one sample standard deviation as a bar; one panel per target, so each y axis shows its own spread (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from autoprune.saving import atomic_write
+
+    methods = list(runs[0]["methods"])
+    fig, axes = plt.subplots(1, len(TARGETS), figsize=(3.0 * len(TARGETS), 3.6), dpi=120)
+    for ax, t in zip(axes, TARGETS):
+        for i, m in enumerate(methods):
+            v = [r["methods"][m]["acc_at"][f"{t:g}"] for r in runs]
+            v = [a * 100 for a in v if a is not None]
+            if not v:
+                continue
+            ax.plot([i] * len(v), v, "o", ms=3, alpha=0.45, color=f"C{i}")
+            sd = statistics.stdev(v) if len(v) > 1 else 0.0
+            ax.errorbar(i + 0.18, statistics.mean(v), yerr=sd, fmt="s", color=f"C{i}", capsize=3)
+        ax.set_xticks(range(len(methods)), [m.replace("_", "\n", 1) for m in methods], fontsize=7)
+        ax.set_title(f"@{t:g}x fewer MACs", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("test accuracy, reporting half (%)")
+    b = runs[0]["budget"]
+    fig.suptitle(f"{b['model']}: {len(runs)} seeds ({', '.join(str(r['budget']['seed']) for r in runs)}), "
+                 f"mean ± sd", fontsize=10)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)

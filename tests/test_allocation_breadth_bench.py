@@ -1,0 +1,50 @@
+"""benchmarks/allocation_breadth.py: per target, the rung-0 candidates' best score and the spread of their
+allocations, read from a study's records (a continuation counted once, with its candidate's rung-0 score)."""
+
+from __future__ import annotations
+
+import doctest
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+
+from autoprune.record import Fidelity, Metrics, PlanRecord, TrialRecord
+from tests.conftest import load_benchmark
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_benchmark("allocation_breadth")
+
+
+def _add(study: optuna.Study, ratios: dict[str, float], target: float, scores: dict[int, float],
+         continues: int | None = None) -> None:
+    acc = scores[max(scores)]
+    rec = TrialRecord(Metrics(acc, 1e6, 1e4, 1.0), PlanRecord("l1", ratios, target=target),
+                      Fidelity(scores, {k: 100 for k in scores}))
+    attrs = rec.to_user_attrs() | ({"continues": continues} if continues is not None else {})  # as telling does
+    study.add_trial(optuna.trial.create_trial(params={"alloc.a": 0.5}, distributions={"alloc.a": FloatDistribution(0, 1)},
+                                              values=[acc, 1e6], user_attrs=attrs))
+
+
+def test_helpers_doctests_pass(bench):
+    assert doctest.testmod(bench).failed == 0
+
+
+def test_breadth_per_target_counts_a_candidate_once(bench, tmp_path):
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}",
+                                directions=["maximize", "minimize"])
+    _add(study, {"a": 0.5, "b": 0.5}, 2.0, {0: 0.60})                       # trial 0: uniform
+    _add(study, {"a": 0.2, "b": 0.8}, 2.0, {0: 0.70})                       # trial 1: spread 0.6
+    _add(study, {"a": 0.2, "b": 0.8}, 2.0, {0: 0.70, 20: 0.85}, continues=1)  # trial 1 taken to rung 20
+    _add(study, {"a": 0.6, "b": 0.6}, 3.0, {0: 0.30})
+    found = bench.breadth(tmp_path)
+    assert set(found) == {"2", "3"}
+    two = found["2"]
+    assert two["candidates"] == 2          # the continuation is the same candidate
+    assert two["best_rung0"] == 0.70       # its rung-0 score, not the rung-20 one
+    assert two["top5_mean_rung0"] == pytest.approx(0.65)
+    assert two["median_spread"] == pytest.approx(0.3)  # median of 0.0 and 0.6
+    assert found["3"] == {"candidates": 1, "best_rung0": 0.30, "top5_mean_rung0": 0.3, "median_spread": 0.0,
+                          "top5_spread": 0.0}
