@@ -134,10 +134,12 @@ def image_folder_search(args: argparse.Namespace) -> dict:
 
 
 FLOOR = """
-import json, resource, sys, torch
+import json, sys, torch
 import autoprune.cli  # noqa: F401 - what the search process imports
 from autoprune.models import QuickstartCNN
-rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+def rss():  # peak RSS of this program (VmHWM starts afresh at exec; ru_maxrss keeps the forking parent's)
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    return int(line.split()[1]) // 1024
 out = {"imports_mb": rss()}
 m, (train_batch, eval_batch) = QuickstartCNN(num_classes=4, in_channels=3), map(int, sys.argv[1:3])
 opt = torch.optim.SGD(m.parameters(), lr=0.01)
@@ -153,7 +155,7 @@ print(json.dumps(out))
 
 
 def compute_floor(train_batch: int, eval_batch: int) -> dict:
-    """(c) Peak RSS of one fresh process that reads no data: imports, two training steps of the quickstart CNN
+    """(c) Peak RSS (VmHWM) of one fresh process that reads no data: imports, two training steps of the quickstart CNN
     (3 channels, 96 px) at the recovery batch, one evaluation batch. What the search needs whatever the data."""
     done = subprocess.run([sys.executable, "-c", FLOOR, str(train_batch), str(eval_batch)], capture_output=True,
                           text=True, check=True, cwd=ROOT)

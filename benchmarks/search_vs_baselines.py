@@ -23,6 +23,9 @@ baselines given one target's share of the search budget as extra KD on their sin
 Usage:
   python benchmarks/search_vs_baselines.py --model resnet20 --checkpoint ../shared/weights/cifar10-resnet/resnet20.pt \
       --data-root ../shared/datasets/cifar10 --budget-epochs 5 --final-epochs 1 --seed 0 --out runs/bench/s0.json
+  python benchmarks/search_vs_baselines.py --extra-kd-of runs/bench/s0.json --checkpoint ... --data-root ... \
+      --out runs/bench/s0_extra_kd.json          (only the --extra-kd rows for that earlier run, beside its rows)
+  python benchmarks/search_vs_baselines.py --aggregate runs/bench/s0.json runs/bench/s1.json ... [--plot F.png]
 """
 
 from __future__ import annotations
@@ -272,6 +275,59 @@ def reuse_final(args, ctx: StudyContext, bis: dict, stream, steps: int, cache: d
                                                        "_model": model})
 
 
+def extra_kd_rows(ctx: StudyContext, bis: dict, search_used: float, final_steps: int, seed: int,
+                  cache: dict) -> tuple[dict, dict]:
+    """``--extra-kd``: the two baselines' models given one target's share of the search's compute as more KD steps
+    in their final recovery (the same stream, longer), so a reader sees whether searching beats fine-tuning longer.
+    Their points per method, and the compute each spent beyond the final recovery."""
+    extra = final_steps + int(search_used / len(TARGETS) // BATCH)
+    long_stream = build_stream(ctx.base, ctx.data.train, extra, BATCH, True, seed + 1)
+    rows, spent_by = {}, {}
+    for name in bis:
+        rows[f"{name}+search_budget_as_kd"] = [
+            {**final_recovery(ctx, bis[name][t][1], long_stream, extra, cache), "target": t} for t in TARGETS]
+        spent_by[f"{name}+search_budget_as_kd"] = (extra - final_steps) * BATCH * len(TARGETS)
+        log(f"{name}+search_budget_as_kd: " + ", ".join(f"{p['target']:g}x {p['accuracy']:.4f}"
+                                                      for p in rows[f"{name}+search_budget_as_kd"]))
+    return rows, spent_by
+
+
+def extra_kd_of(args) -> None:
+    """``--extra-kd-of JSON``: only the ``--extra-kd`` rows for an earlier run (its seed, threads, final epochs and
+    the compute its search spent), beside that run's own baselines and search, written to ``--out``."""
+    old = json.loads(Path(args.extra_kd_of).read_text())
+    b = old["budget"]
+    if b["model"] != args.model or b["device"] != args.device:
+        sys.exit(f"--extra-kd-of {args.extra_kd_of}: a {b['model']} run on {b['device']}, not {args.model} on "
+                 f"{args.device}")
+    args.seed, args.threads, args.final_epochs = b["seed"], b["threads"], b["final_epochs"]
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="autoprune-bench-"))
+    ctx = prepare(load(args, f"bench_{args.model}_extra_kd", workdir), args.device)
+    bis = baselines(ctx)
+    for name in bis:  # the same structures as the earlier run's, or the rows would answer another question
+        for p in old["methods"][name]["points"]:
+            if round(bis[name][p["target"]][0], 4) != p["ratio"]:
+                sys.exit(f"--extra-kd-of: {name} @ {p['target']:g}x is not the earlier run's structure")
+    final_steps = int(args.final_epochs * (50000 // BATCH))
+    rows, spent_by = extra_kd_rows(ctx, bis, old["methods"]["autoprune"]["compute_images"], final_steps,
+                                   args.seed, {})
+    pts = [p for r in rows.values() for p in r]
+    x = torch.randn(BATCH, *ctx.example.shape[1:])
+    for p, lat in zip(pts, paired_speedups(ctx.base, [p.pop("_model") for p in pts], x)):
+        p.update(lat)
+    base_macs = old["base"]["macs"]
+    out = {"budget": {**b, "extra_kd_of": str(args.extra_kd_of), "date": time.strftime("%Y-%m-%d")},
+           "base": old["base"],
+           "methods": {m: old["methods"][m] for m in ("autoprune", "uniform_l1", "tp_global_l1", "random_adaptive_bn")}
+           | {m: summarise(r, base_macs, spent_by[m]) for m, r in rows.items()},
+           "wall_s": round(time.perf_counter() - t0, 1)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2, default=str))
+    table(out)
+
+
 def run_methods(args, ctx: StudyContext, rctx: StudyContext, budget: float) -> tuple[dict, dict]:
     """Every method's chosen models after the final recovery, and what the searches spent."""
     bis = baselines(ctx)
@@ -311,12 +367,9 @@ def run_methods(args, ctx: StudyContext, rctx: StudyContext, budget: float) -> t
     spent_by = {"autoprune": ap_used, "random_adaptive_bn": rnd_screen + rnd_tune, "uniform_l1": 0.0,
                 "tp_global_l1": 0.0}
     if args.extra_kd:
-        extra = final_steps + int(ap_used / len(TARGETS) // BATCH)
-        long_stream = build_stream(ctx.base, ctx.data.train, extra, BATCH, True, args.seed + 1)
-        for name in bis:
-            methods[f"{name}+search_budget_as_kd"] = [
-                {**final_recovery(ctx, bis[name][t][1], long_stream, extra, cache), "target": t} for t in TARGETS]
-            spent_by[f"{name}+search_budget_as_kd"] = (extra - final_steps) * BATCH * len(TARGETS)
+        rows, spent_kd = extra_kd_rows(ctx, bis, ap_used, final_steps, args.seed, cache)
+        methods |= rows
+        spent_by |= spent_kd
     studies = {"autoprune": _study_summary(ap_recs, ap_used, ap_failed),
                "random_adaptive_bn": {**_study_summary(rnd_recs, rnd_screen, rnd_failed), "finetune_units": rnd_tune,
                                       "top_per_target": args.eagle_top}}
@@ -350,9 +403,17 @@ def main() -> None:
     ap.add_argument("--plot", help="also draw the points to this PNG (needs matplotlib)")
     ap.add_argument("--reuse-final", metavar="JSON", help="take the uniform and global baselines' final recoveries "
                     "from this earlier run of the same seed and settings (checked by recomputing one)")
+    ap.add_argument("--extra-kd-of", metavar="JSON", help="only the --extra-kd rows for this earlier run (its seed, "
+                    "threads, final epochs and search compute), with its other rows, to --out")
     ap.add_argument("--aggregate", nargs="+", metavar="JSON", help="only print the mean and spread of saved runs "
                     "(with --plot: draw them, every seed and the mean with its standard deviation, per target)")
     args = ap.parse_args()
+    if args.extra_kd_of:
+        missing = [f"--{n.replace('_', '-')}" for n in ("checkpoint", "data_root", "out") if not getattr(args, n)]
+        if missing:
+            ap.error(f"the following arguments are required: {', '.join(missing)}")
+        extra_kd_of(args)
+        return
     if args.aggregate:
         print(aggregate(args.aggregate))
         if args.plot:
