@@ -408,10 +408,13 @@ def main() -> None:
     ap.add_argument("--aggregate", nargs="+", metavar="JSON", help="only print the mean and spread of saved runs "
                     "(with --plot: draw them, every seed and the mean with its standard deviation, per target)")
     args = ap.parse_args()
-    if args.extra_kd_of:
-        missing = [f"--{n.replace('_', '-')}" for n in ("checkpoint", "data_root", "out") if not getattr(args, n)]
+    def require(*names: str) -> None:
+        missing = [f"--{n.replace('_', '-')}" for n in names if not getattr(args, n)]
         if missing:
             ap.error(f"the following arguments are required: {', '.join(missing)}")
+
+    if args.extra_kd_of:
+        require("checkpoint", "data_root", "out")
         extra_kd_of(args)
         return
     if args.aggregate:
@@ -419,9 +422,7 @@ def main() -> None:
         if args.plot:
             plot_aggregate([json.loads(Path(f).read_text()) for f in args.aggregate], Path(args.plot))
         return
-    missing = [f"--{n.replace('_', '-')}" for n in ("checkpoint", "data_root", "out") if not getattr(args, n)]
-    if missing:
-        ap.error(f"the following arguments are required: {', '.join(missing)}")
+    require("checkpoint", "data_root", "out")
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="autoprune-bench-"))
