@@ -558,5 +558,14 @@ def _evaluate_latency(ctx, model) -> dict[str, Any]:
     return paired_fields(lat)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The ``autoprune`` command as installed: large CPU tensors on huge pages (:mod:`autoprune.hostmalloc`,
+    which may start the program again first), then :func:`main`."""
+    from autoprune.hostmalloc import restart_with_huge_pages
+
+    restart_with_huge_pages()
     main()
+
+
+if __name__ == "__main__":
+    entry()

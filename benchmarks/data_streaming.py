@@ -99,10 +99,12 @@ def search_study(folder: Path, workdir: Path, trials: int, workers: int | None, 
     return path
 
 
-def run_search(study: Path, code: Path | None = None) -> dict:
-    """``autoprune search`` in a subprocess (of the checkout ``code`` if given: another commit, side by side)."""
+def run_search(study: Path, code: Path | None = None, huge_pages: bool = True) -> dict:
+    """``autoprune search`` in a subprocess (of the checkout ``code`` if given: another commit, side by side);
+    ``huge_pages=False`` sets AUTOPRUNE_HUGE_PAGES=0 (glibc's allocator as it is: see autoprune.hostmalloc)."""
     cmd = [sys.executable, "-m", "autoprune.cli", "search", str(study)]
-    env = dict(os.environ, PYTHONPATH=str(code)) if code else None
+    env = dict(os.environ, **({"PYTHONPATH": str(code)} if code else {}),
+               **({} if huge_pages else {"AUTOPRUNE_HUGE_PAGES": "0"}))
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
                             cwd=str(code) if code else None)
@@ -127,9 +129,10 @@ def image_folder_search(args: argparse.Namespace) -> dict:
         write_folder(folder, args.images, args.val_images)
         made = time.perf_counter() - t0
         result = run_search(search_study(folder, Path(tmp) / "run", args.trials, args.workers, args.base_epochs,
-                                         args.eval_batch), args.code)
+                                         args.eval_batch), args.code, not args.no_huge_pages)
     return {"images": args.images, "val_images": args.val_images, "trials": args.trials,
             "num_workers": args.workers, "eval_batch": args.eval_batch, "code": str(args.code or ROOT),
+            "huge_pages": not args.no_huge_pages,
             "folder_written_s": round(made, 1), **result}
 
 
@@ -235,6 +238,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--code", type=Path, default=None,
                     help="run the search from this checkout (e.g. a worktree of the commit before streaming)")
+    ap.add_argument("--no-huge-pages", action="store_true",
+                    help="the search with AUTOPRUNE_HUGE_PAGES=0 (large CPU tensors on 4 kB pages, as before)")
     ap.add_argument("--skip-search", action="store_true", help="only (b) and (c)")
     ap.add_argument("--floor", action="store_true",
                     help="(c): the compute floor, no data read: a fresh process's peak RSS after importing "
