@@ -12,6 +12,7 @@ import pytest
 
 from autoprune import hostmalloc
 from autoprune.hostmalloc import glibc_at_least, huge_page_tunables, restart_with_huge_pages, thp_mode
+from tests.conftest import load_benchmark
 
 
 def test_the_examples_in_the_docstrings_hold() -> None:
@@ -83,3 +84,9 @@ def test_a_real_restart_happens_once_and_the_program_sees_the_tunable() -> None:
     (line,) = proc.stdout.splitlines()  # printed once: the restarted program does not restart again
     expected = "glibc.malloc.hugetlb=1" if mode == "madvise" else "None"
     assert line.split()[1] == expected
+
+
+def test_the_allocator_benchmark_times_the_setting_the_command_makes() -> None:
+    bench = load_benchmark("host_allocator")
+    assert bench.SETTINGS["hugetlb"]["GLIBC_TUNABLES"] == huge_page_tunables({}, "madvise", True)
+    assert bench.SETTINGS["default"] == {}
