@@ -558,12 +558,17 @@ def _evaluate_latency(ctx, model) -> dict[str, Any]:
     return paired_fields(lat)
 
 
-def entry() -> None:
-    """The ``autoprune`` command as installed: large CPU tensors on huge pages (:mod:`autoprune.hostmalloc`,
-    which may start the program again first), then :func:`main`."""
-    from autoprune.hostmalloc import restart_with_huge_pages
+TRAINING_COMMANDS = ("search", "retrain")  # run for minutes: worth a restart with huge pages
 
-    restart_with_huge_pages()
+
+def entry() -> None:
+    """The ``autoprune`` command as installed: :func:`main`, for a training command with large CPU tensors on huge
+    pages (:mod:`autoprune.hostmalloc`, which may start the program again first: a second ``import torch``, so
+    the quick commands skip it)."""
+    if sys.argv[1:2] and sys.argv[1] in TRAINING_COMMANDS:
+        from autoprune.hostmalloc import restart_with_huge_pages
+
+        restart_with_huge_pages()
     main()
 
 

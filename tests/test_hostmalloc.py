@@ -90,3 +90,17 @@ def test_the_allocator_benchmark_times_the_setting_the_command_makes() -> None:
     bench = load_benchmark("host_allocator")
     assert bench.SETTINGS["hugetlb"]["GLIBC_TUNABLES"] == huge_page_tunables({}, "madvise", True)
     assert bench.SETTINGS["default"] == {}
+
+
+@pytest.mark.parametrize("argv, restarts", [(["autoprune", "search", "s.yaml"], True),
+                                            (["autoprune", "retrain", "s.yaml", "--trial", "3"], True),
+                                            (["autoprune", "status", "s.yaml"], False), (["autoprune"], False)])
+def test_only_the_training_commands_restart(monkeypatch, argv, restarts) -> None:
+    from autoprune import cli
+
+    calls: list[str] = []
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(hostmalloc, "restart_with_huge_pages", lambda: calls.append("restart"))
+    monkeypatch.setattr(cli, "main", lambda: calls.append("main"))
+    cli.entry()
+    assert calls == (["restart", "main"] if restarts else ["main"])
