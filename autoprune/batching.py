@@ -7,6 +7,7 @@ the batches themselves are made here, by the same code for both, so the same ima
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Iterable, Iterator
 
 import torch
@@ -54,23 +55,24 @@ def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
     return device_layout((x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1))
 
 
-class Batches:
+class Batches(ABC):
     """Batches, preprocessing and examples over a split's raw reads (a subclass gives ``mean``, ``std``,
     ``__len__``, :meth:`read` and :meth:`rows`)."""
 
     mean: torch.Tensor
     std: torch.Tensor
 
+    @abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError
+        """The number of images in the split."""
 
+    @abstractmethod
     def read(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The raw images (uint8 or float in [0, 1], NCHW) and labels at positions ``idx``, on the split's device."""
-        raise NotImplementedError
 
+    @abstractmethod
     def rows(self, rows: Iterable[torch.Tensor | slice]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """:meth:`read` of each batch of positions in ``rows``, in order (a streaming split reads ahead)."""
-        raise NotImplementedError
 
     def prepare(self, x: torch.Tensor, augment: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         x = to_unit(x)

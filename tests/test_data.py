@@ -114,3 +114,17 @@ def test_the_data_module_examples_hold():
     from autoprune import data, fitcheck
 
     assert doctest.testmod(data).failed == 0 and doctest.testmod(fitcheck).failed == 0
+
+
+def test_a_split_kind_must_give_its_length_reads_and_rows() -> None:
+    from autoprune.batching import Batches
+
+    class OnlyReads(Batches):
+        def __len__(self) -> int:
+            return 0
+
+        def read(self, idx):
+            return idx, idx
+
+    with pytest.raises(TypeError, match="rows"):
+        OnlyReads()
