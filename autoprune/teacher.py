@@ -157,6 +157,7 @@ def load_or_build_stream(cache_dir: Path, key: str, teacher: nn.Module, split: I
     elif path.is_file():
         log(f"cached teacher logits {path} fail their checksum; recomputing them")
     scratch = path.with_suffix(".logits.partial")
+    path.parent.mkdir(parents=True, exist_ok=True)  # a study searched for the first time has no folder yet
     try:
         stream = build_stream(teacher, split, steps, batch_size, augment, seed, on_step=on_step, scratch=scratch)
         save_checksummed(stream.to_dict(), path)
