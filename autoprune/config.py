@@ -15,6 +15,7 @@ from typing import Any, Callable, Literal, Union
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, field_validator,
                       model_serializer, model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.pareto import Direction
@@ -22,7 +23,10 @@ from autoprune.pareto import Direction
 METRICS = ("accuracy", "macs", "params", "latency_ms")
 DIRECTIONS = {"accuracy": Direction.MAXIMIZE, "macs": Direction.MINIMIZE, "params": Direction.MINIMIZE,
               "latency_ms": Direction.MINIMIZE}
-RECOVERY_SEARCHABLE = ("lr", "temperature", "alpha", "steps")
+RECOVERY_SEARCHABLE = ("lr", "temperature", "alpha")
+# recovery.steps is not a search-space parameter: a trial's fine-tune budgets are the study's rung ladder
+STEPS_NOT_SEARCHED = ("cannot be set in the search space: fine-tune budgets are the rung ladder; set recovery.steps "
+                      "in the study file, and fidelity.promote_steps for longer rungs")
 
 
 def _known(lookup: Callable[[str], Any], name: str) -> str:
@@ -283,6 +287,10 @@ class SearchSpaceConfig(_Strict):
     @field_validator("recovery")
     @classmethod
     def _recovery_keys(cls, v: dict[str, Param]) -> dict[str, Param]:
+        if "steps" in v:  # an error located at recovery.steps, not at recovery
+            detail = InitErrorDetails(type=PydanticCustomError("value_error", STEPS_NOT_SEARCHED), loc=("steps",),
+                                      input=v["steps"])
+            raise ValidationError.from_exception_data("recovery", [detail])
         for key in v:
             if key not in RECOVERY_SEARCHABLE:
                 raise ValueError(f"unknown recovery parameter {key!r}; expected one of {list(RECOVERY_SEARCHABLE)}")
@@ -291,7 +299,8 @@ class SearchSpaceConfig(_Strict):
 
 # ------------------------------------------------------------------------------------------------ the study
 class RecoveryConfig(_Strict):
-    """Fixed recovery settings; the search space may make lr, temperature, alpha and steps searchable."""
+    """Fixed recovery settings; the search space may make lr, temperature and alpha searchable (``steps`` is the
+    first rung of the fine-tune ladder, :func:`autoprune.fidelity.rung_ladder`, set here only)."""
 
     bn_recalibration_batches: int = Field(10, ge=0)
     steps: int = Field(50, ge=0)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from autoprune.probe import check_prunable
-from autoprune.config import ChoiceParam, RangeParam, RecoveryConfig, Study
+from autoprune.config import RecoveryConfig, Study
 from autoprune.data import DataSplits, Images, load_splits
 from autoprune.fitcheck import check_model_fits
 from autoprune.depth import droppable_blocks
@@ -276,16 +276,8 @@ def _latency_model(ctx: StudyContext, log: Callable[[str], None]) -> LatencyCost
 
 
 def stream_steps(study: Study) -> int:
-    """Steps the recovery stream must hold: the longest short recovery plus a promotion's extra steps."""
-    steps = study.config.recovery.steps
-    searched = study.space.recovery.get("steps")
-    if isinstance(searched, RangeParam):
-        steps = int(searched.high)
-    elif isinstance(searched, ChoiceParam):
-        steps = max(int(c) for c in searched.choices)
-    elif isinstance(searched, (int, float)):
-        steps = int(searched)
-    return steps + study.config.fidelity.promote_steps
+    """Steps the recovery stream must hold: the short recovery plus a promotion's extra steps."""
+    return study.config.recovery.steps + study.config.fidelity.promote_steps
 
 
 def _recovery_stream(study: Study, teacher: nn.Module, data: DataSplits, log: Callable[[str], None],

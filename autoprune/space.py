@@ -2,8 +2,9 @@
 
 Parameter names: ``ratio.<group>`` for each pruning group (or, with cost targets, ``alloc.<group>`` weights;
 the trial's ``target`` is given, not sampled), ``scorer``, ``round_to`` (when the space lists several),
-``recovery.<name>`` for searchable recovery settings, ``drop.<block>`` (true/false) for each residual block
-depth pruning may drop. The same dict of distributions serves Optuna's ``ask`` and Ray's ``OptunaSearch``.
+``recovery.<name>`` for searchable recovery settings (lr, temperature, alpha; never steps, which the rung ladder
+decides), ``drop.<block>`` (true/false) for each residual block depth pruning may drop. The same dict of
+distributions serves Optuna's ``ask`` and Ray's ``OptunaSearch``.
 """
 
 from __future__ import annotations
@@ -11,13 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
 from autoprune.config import ChoiceParam, RangeParam, RecoveryConfig, SearchSpaceConfig
 from autoprune.errors import AutopruneError
-
-INT_RECOVERY = {"steps"}
-
 
 @dataclass(frozen=True)
 class TrialPlan:
@@ -36,9 +34,7 @@ class TrialPlan:
 Placer = Callable[[Mapping[str, float], float, int | None], Mapping[str, float]]
 
 
-def _range(p: RangeParam, as_int: bool) -> BaseDistribution:
-    if as_int:
-        return IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+def _range(p: RangeParam) -> BaseDistribution:
     return FloatDistribution(p.low, p.high, log=p.log, step=p.step)
 
 
@@ -56,7 +52,7 @@ def distributions(space: SearchSpaceConfig, groups: list[str], droppable: Sequen
             out[f"alloc.{g}"] = FloatDistribution(space.allocation.low, space.allocation.high)
             continue
         high = max(space.ratio.low, min(space.ratio.high, (highs or {}).get(g, space.ratio.high)))
-        out[f"ratio.{g}"] = _range(space.ratio.model_copy(update={"high": high}), False)
+        out[f"ratio.{g}"] = _range(space.ratio.model_copy(update={"high": high}))
     for block in droppable:
         out[f"drop.{block}"] = CategoricalDistribution([False, True])
     if len(space.scorers) > 1:
@@ -65,7 +61,7 @@ def distributions(space: SearchSpaceConfig, groups: list[str], droppable: Sequen
         out["round_to"] = CategoricalDistribution(space.round_to_choices)
     for name, p in space.recovery.items():
         if isinstance(p, RangeParam):
-            out[f"recovery.{name}"] = _range(p, name in INT_RECOVERY)
+            out[f"recovery.{name}"] = _range(p)
         elif isinstance(p, ChoiceParam):
             out[f"recovery.{name}"] = CategoricalDistribution(p.choices)
     return out
@@ -95,6 +91,6 @@ def decode(params: Mapping[str, Any], space: SearchSpaceConfig, groups: list[str
             overrides[name] = params[f"recovery.{name}"]
         else:
             overrides[name] = p
-    rec = recovery.model_copy(update={k: (int(v) if k in INT_RECOVERY else float(v)) for k, v in overrides.items()})
+    rec = recovery.model_copy(update={k: float(v) for k, v in overrides.items()})
     dropped = tuple(k[len("drop."):] for k, v in params.items() if k.startswith("drop.") and bool(v))
     return TrialPlan(ratios, scorer, RecoveryConfig.model_validate(rec.model_dump()), dropped, target, round_to)

@@ -121,3 +121,13 @@ def test_every_registered_sampler_validates(write_study):
 
     for name in SAMPLERS:
         assert load_study(write_study({"sampler": {"name": name}})).config.sampler.name == name
+
+
+def test_a_study_whose_search_space_sets_recovery_steps_does_not_load(write_study, tmp_path):
+    """Fine-tune budgets are the study's rung ladder: a steps range in the search space would be sampled and
+    recorded but never run, so loading refuses it in one line naming the space file and recovery.steps."""
+    path = write_study(space_overrides={"recovery": {"steps": {"low": 10, "high": 50}}})
+    with pytest.raises(ConfigError) as err:
+        load_study(path)
+    assert str(err.value).startswith(f"{tmp_path / 'space.yaml'}: recovery.steps: ")
+    assert "fidelity.promote_steps" in str(err.value) and "\n" not in str(err.value)

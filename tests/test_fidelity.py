@@ -102,10 +102,9 @@ def test_stream_cache_is_reused_and_rebuilt_when_corrupt(ctx, tmp_path):
     assert torch.equal(s3.logits, s1.logits)
 
 
-def test_stream_holds_the_longest_recovery_plus_a_promotion(tmp_path):
-    study = _study(tmp_path, study={"recovery": {"steps": 5, "batch_size": 64}, "fidelity": {"promote_steps": 7}},
-                   space={"recovery": {"steps": {"low": 2, "high": 9}}})
-    assert stream_steps(study) == 16
+def test_stream_holds_the_short_recovery_plus_a_promotion(tmp_path):
+    study = _study(tmp_path, study={"recovery": {"steps": 5, "batch_size": 64}, "fidelity": {"promote_steps": 7}})
+    assert stream_steps(study) == 12
 
 
 # ---------------------------------------------------------------------------------------------------- promotion

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from autoprune.config import RecoveryConfig, parse_search_space
 from autoprune.space import decode, distributions
@@ -8,12 +8,12 @@ from autoprune.space import decode, distributions
 
 def test_distributions_name_every_group_and_searchable_recovery():
     space = parse_search_space({"ratio": {"low": 0.0, "high": 0.5, "step": 0.1}, "scorers": ["l1", "taylor"],
-                                "recovery": {"lr": {"low": 0.001, "high": 0.1, "log": True}, "steps": {"low": 10, "high": 50},
-                                             "temperature": {"choices": [2, 4]}, "alpha": 0.5}})
+                                "recovery": {"lr": {"low": 0.001, "high": 0.1, "log": True}, "alpha": {"low": 0.5, "high": 0.9},
+                                             "temperature": {"choices": [2, 4]}}})
     d = distributions(space, ["g1", "g2"])
-    assert set(d) == {"ratio.g1", "ratio.g2", "scorer", "recovery.lr", "recovery.steps", "recovery.temperature"}
+    assert set(d) == {"ratio.g1", "ratio.g2", "scorer", "recovery.lr", "recovery.alpha", "recovery.temperature"}
     assert isinstance(d["ratio.g1"], FloatDistribution) and d["ratio.g1"].high == 0.5
-    assert isinstance(d["recovery.steps"], IntDistribution)
+    assert isinstance(d["recovery.alpha"], FloatDistribution) and d["recovery.lr"].log
     assert isinstance(d["scorer"], CategoricalDistribution) and d["scorer"].choices == ("l1", "taylor")
 
 
@@ -25,10 +25,26 @@ def test_single_scorer_is_fixed_not_searched():
 
 
 def test_decode_fills_fixed_recovery_and_casts():
-    space = parse_search_space({"recovery": {"alpha": 0.5, "steps": {"low": 10, "high": 50}}})
-    plan = decode({"ratio.a": 0.3, "recovery.steps": 20}, space, ["a"], RecoveryConfig(lr=0.02))
+    space = parse_search_space({"recovery": {"alpha": 0.5, "temperature": {"choices": [2, 4]}}})
+    plan = decode({"ratio.a": 0.3, "recovery.temperature": 2}, space, ["a"], RecoveryConfig(lr=0.02, steps=7))
     assert plan.ratios == {"a": 0.3}
-    assert plan.recovery.alpha == 0.5 and plan.recovery.steps == 20 and plan.recovery.lr == 0.02
+    assert plan.recovery.alpha == 0.5 and plan.recovery.temperature == 2.0 and plan.recovery.lr == 0.02
+    assert isinstance(plan.recovery.temperature, float) and plan.recovery.steps == 7
+
+
+def test_recovery_steps_in_the_search_space_is_refused_naming_the_file_and_field():
+    """A trial fine-tunes the study's rung ladder, so a searched (or fixed) steps in the space would be recorded
+    but never run: it is refused, saying where the fine-tune budgets are set."""
+    import pytest
+
+    from autoprune.errors import ConfigError
+
+    for steps in ({"low": 10, "high": 50}, {"choices": [10, 20]}, 30):
+        with pytest.raises(ConfigError) as err:
+            parse_search_space({"recovery": {"lr": 0.01, "steps": steps}}, source="space.yaml")
+        assert (err.value.source, err.value.field) == ("space.yaml", "recovery.steps")
+        assert "rung ladder" in err.value.message and "fidelity.promote_steps" in err.value.message
+        assert "\n" not in str(err.value)
 
 
 def test_round_to_as_a_list_is_a_searchable_choice_and_a_single_value_stays_fixed():
