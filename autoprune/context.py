@@ -28,6 +28,7 @@ from autoprune.device import memory_format, resolve_device, to_device
 from autoprune.devicelock import DeviceLock, NoLock
 from autoprune.distill import finetune
 from autoprune.errors import AutopruneError
+from autoprune.fidelity import rung_ladder
 from autoprune.latency import Deployed, deploy, paired_latency
 from autoprune.measure import accuracy, count_macs, count_params
 from autoprune.models import create_model, load_checkpoint, resolve_model
@@ -276,8 +277,8 @@ def _latency_model(ctx: StudyContext, log: Callable[[str], None]) -> LatencyCost
 
 
 def stream_steps(study: Study) -> int:
-    """Steps the recovery stream must hold: the short recovery plus a promotion's extra steps."""
-    return study.config.recovery.steps + study.config.fidelity.promote_steps
+    """Steps the recovery stream must hold: the top rung of the study's ladder."""
+    return rung_ladder(study.config)[-1]
 
 
 def _recovery_stream(study: Study, teacher: nn.Module, data: DataSplits, log: Callable[[str], None],

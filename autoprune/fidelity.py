@@ -13,20 +13,30 @@ longer-recovery accuracy can be read back (:func:`rank_correlation`). Works on t
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from autoprune.pareto import Direction, nondominated_ranks
 from autoprune.record import TrialRecord, heads
 
+if TYPE_CHECKING:
+    from autoprune.config import StudyConfig
 
-def rung_ladder(steps: int, promote_steps: int, bn_rung: bool) -> list[int]:
-    """The rungs a trial may climb, as cumulative fine-tune steps: BN re-calibration only (0) if ``bn_rung``,
-    the short recovery, and the longer one if ``promote_steps``.
 
-    >>> rung_ladder(20, 200, True), rung_ladder(20, 0, False), rung_ladder(0, 5, True)
+def rung_ladder(config: StudyConfig) -> list[int]:
+    """The study's rungs, as cumulative fine-tune steps: BN re-calibration only (0) with ``fidelity.bn_rung``, the
+    short recovery (``recovery.steps``), and the longer one (``fidelity.promote_steps`` more) if set. The one place
+    a study's fine-tune budgets are decided: a trial's first rung, the rung a promotion goes to and the length of
+    the teacher stream (the top rung) are all read from here.
+
+    >>> from autoprune.config import FidelityConfig, RecoveryConfig, StudyConfig
+    >>> def ladder(steps, promote, bn):
+    ...     fid = FidelityConfig(promote_steps=promote, bn_rung=bn)
+    ...     return rung_ladder(StudyConfig.model_construct(recovery=RecoveryConfig(steps=steps), fidelity=fid))
+    >>> ladder(20, 200, True), ladder(20, 0, False), ladder(0, 5, True)
     ([0, 20, 220], [20], [0, 5])
     """
-    ladder = ([0] if bn_rung else []) + [steps] + ([steps + promote_steps] if promote_steps else [])
+    steps, fid = config.recovery.steps, config.fidelity
+    ladder = ([0] if fid.bn_rung else []) + [steps] + ([steps + fid.promote_steps] if fid.promote_steps else [])
     return sorted(set(ladder))
 
 

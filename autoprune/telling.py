@@ -82,7 +82,7 @@ def enqueue_due(ost: optuna.Study, study: Study) -> list[int]:
     ``target`` and ``warm_start``; Optuna hands waiting trials out before sampling new ones, so a worker that asks
     for work takes a due promotion first. A candidate already continued by a waiting or running trial is skipped."""
     fid = study.config.fidelity
-    ladder = rung_ladder(study.config.recovery.steps, fid.promote_steps, fid.bn_rung)
+    ladder = rung_ladder(study.config)
     if len(ladder) < 2:
         return []
     pending = ost.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))

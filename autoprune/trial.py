@@ -67,7 +67,7 @@ def run_trial(ctx: StudyContext, params: Mapping[str, Any], seed: int = 0, save_
         model, pplan = _prune(ctx, plan)
     with clock.phase("bn_calibration"), ctx.lock.shared():
         recalibrate_bn(model, ctx.data.train, rec.bn_recalibration_batches, rec.batch_size, generator=gen)
-    ladder = _ladder(ctx)
+    ladder = rung_ladder(ctx.study.config)
     _recover(ctx, model, clock, gen, ladder[0], 0, rec)
     score, images, hits = _evaluate(ctx, model, clock, ladder, ladder[0])
     with clock.phase("measure"):
@@ -87,7 +87,7 @@ def continue_trial(ctx: StudyContext, parent: TrialRecord, save_dir: Path | None
     validation split at the top rung, on the seeded subset below it). A rung's fine-tune builds its own optimizer
     and schedule, so this is the computation the candidate would have run had it gone on at once. The record
     holds the parent's scores and the new one; its metrics are the parent's with the new accuracy."""
-    ladder = _ladder(ctx)
+    ladder = rung_ladder(ctx.study.config)
     done = parent.fidelity.steps
     rung = next_rung(ladder, done)
     if rung is None:
@@ -109,11 +109,6 @@ def continue_trial(ctx: StudyContext, parent: TrialRecord, save_dir: Path | None
     plan = replace(parent.plan, finetune_steps=rung, finetune_images=rung * rec.batch_size)
     model_file = _save(ctx, model, history, plan.ratios, plan.scorer, plan.dropped, save_dir)
     return TrialRecord(replace(parent.metrics, accuracy=score), plan, fidelity, clock.done(), model_file)
-
-
-def _ladder(ctx: StudyContext) -> list[int]:
-    cfg = ctx.study.config
-    return rung_ladder(cfg.recovery.steps, cfg.fidelity.promote_steps, cfg.fidelity.bn_rung)
 
 
 def _recover(ctx: StudyContext, model: nn.Module, clock: _Clock, gen: torch.Generator, steps: int, start: int,
