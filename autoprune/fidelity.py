@@ -57,7 +57,7 @@ def due(records: Sequence[TrialRecord], ladder: Sequence[int], objectives: Seque
     """
     claimed = set(claimed)
     objectives, directions = ranked_objectives(objectives, directions, target, pinned)
-    at = [r for r in heads(records) if r.completed and r.fidelity and (r.plan.target if r.plan else None) == target]
+    at = [r for r in heads(records) if r.completed and r.fidelity and r.target == target]
     for rung in reversed(list(ladder)[:-1]):
         peers = [r for r in at if r.fidelity.score(rung) is not None]
         places = math.floor(len(peers) / eta + 1e-9)

@@ -243,6 +243,11 @@ class TrialRecord:
         return bool(self.fidelity and self.fidelity.promoted)
 
     @property
+    def target(self) -> float | None:
+        """The cost target the trial's allocation was placed on (None: a study without targets, or no plan)."""
+        return self.plan.target if self.plan is not None else None
+
+    @property
     def short_accuracy(self) -> float:
         """The accuracy at the first rung (the reported accuracy for a trial never promoted)."""
         if self.metrics is None:

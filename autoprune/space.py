@@ -44,7 +44,7 @@ def distributions(space: SearchSpaceConfig, groups: list[str], droppable: Sequen
     """Optuna distributions for every searchable parameter (fixed values are not parameters); a ``drop.<block>``
     choice for each block depth pruning may drop. ``highs``: per-group upper ratios from a sensitivity scan.
     With cost ``targets``, each group gets an allocation weight ``alloc.<group>`` instead of a ratio; the
-    target is not sampled but given to each trial in turn (:func:`autoprune.telling.trial_target`), so every
+    target is not sampled but given to each trial in turn (:func:`autoprune.telling.ask`), so every
     target gets its share of the trials."""
     out: dict[str, BaseDistribution] = {}
     for g in groups:

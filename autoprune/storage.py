@@ -285,7 +285,7 @@ def front(ost: optuna.Study, rung: int | None = None) -> list[dict[str, Any]]:
     done = [r for r in heads(done) if r.completed and r.fidelity]
     by_target: dict[Any, list[TrialRecord]] = {}
     for r in done:
-        by_target.setdefault(r.plan.target if r.plan else None, []).append(r)
+        by_target.setdefault(r.target, []).append(r)
     targeted = any(t is not None for t in by_target)
     if rung is None and targeted:
         rung = min(max(r.fidelity.steps for r in rs) for rs in by_target.values())
@@ -294,7 +294,7 @@ def front(ost: optuna.Study, rung: int | None = None) -> list[dict[str, Any]]:
     reached = [r for r in done if rung is not None and r.fidelity.score(rung) is not None]
     if targeted:  # cost targets: each target's best candidate
         reached = [max(rs, key=lambda r: (r.fidelity.scores[rung], -(r.number or 0)))
-                   for t in by_target if (rs := [r for r in reached if (r.plan.target if r.plan else None) == t])]
+                   for t in by_target if (rs := [r for r in reached if r.target == t])]
     objectives = list(ost.user_attrs.get("objectives", ["accuracy", "macs"]))
     points = [[r.fidelity.scores[rung] if o == "accuracy" else float(r.metrics[o]) for o in objectives]
               for r in reached]

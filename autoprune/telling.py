@@ -1,14 +1,15 @@
 """One way to tell: what every backend does around a trial, in one place.
 
 Both backends (:mod:`autoprune.backends.optuna_backend` and :mod:`autoprune.backends.ray_backend`) build their
-sampler here, sample with :func:`suggest_all`, store a trial's :class:`~autoprune.record.TrialRecord` with
-:func:`tell_result` or its failure with :func:`tell_failure`, promote with :func:`enqueue_due`, and fail a
-trial a dead process left RUNNING with :func:`fail_running`; :func:`records` (from :mod:`autoprune.storage`) reads
+sampler here, learn what a trial is to run (parameters, cost target, seed) with :func:`ask`, store a trial's
+:class:`~autoprune.record.TrialRecord` with :func:`tell_result` or its failure with :func:`tell_failure`, promote
+with :func:`enqueue_due`, and fail a trial a dead process left RUNNING with :func:`fail_running`; :func:`records` (from :mod:`autoprune.storage`) reads
 a study's trials back as records. Only Optuna's public API is used.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import optuna
@@ -31,7 +32,44 @@ def study_sampler(study: Study, seed: int, ost: optuna.Study | None = None, work
     return make_sampler(study.config.sampler, seed + _SEED_STRIDE * worker + done)
 
 
-def suggest_all(trial: optuna.Trial, dists: dict[str, BaseDistribution]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Asked:
+    """What a backend runs for one Optuna trial.
+
+    ``params``: the sampled parameters, with the trial's cost target as ``target`` in a study with targets (the
+    form :func:`autoprune.trial.run_trial` takes); ``seed``: the trial's seed; ``continues``: the trial number of
+    the candidate this trial takes one rung further (a deferred promotion), None for a new candidate.
+    """
+
+    params: dict[str, Any]
+    seed: int
+    continues: int | None = None
+
+    @property
+    def target(self) -> float | None:
+        return self.params.get("target")
+
+
+def ask(trial: optuna.Trial, dists: dict[str, BaseDistribution], targets: Sequence[float] | None,
+        seed: int) -> Asked:
+    """Everything a running ``trial`` is to do: its parameters (sampled, or an enqueued trial's fixed ones), its
+    cost target (stored on the trial as the user attribute ``target``), its seed (``seed`` plus the trial number)
+    and the candidate it continues. Both backends ask here.
+
+    Example:
+        >>> ost = optuna.create_study()
+        >>> asked = ask(ost.ask(), {"ratio.g": FloatDistribution(0.0, 0.5)}, [2.0], seed=10)
+        >>> sorted(asked.params), asked.target, asked.seed, asked.continues
+        (['ratio.g', 'target'], 2.0, 10, None)
+    """
+    params = _suggest_all(trial, dists)
+    target = _trial_target(trial, targets)
+    if target is not None:
+        params["target"] = target
+    return Asked(params, seed + trial.number, _continued(trial))
+
+
+def _suggest_all(trial: optuna.Trial, dists: dict[str, BaseDistribution]) -> dict[str, Any]:
     """Sample every parameter (an enqueued retry or warm start gets its fixed values back)."""
     for name, d in dists.items():
         if isinstance(d, FloatDistribution):
@@ -45,7 +83,7 @@ def suggest_all(trial: optuna.Trial, dists: dict[str, BaseDistribution]) -> dict
     return dict(trial.params)
 
 
-def trial_target(trial: optuna.Trial, targets: Sequence[float] | None) -> float | None:
+def _trial_target(trial: optuna.Trial, targets: Sequence[float] | None) -> float | None:
     """The cost target of ``trial``: the one it was enqueued with (a warm start), else the targets in turn by
     trial number, so each target gets its share of the trials whatever the sampler prefers (a sampler told
     accuracy and MACs would otherwise crowd the cheapest target). Stored on the trial as ``target``."""
@@ -86,7 +124,7 @@ def enqueue_due(ost: optuna.Study, study: Study) -> list[int]:
     if len(ladder) < 2:
         return []
     pending = ost.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
-    claimed = {int(t.user_attrs["continues"]) for t in pending if t.user_attrs.get("continues") is not None}
+    claimed = {n for t in pending if (n := _continued(t)) is not None}
     done = records(ost)
     targets = study.config.targets.values if study.config.targets else [None]
     pinned = study.config.targets.objective if study.config.targets else None
@@ -103,7 +141,7 @@ def enqueue_due(ost: optuna.Study, study: Study) -> list[int]:
     return enqueued
 
 
-def continued(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int | None:
+def _continued(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int | None:
     """The trial number ``trial`` continues (a deferred promotion), or None for a new candidate."""
     n = trial.user_attrs.get("continues")
     return int(n) if n is not None else None
@@ -123,5 +161,5 @@ def fail_running(ost: optuna.Study, storage: optuna.storages.BaseStorage, number
         ost.enqueue_trial(dict(frozen.params), user_attrs={"retry_of": number, **kept}, skip_if_exists=False)
 
 
-__all__ = ["continued", "enqueue_due", "fail_running", "records", "study_sampler", "suggest_all", "tell_failure",
-           "tell_result", "trial_target"]
+__all__ = ["Asked", "ask", "enqueue_due", "fail_running", "records", "study_sampler", "tell_failure",
+           "tell_result"]

@@ -21,7 +21,7 @@ def uniform_baseline(records: Sequence[TrialRecord], target: float | None) -> Tr
     """The completed uniform warm start at ``target`` (the most trained one if it ran twice), if any."""
     if target is None:
         return None
-    same = [r for r in records if r.completed and r.warm_start == "uniform" and r.plan and r.plan.target == target]
+    same = [r for r in records if r.completed and r.warm_start == "uniform" and r.target == target]
     return max(same, key=lambda r: (r.fidelity.steps if r.fidelity else 0, r.number or 0), default=None)
 
 
@@ -57,7 +57,7 @@ def versus_uniform(load_ctx: Callable[[], StudyContext], pick: TrialRecord,
     trials recorded no per-image results (older ones) compare the two saved models on the whole validation
     split instead (each at its own fine-tune budget, said in ``steps``), with the context ``load_ctx`` prepares
     (called only then). None where the study has no such baseline (no targets), or the pick is the baseline."""
-    base = uniform_baseline(records, pick.plan.target if pick.plan else None)
+    base = uniform_baseline(records, pick.target)
     if base is None or base.number == pick.number:
         return None
     common = _at_common_rung(pick, base)
@@ -72,7 +72,7 @@ def versus_uniform(load_ctx: Callable[[], StudyContext], pick: TrialRecord,
         steps = {"pick": pick.fidelity.steps, "baseline": base.fidelity.steps}
     else:
         return None
-    return {"baseline_trial": base.number, "target": pick.plan.target, "split": "val", "rung": rung,
+    return {"baseline_trial": base.number, "target": pick.target, "split": "val", "rung": rung,
             "steps": steps, **paired(hits_pick, hits_base).to_dict()}
 
 

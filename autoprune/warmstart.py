@@ -137,7 +137,7 @@ def enqueue_warm_start(ost: optuna.Study, ctx: StudyContext, dists: dict[str, Ba
         return 0
     baselines = warm_starts(ctx, dists)
     ost.set_user_attr("warm_started", len(baselines))
-    for params, kind in baselines:  # the target is the trial's, not a sampled parameter (telling.trial_target)
+    for params, kind in baselines:  # the target is the trial's, not a sampled parameter (telling.ask)
         target = params.pop("target", None)
         ost.enqueue_trial(params, user_attrs={"warm_start": kind, **({"target": target} if target else {})},
                           skip_if_exists=False)  # one allocation at several targets: several trials

@@ -32,6 +32,13 @@ def test_a_record_survives_the_user_attrs_and_json_round_trips():
     assert (rec.fidelity.short_steps, rec.fidelity.steps, rec.fidelity.promoted) == (20, 30, True)
 
 
+def test_a_records_target_is_the_one_its_plan_was_placed_on():
+    rec = _record()
+    assert rec.target is None and TrialRecord(failure=Failure("x")).target is None
+    targeted = TrialRecord(rec.metrics, PlanRecord("l1", {"a": 0.3}, target=2.0))
+    assert targeted.target == 2.0 and TrialRecord.from_json(targeted.to_json()).target == 2.0
+
+
 def test_objective_short_point_and_constraints_come_from_the_typed_fields():
     rec = _record()
     assert rec.objective_values(["accuracy", "macs"]) == [0.91, 1200]

@@ -35,6 +35,24 @@ def test_with_targets_the_space_samples_allocations_and_a_target():
         decode({"alloc.a": 1.0}, space, ["a"], RecoveryConfig(), [2.0])
 
 
+def test_ask_gives_a_trial_its_parameters_target_seed_and_the_candidate_it_continues():
+    """The one ask both backends use: targets go to new trials in turn by trial number (stored on the trial), an
+    enqueued trial keeps the target and candidate it was enqueued with, and the seed is the run's plus the number."""
+    from optuna.distributions import FloatDistribution
+
+    from autoprune.telling import ask
+
+    ost = optuna.create_study()
+    dists = {"alloc.g": FloatDistribution(0.05, 1.0)}
+    ost.enqueue_trial({"alloc.g": 0.5}, user_attrs={"target": 3.0, "continues": 7})
+    first, second, third = (ask(ost.ask(), dists, [1.5, 2.0], seed=100) for _ in range(3))
+    assert (first.params, first.target, first.seed, first.continues) == ({"alloc.g": 0.5, "target": 3.0}, 3.0, 100, 7)
+    assert [(a.target, a.seed, a.continues) for a in (second, third)] == [(2.0, 101, None), (1.5, 102, None)]
+    assert [t.user_attrs["target"] for t in ost.get_trials()] == [3.0, 2.0, 1.5]
+    untargeted = ask(ost.ask(), dists, None, seed=0)
+    assert set(untargeted.params) == {"alloc.g"} and untargeted.target is None and untargeted.seed == 3
+
+
 @pytest.fixture(scope="module")
 def targeted(tmp_path_factory):
     """A search of the tiny study (width 32, so channel steps are fine enough for 1 %) with targets 1.5x and 2x."""

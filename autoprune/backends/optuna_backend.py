@@ -25,8 +25,7 @@ from autoprune.context import StudyContext
 from autoprune.errors import SearchFailedError
 from autoprune.record import Failure
 from autoprune.storage import create_or_load, get_record, heartbeat_settings, open_storage, register_host
-from autoprune.telling import (continued, enqueue_due, study_sampler, suggest_all, tell_failure, tell_result,
-                               trial_target)
+from autoprune.telling import ask, enqueue_due, study_sampler, tell_failure, tell_result
 from autoprune.trial import continue_trial, run_trial
 from autoprune.warmstart import enqueue_warm_start
 
@@ -147,16 +146,13 @@ def _objective(ctx: StudyContext, ost: optuna.Study, n_trials: int, seed: int, t
                 trial.set_user_attr("skipped", "budget reached by other workers")
                 ost.stop()
                 raise optuna.TrialPruned("budget reached by other workers")
-            params = suggest_all(trial, dists)
-            if ctx.targets:
-                params["target"] = trial_target(trial, ctx.targets)
+            asked = ask(trial, dists, ctx.targets, seed)
             tally.ran += 1
-            parent = continued(trial)
             with interrupts.interruptible():
-                if parent is None:
-                    record = run_trial(ctx, params, seed=seed + trial.number, save_dir=save_dir)
-                else:  # a deferred promotion: the candidate of trial `parent`, one rung further
-                    record = continue_trial(ctx, get_record(ost, parent), save_dir=save_dir)
+                if asked.continues is None:
+                    record = run_trial(ctx, asked.params, seed=asked.seed, save_dir=save_dir)
+                else:  # a deferred promotion: the candidate of trial `continues`, one rung further
+                    record = continue_trial(ctx, get_record(ost, asked.continues), save_dir=save_dir)
         except TRIAL_ERRORS as exc:
             if isinstance(exc, optuna.TrialPruned):
                 raise

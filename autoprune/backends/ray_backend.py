@@ -24,8 +24,7 @@ from autoprune.errors import AutopruneError, first_line
 from autoprune.optional import require
 from autoprune.record import Failure, TrialRecord
 from autoprune.storage import counts, create_or_load, get_record, open_storage
-from autoprune.telling import (continued, enqueue_due, fail_running, study_sampler, tell_failure, tell_result,
-                               trial_target)
+from autoprune.telling import ask, enqueue_due, fail_running, study_sampler, tell_failure, tell_result
 from autoprune.warmstart import enqueue_warm_start
 
 _WORKER_CTX: dict[str, StudyContext] = {}
@@ -94,6 +93,7 @@ def _searcher_class(OptunaSearch):
         def __init__(self, *args, study, seed, driver, **kwargs):
             super().__init__(*args, **kwargs)
             self._autoprune_study, self._base_seed, self._driver = study, seed, driver
+            self._dists = kwargs["space"]
             targets = study.config.targets
             self._targets = targets.values if targets else None
 
@@ -106,9 +106,8 @@ def _searcher_class(OptunaSearch):
                 return params
             ot_trial = self._optuna_trial(trial_id)
             ot_trial.set_user_attr("driver", self._driver)
-            target = trial_target(ot_trial, self._targets)
-            return {**params, **({"target": target} if target is not None else {}),
-                    "_seed": self._base_seed + ot_trial.number, "_continues": continued(ot_trial)}
+            asked = ask(ot_trial, self._dists, self._targets, self._base_seed)  # the values sampled above
+            return {**asked.params, "_seed": asked.seed, "_continues": asked.continues}
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
             ot_trial = self._optuna_trial(trial_id)
