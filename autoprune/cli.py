@@ -314,14 +314,15 @@ def pareto(study_file, storage, study_name, checkpoint, data_root, sets, as_json
     """The non-dominated completed trials, compared at one rung."""
     from autoprune.config import DIRECTIONS
     from autoprune.display import console, metrics_table
-    from autoprune.storage import front, load_optuna_study
+    from autoprune.storage import StudyAttrs, front, load_optuna_study
 
     study = _load(study_file, checkpoint, data_root, storage, sets, study_name)
     ost = load_optuna_study(study)
-    base = ost.user_attrs.get("base", {})
+    attrs = StudyAttrs.from_study(ost)
+    base = attrs.base
     entries = front(ost, rung)
     if as_json:
-        objectives = {o: DIRECTIONS[o] for o in ost.user_attrs.get("objectives", study.config.objectives)}
+        objectives = {o: DIRECTIONS[o] for o in attrs.objectives}
         base_out = {k: base.get(k) for k in ("accuracy", "macs", "params", "latency_ms", "split", "source", "data")}
         paired = ("latency_backend", "latency_dispersion", "latency_reliable")  # the base against itself
         base_out.update({k: base[k] for k in paired if k in base})
@@ -349,12 +350,13 @@ def select_cmd(study_file, storage, study_name, checkpoint, data_root, sets, min
     """Pick one trial of the Pareto front and say why."""
     from autoprune.display import console, metrics_table
     from autoprune.pareto import select
-    from autoprune.storage import front, load_optuna_study
+    from autoprune.storage import StudyAttrs, front, load_optuna_study
 
     study = _load(study_file, checkpoint, data_root, storage, sets, study_name)
     ost = load_optuna_study(study)
+    attrs = StudyAttrs.from_study(ost)
     entries = front(ost, rung)
-    cost = next(o for o in ost.user_attrs.get("objectives", study.config.objectives) if o != "accuracy")
+    cost = next(o for o in attrs.objectives if o != "accuracy")
     try:
         entry, why = select(entries, cost, min_accuracy=min_accuracy, max_macs=max_macs,
                             max_latency_ms=max_latency_ms, knee=knee)
@@ -364,7 +366,7 @@ def select_cmd(study_file, storage, study_name, checkpoint, data_root, sets, min
     if as_json:
         click.echo(json.dumps({**entry, "reason": why, **({"vs_uniform": versus} if versus else {})}, default=str))
         return
-    console.print(metrics_table(f"Selected trial {entry['trial']}", ost.user_attrs.get("base", {}), [entry]))
+    console.print(metrics_table(f"Selected trial {entry['trial']}", attrs.base, [entry]))
     console.print(f"why: {why}")
     if versus:
         from autoprune.verdict import describe

@@ -23,6 +23,7 @@ from autoprune.pareto import Direction
 METRICS = ("accuracy", "macs", "params", "latency_ms")
 DIRECTIONS = {"accuracy": Direction.MAXIMIZE, "macs": Direction.MINIMIZE, "params": Direction.MINIMIZE,
               "latency_ms": Direction.MINIMIZE}
+DEFAULT_OBJECTIVES = ("accuracy", "macs")  # a study's objectives when its file (or its stored study) names none
 RECOVERY_SEARCHABLE = ("lr", "temperature", "alpha")
 # recovery.steps is not a search-space parameter: a trial's fine-tune budgets are the study's rung ladder
 STEPS_NOT_SEARCHED = ("cannot be set in the search space: fine-tune budgets are the rung ladder; set recovery.steps "
@@ -425,7 +426,7 @@ class StudyConfig(_Strict):
     data: DataConfig
     search_space: str
     objectives: list[Literal["accuracy", "macs", "params", "latency_ms"]] = Field(
-        default_factory=lambda: ["accuracy", "macs"], min_length=2
+        default_factory=lambda: list(DEFAULT_OBJECTIVES), min_length=2
     )
     constraints: ConstraintsConfig = Field(default_factory=ConstraintsConfig)
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)

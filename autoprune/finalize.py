@@ -24,7 +24,7 @@ from autoprune.measure import accuracy, count_macs, count_params
 from autoprune.record import TrialRecord
 from autoprune.retrain import RetrainResult
 from autoprune.saving import atomic_write_text, save_pruned
-from autoprune.storage import entries_at
+from autoprune.storage import StudyAttrs, entries_at
 from autoprune.storage import front as study_front
 
 
@@ -171,7 +171,7 @@ def _html_sections(ctx: StudyContext, ost, record: TrialRecord, result: RetrainR
                                         "error"]),
     ]
     if ost is not None:
-        fr, base = study_front(ost), ost.user_attrs.get("base", {})
+        fr, base = study_front(ost), StudyAttrs.from_study(ost).base
         rung = fr[0]["rung"] if fr else None  # everything on the plot at the front's rung
         trials, chosen = entries_at(ost, rung), record.entry(rung if record.accuracy_at(rung) is not None else None)
         sections += ["<h2>The front and the chosen trial: accuracy vs MACs</h2>",

@@ -108,10 +108,11 @@ def study_report(ost, out_dir: Path, chosen: dict | None = None) -> dict[str, st
     """Front plots (PNG + HTML), the table of trials and parameter importances for a study."""
     import optuna
 
-    from autoprune.storage import entries_at, front
+    from autoprune.storage import StudyAttrs, entries_at, front
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    base = ost.user_attrs.get("base", {})
+    attrs = StudyAttrs.from_study(ost)
+    base = attrs.base
     fr = front(ost)  # at one rung (storage.front); the other candidates are plotted at that rung too
     trials = entries_at(ost, fr[0]["rung"] if fr else None)
     if not trials:
@@ -121,7 +122,7 @@ def study_report(ost, out_dir: Path, chosen: dict | None = None) -> dict[str, st
     files = {}
     for x in ("macs", "latency_ms"):
         files[f"front_{x}_png"] = str(front_png(trials, fr, base, out_dir / f"front_{x}.png", x, chosen))
-    objectives = ost.user_attrs.get("objectives", ["accuracy", "macs"])
+    objectives = attrs.objectives
     importances = {}
     if len(trials) >= 4:
         for i, name in enumerate(objectives):

@@ -6,17 +6,44 @@ import logging
 import os
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autoprune.config import Study
+from autoprune.config import DEFAULT_OBJECTIVES, Study
 from autoprune.errors import AutopruneError, first_line
 from autoprune.record import TrialRecord
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)  # autoprune reports failed trials itself
+
+
+@dataclass(frozen=True)
+class StudyAttrs:
+    """The study-level user attributes autoprune stores on an Optuna study, read once and typed.
+
+    ``objectives``: the study's objectives in order (a study stored before they were: accuracy and MACs);
+    ``fingerprint`` and ``fingerprints``: hashes of what defines a trial, whole and per part
+    (:meth:`autoprune.config.Study.fingerprint`; None and {} for older studies); ``base``: the base model's
+    reference measurements; ``hosts``: the machines whose workers joined; ``warm_started``: how many baselines
+    were enqueued (None: not yet).
+    """
+
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
+    fingerprint: str | None = None
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    base: dict[str, Any] = field(default_factory=dict)
+    hosts: tuple[str, ...] = ()
+    warm_started: int | None = None
+
+    @classmethod
+    def from_study(cls, ost: optuna.Study) -> StudyAttrs:
+        a = ost.user_attrs  # one read of the storage
+        return cls(tuple(a.get("objectives") or DEFAULT_OBJECTIVES), a.get("fingerprint"),
+                   dict(a.get("fingerprints") or {}), dict(a.get("base") or {}), tuple(a.get("hosts") or ()),
+                   a.get("warm_started"))
 
 
 def display_url(url: str) -> str:
@@ -151,15 +178,15 @@ def create_or_load(study: Study, storage_url: str | None, study_name: str | None
 
 
 def _check_same_study(study: Study, ost: optuna.Study, url: str) -> None:
-    attrs = ost.user_attrs
-    if attrs.get("objectives") != list(study.config.objectives):
-        raise AutopruneError(f"study {ost.study_name!r} in {display_url(url)} has objectives {attrs.get('objectives')}, "
+    attrs = StudyAttrs.from_study(ost)
+    if list(attrs.objectives) != list(study.config.objectives):
+        raise AutopruneError(f"study {ost.study_name!r} in {display_url(url)} has objectives {list(attrs.objectives)}, "
                              f"the study file asks for {study.config.objectives}; use another --study-name",
                              source=str(study.path), field="objectives")
     _check_same_latency(study, ost, url)
-    if attrs.get("fingerprint") in (None, study.fingerprint()):
+    if attrs.fingerprint in (None, study.fingerprint()):
         return
-    theirs, ours = attrs.get("fingerprints") or {}, study.fingerprint_parts()
+    theirs, ours = attrs.fingerprints, study.fingerprint_parts()
     differ = [k for k in ours if k in theirs and theirs[k] != ours[k]]
     where = f"study {ost.study_name!r} in {display_url(url)}"
     if differ == ["space"]:
@@ -176,7 +203,7 @@ def _check_same_latency(study: Study, ost: optuna.Study, url: str) -> None:
     """A resumed study measures latency as its earlier runs did: on the same backend at the same batch size (what
     its reference was measured with), so one front never mixes two meanings of ``latency_ms``. Studies whose
     reference predates a setting are not checked on it. (Not in the fingerprint: it would change every study's.)"""
-    base, m = ost.user_attrs.get("base") or {}, study.config.measure
+    base, m = StudyAttrs.from_study(ost).base, study.config.measure
     for name, ours in (("latency_backend", m.latency_backend), ("latency_batch_size", m.latency_batch_size)):
         theirs = base.get(name)
         if theirs is not None and theirs != ours:
@@ -190,7 +217,7 @@ def _check_host(ost: optuna.Study, url: str) -> list[str] | None:
     import socket
 
     host = socket.gethostname()
-    hosts = list(ost.user_attrs.get("hosts", []))
+    hosts = list(StudyAttrs.from_study(ost).hosts)
     if host in hosts:
         return None
     if url.startswith("sqlite") and hosts:
@@ -295,7 +322,7 @@ def front(ost: optuna.Study, rung: int | None = None) -> list[dict[str, Any]]:
     if targeted:  # cost targets: each target's best candidate
         reached = [max(rs, key=lambda r: (r.fidelity.scores[rung], -(r.number or 0)))
                    for t in by_target if (rs := [r for r in reached if r.target == t])]
-    objectives = list(ost.user_attrs.get("objectives", ["accuracy", "macs"]))
+    objectives = list(StudyAttrs.from_study(ost).objectives)
     points = [[r.fidelity.scores[rung] if o == "accuracy" else float(r.metrics[o]) for o in objectives]
               for r in reached]
     directions = [d.name.lower() for d in ost.directions]

@@ -18,6 +18,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from autoprune.compat import after_pruning, pruner_kwargs
 from autoprune.context import StudyContext
 from autoprune.pruning import out_width
+from autoprune.storage import StudyAttrs
 
 
 def snap(value: float, dist: FloatDistribution) -> float:
@@ -133,7 +134,7 @@ def warm_start_params(ctx: StudyContext, dists: dict[str, BaseDistribution]) -> 
 
 def enqueue_warm_start(ost: optuna.Study, ctx: StudyContext, dists: dict[str, BaseDistribution]) -> int:
     """Enqueue the baselines as the first trials of a new study (idempotent across workers); returns how many."""
-    if ost.user_attrs.get("warm_started") or ost.get_trials(deepcopy=False):
+    if StudyAttrs.from_study(ost).warm_started or ost.get_trials(deepcopy=False):
         return 0
     baselines = warm_starts(ctx, dists)
     ost.set_user_attr("warm_started", len(baselines))

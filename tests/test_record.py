@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from autoprune.cli import main
 from autoprune.config import ConstraintsConfig, RecoveryConfig
 from autoprune.record import Failure, Fidelity, Metrics, PlanRecord, TrialRecord
+from autoprune.storage import StudyAttrs
 
 LEGACY = Path(__file__).parent / "data" / "legacy_study"
 
@@ -121,6 +122,19 @@ def test_status_pareto_and_select_read_a_legacy_study(legacy):
     pick = runner.invoke(main, ["select", str(legacy), "--knee", "--json"])
     assert pick.exit_code == 0, pick.output
     assert json.loads(pick.stdout)["trial"] in {e["trial"] for e in entries}
+
+
+def test_study_attributes_read_back_typed_with_one_fallback_for_the_objectives(legacy):
+    bare = optuna.create_study(directions=["maximize", "minimize"])
+    assert StudyAttrs.from_study(bare) == StudyAttrs() and StudyAttrs().objectives == ("accuracy", "macs")
+    for key, value in (("objectives", ["accuracy", "latency_ms"]), ("hosts", ["a", "b"]), ("base", {"macs": 5}),
+                       ("fingerprint", "f"), ("fingerprints", {"model": "m"}), ("warm_started", 3)):
+        bare.set_user_attr(key, value)
+    assert StudyAttrs.from_study(bare) == StudyAttrs(("accuracy", "latency_ms"), "f", {"model": "m"}, {"macs": 5},
+                                                     ("a", "b"), 3)
+    stored = optuna.load_study(study_name="legacy", storage=yaml.safe_load(legacy.read_text())["storage"]["url"])
+    attrs = StudyAttrs.from_study(stored)
+    assert attrs.objectives == tuple(stored.user_attrs["objectives"]) and attrs.base == stored.user_attrs["base"]
 
 
 @pytest.mark.slow
