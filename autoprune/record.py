@@ -307,6 +307,10 @@ class TrialRecord:
                 out["traceback"] = self.failure.traceback
         if self.node:
             out["ray"] = dict(self.node)
+        if self.warm_start:
+            out["warm_start"] = self.warm_start
+        if self.continues is not None:
+            out["continues"] = self.continues
         return out
 
     @classmethod

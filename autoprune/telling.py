@@ -117,7 +117,7 @@ def enqueue_due(ost: optuna.Study, study: Study) -> list[int]:
     """Enqueue a continuation trial for every candidate now due one rung further (:func:`autoprune.fidelity.due`),
     per cost target; returns the candidates' trial numbers. Called after each trial by both backends. A
     continuation has its candidate's parameters and user attributes ``continues`` (the candidate's trial number),
-    ``target`` and ``warm_start``; Optuna hands waiting trials out before sampling new ones, so a worker that asks
+    ``target`` and ``warm_start`` (:func:`enqueued_attrs`); Optuna hands waiting trials out before sampling new ones, so a worker that asks
     for work takes a due promotion first. A candidate already continued by a waiting or running trial is skipped."""
     fid = study.config.fidelity
     ladder = rung_ladder(study.config)
@@ -133,18 +133,28 @@ def enqueue_due(ost: optuna.Study, study: Study) -> list[int]:
         target = float(target) if target is not None else None
         while (r := due(done, ladder, list(study.config.objectives), study.directions, fid.eta, target, claimed,
                         pinned)):
-            attrs = {"continues": r.number, **({"target": target} if target is not None else {}),
-                     **({"warm_start": r.warm_start} if r.warm_start else {})}
+            attrs = enqueued_attrs(target, r.warm_start, continues=r.number)
             ost.enqueue_trial(dict(r.params), user_attrs=attrs, skip_if_exists=False)
             claimed.add(r.number)
             enqueued.append(r.number)
     return enqueued
 
 
+def enqueued_attrs(target: float | None, warm_start: str | None, continues: int | None = None) -> dict[str, Any]:
+    """The user attributes a trial is enqueued with, so that :func:`ask` gives them back: its cost target, and
+    the baseline it is and the candidate it continues, as its record will store them (a continuation's record
+    carries ``continues`` itself, :func:`autoprune.trial.continue_trial`).
+
+    >>> enqueued_attrs(2.0, "uniform", continues=4)
+    {'warm_start': 'uniform', 'continues': 4, 'target': 2.0}
+    """
+    lineage = TrialRecord(warm_start=warm_start, continues=continues).to_user_attrs()
+    return {**lineage, **({"target": float(target)} if target is not None else {})}
+
+
 def _continued(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int | None:
     """The trial number ``trial`` continues (a deferred promotion), or None for a new candidate."""
-    n = trial.user_attrs.get("continues")
-    return int(n) if n is not None else None
+    return TrialRecord.from_user_attrs(trial.user_attrs).continues
 
 
 def fail_running(ost: optuna.Study, storage: optuna.storages.BaseStorage, number: int, reason: str,
@@ -157,9 +167,10 @@ def fail_running(ost: optuna.Study, storage: optuna.storages.BaseStorage, number
     storage.set_trial_user_attr(trial_id, "fail_reason", reason)
     ost.tell(number, state=TrialState.FAIL)
     if retry:
-        kept = {k: frozen.user_attrs[k] for k in ("continues", "target", "warm_start") if k in frozen.user_attrs}
+        was = TrialRecord.from_user_attrs(frozen.user_attrs)
+        kept = enqueued_attrs(frozen.user_attrs.get("target"), was.warm_start, was.continues)
         ost.enqueue_trial(dict(frozen.params), user_attrs={"retry_of": number, **kept}, skip_if_exists=False)
 
 
-__all__ = ["Asked", "ask", "enqueue_due", "fail_running", "records", "study_sampler", "tell_failure",
+__all__ = ["Asked", "ask", "enqueue_due", "enqueued_attrs", "fail_running", "records", "study_sampler", "tell_failure",
            "tell_result"]

@@ -108,7 +108,8 @@ def continue_trial(ctx: StudyContext, parent: TrialRecord, save_dir: Path | None
     fidelity = Fidelity({**old.scores, rung: score}, {**old.images, rung: images}, {**old.hits, rung: hits})
     plan = replace(parent.plan, finetune_steps=rung, finetune_images=rung * rec.batch_size)
     model_file = _save(ctx, model, history, plan.ratios, plan.scorer, plan.dropped, save_dir)
-    return TrialRecord(replace(parent.metrics, accuracy=score), plan, fidelity, clock.done(), model_file)
+    return TrialRecord(replace(parent.metrics, accuracy=score), plan, fidelity, clock.done(), model_file,
+                       warm_start=parent.warm_start, continues=parent.number)
 
 
 def _recover(ctx: StudyContext, model: nn.Module, clock: _Clock, gen: torch.Generator, steps: int, start: int,

@@ -19,6 +19,7 @@ from autoprune.compat import after_pruning, pruner_kwargs
 from autoprune.context import StudyContext
 from autoprune.pruning import out_width
 from autoprune.storage import StudyAttrs
+from autoprune.telling import enqueued_attrs
 
 
 def snap(value: float, dist: FloatDistribution) -> float:
@@ -140,6 +141,6 @@ def enqueue_warm_start(ost: optuna.Study, ctx: StudyContext, dists: dict[str, Ba
     ost.set_user_attr("warm_started", len(baselines))
     for params, kind in baselines:  # the target is the trial's, not a sampled parameter (telling.ask)
         target = params.pop("target", None)
-        ost.enqueue_trial(params, user_attrs={"warm_start": kind, **({"target": target} if target else {})},
-                          skip_if_exists=False)  # one allocation at several targets: several trials
+        # one allocation at several targets: several trials
+        ost.enqueue_trial(params, user_attrs=enqueued_attrs(target, kind), skip_if_exists=False)
     return len(baselines)

@@ -22,8 +22,8 @@ def _add(study: optuna.Study, ratios: dict[str, float], target: float, scores: d
          continues: int | None = None) -> None:
     acc = scores[max(scores)]
     rec = TrialRecord(Metrics(acc, 1e6, 1e4, 1.0), PlanRecord("l1", ratios, target=target),
-                      Fidelity(scores, {k: 100 for k in scores}))
-    attrs = rec.to_user_attrs() | ({"continues": continues} if continues is not None else {})  # as telling does
+                      Fidelity(scores, {k: 100 for k in scores}), continues=continues)
+    attrs = rec.to_user_attrs()
     study.add_trial(optuna.trial.create_trial(params={"alloc.a": 0.5}, distributions={"alloc.a": FloatDistribution(0, 1)},
                                               values=[acc, 1e6], user_attrs=attrs))
 

@@ -155,6 +155,7 @@ def test_a_continuation_from_the_saved_model_equals_rebuilding_the_candidate(tmp
     os.remove(second.model_file)
     again = continue_trial(c, second, save_dir=tmp_path)
     assert sorted(third.fidelity.scores) == [0, 5, 11]
+    assert third.continues == 1 and TrialRecord.from_json(third.to_json()).continues == 1  # the record's lineage
     assert again.fidelity.scores == third.fidelity.scores and again.fidelity.hits == third.fidelity.hits
 
 

@@ -40,6 +40,18 @@ def test_a_records_target_is_the_one_its_plan_was_placed_on():
     assert targeted.target == 2.0 and TrialRecord.from_json(targeted.to_json()).target == 2.0
 
 
+def test_a_continuation_and_a_baseline_round_trip_their_lineage():
+    """The trial a record continues and the baseline it is are the record's own: written by to_user_attrs (so a
+    Ray worker's record carries them to the driver) and read back."""
+    from dataclasses import replace
+
+    rec = replace(_record(), continues=3, warm_start="uniform")
+    attrs = json.loads(json.dumps(rec.to_user_attrs()))
+    assert (attrs["continues"], attrs["warm_start"]) == (3, "uniform")
+    assert TrialRecord.from_user_attrs(attrs) == rec and TrialRecord.from_json(rec.to_json()) == rec
+    assert "continues" not in _record().to_user_attrs() and "warm_start" not in _record().to_user_attrs()
+
+
 def test_objective_short_point_and_constraints_come_from_the_typed_fields():
     rec = _record()
     assert rec.objective_values(["accuracy", "macs"]) == [0.91, 1200]

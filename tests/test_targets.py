@@ -211,8 +211,8 @@ def test_with_targets_and_rungs_the_front_compares_each_target_at_one_common_run
     def add(number, scores, target, continues=None):
         top = max(scores)
         rec = TrialRecord(Metrics(scores[top], int(100 / target), 10, 0.1), PlanRecord("l1", {"g": 0.3}, target=target),
-                          Fidelity(dict(scores)))
-        attrs = rec.to_user_attrs() | ({"continues": continues} if continues is not None else {})
+                          Fidelity(dict(scores)), continues=continues)
+        attrs = rec.to_user_attrs()
         ost.add_trial(optuna.trial.create_trial(params={"x": float(number)}, distributions={"x": FloatDistribution(0, 99)},
                                                 values=[scores[min(scores)], int(100 / target)], user_attrs=attrs))
 

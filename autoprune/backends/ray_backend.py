@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -82,7 +83,7 @@ def trainable(config: dict[str, Any], spec: dict[str, Any]) -> None:
                      "_autoprune_failure": json.dumps([failure.reason, failure.traceback])})
         return
     node = {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
-    record = TrialRecord(record.metrics, record.plan, record.fidelity, record.timings, record.model_file, node=node)
+    record = replace(record, node=node)
     tune.report({**record.metrics.to_dict(), "_autoprune": record.to_json()})
 
 
