@@ -4,7 +4,7 @@ Parameter names: ``ratio.<group>`` for each pruning group (or, with cost targets
 the trial's ``target`` is given, not sampled), ``scorer``, ``round_to`` (when the space lists several),
 ``recovery.<name>`` for searchable recovery settings (lr, temperature, alpha; never steps, which the rung ladder
 decides), ``drop.<block>`` (true/false) for each residual block depth pruning may drop. The same dict of
-distributions serves Optuna's ``ask`` and Ray's ``OptunaSearch``.
+distributions serves both backends' ``ask`` (:func:`autoprune.telling.ask`).
 """
 
 from __future__ import annotations

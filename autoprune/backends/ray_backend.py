@@ -1,6 +1,7 @@
-"""The Ray backend: Ray Tune runs the trials, Ray's OptunaSearch drives the study's own sampler and storage.
+"""The Ray backend: Ray Tune runs the trials; a thin searcher asks and tells the study's own Optuna study (its
+sampler and storage) through :mod:`autoprune.telling`, as the Optuna backend does.
 
-Only the driver touches the Optuna storage (ask/tell through ``OptunaSearch``), so ``status``, ``pareto``,
+Only the driver touches the Optuna storage (ask/tell in ``AutopruneSearcher``), so ``status``, ``pareto``,
 ``evaluate`` and resume behave as with the Optuna backend. Each Ray worker prepares the study once (data, base
 model) and calls the same :func:`autoprune.trial.run_trial`. Trials a dead driver left RUNNING are failed and
 their parameters retried on the next run; errored Ray trials are reported, never hidden.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import socket
 import time
 from dataclasses import replace
@@ -35,9 +37,9 @@ def _require_ray():
     require("ray.tune", "ray", "the Ray backend (--backend ray)")
     import ray
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
+    from ray.tune.search import Searcher
 
-    return ray, tune, OptunaSearch
+    return ray, tune, Searcher
 
 
 def _worker_context(spec: dict[str, Any]) -> StudyContext:
@@ -87,46 +89,54 @@ def trainable(config: dict[str, Any], spec: dict[str, Any]) -> None:
     tune.report({**record.metrics.to_dict(), "_autoprune": record.to_json()})
 
 
-def _searcher_class(OptunaSearch):
-    class AutopruneOptunaSearch(OptunaSearch):
-        """OptunaSearch that tells autoprune's trial record (or failure) on each Optuna trial."""
+def _searcher_class(Searcher):
+    class AutopruneSearcher(Searcher):
+        """Ray Tune's searcher for an autoprune study: a thin ask/tell adapter over ``ost`` (the study's own Optuna
+        study, storage and sampler), through :mod:`autoprune.telling` as the Optuna backend. Its state is its own
+        map from Ray trial id to the Optuna trial asked for it (saved with the experiment, so a restored one tells
+        the trials the interrupted one asked)."""
 
-        def __init__(self, *args, study, seed, driver, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._autoprune_study, self._base_seed, self._driver = study, seed, driver
-            self._dists = kwargs["space"]
-            targets = study.config.targets
-            self._targets = targets.values if targets else None
+        def __init__(self, ost: optuna.Study, study, dists: dict, seed: int, driver: str):
+            super().__init__(metric=list(study.config.objectives),
+                             mode=["max" if d == "maximize" else "min" for d in study.directions])
+            self._ost, self._study, self._dists, self._base_seed, self._driver = ost, study, dists, seed, driver
+            self._targets = study.config.targets.values if study.config.targets else None
+            self._asked: dict[str, optuna.Trial] = {}
 
-        def _optuna_trial(self, trial_id: str):
-            return self._ot_trials.get(trial_id)  # Ray's OptunaSearch keeps its Optuna trial per Ray trial id
-
-        def suggest(self, trial_id: str):
-            params = super().suggest(trial_id)
-            if params is None or not isinstance(params, dict):
-                return params
-            ot_trial = self._optuna_trial(trial_id)
-            ot_trial.set_user_attr("driver", self._driver)
-            asked = ask(ot_trial, self._dists, self._targets, self._base_seed)  # the values sampled above
+        def suggest(self, trial_id: str) -> dict[str, Any]:
+            trial = self._asked.get(trial_id)
+            if trial is None:
+                trial = self._asked[trial_id] = self._ost.ask()
+            trial.set_user_attr("driver", self._driver)
+            asked = ask(trial, self._dists, self._targets, self._base_seed)
             return {**asked.params, "_seed": asked.seed, "_continues": asked.continues}
 
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-            ot_trial = self._optuna_trial(trial_id)
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            trial = self._asked.pop(trial_id, None)
+            if trial is None:  # told already
+                return
+            values, state = None, TrialState.FAIL if error else TrialState.PRUNED
             if result and result.get("_autoprune_failure"):  # the trial caught its exception and reported it
-                if ot_trial is not None:
-                    tell_failure(ot_trial, Failure(*json.loads(result["_autoprune_failure"])))
-                error = True
-            elif ot_trial is not None and result and "_autoprune" in result:
-                tell_result(ot_trial, TrialRecord.from_json(result["_autoprune"]), self._autoprune_study)
-            elif ot_trial is not None and error and TrialRecord.from_user_attrs(ot_trial.user_attrs).failure is None:
-                tell_failure(ot_trial, Failure("the Ray trial errored (see the Ray trial's error file)"))
-            if error:
-                result = None  # the NaN placeholders reported with an error are not objective values
-            super().on_trial_complete(trial_id, result, error)
-            if not error:
-                enqueue_due(self._ot_study, self._autoprune_study)  # the rungs' best go up next
+                tell_failure(trial, Failure(*json.loads(result["_autoprune_failure"])))
+                state = TrialState.FAIL
+            elif result and "_autoprune" in result:
+                values = tell_result(trial, TrialRecord.from_json(result["_autoprune"]), self._study)
+                state = TrialState.COMPLETE
+            elif error and TrialRecord.from_user_attrs(trial.user_attrs).failure is None:
+                tell_failure(trial, Failure("the Ray trial errored (see the Ray trial's error file)"))
+            self._ost.tell(trial, values, state=state, skip_if_finished=True)
+            if state == TrialState.COMPLETE:
+                enqueue_due(self._ost, self._study)  # the rungs' best go up next
 
-    return AutopruneOptunaSearch
+        def save(self, checkpoint_path: str) -> None:
+            with open(checkpoint_path, "wb") as f:
+                pickle.dump(self._asked, f)
+
+        def restore(self, checkpoint_path: str) -> None:
+            with open(checkpoint_path, "rb") as f:
+                self._asked = pickle.load(f)
+
+    return AutopruneSearcher
 
 
 def _progress_callback(tune, notify: Callable[[], None]):
@@ -266,7 +276,7 @@ def run_ray_search(
     on_trial: Callable[[optuna.Study], None] | None = None,
 ) -> SearchOutcome:
     """Run the remaining trials of the study on Ray Tune (a local Ray instance, or the cluster at ``address``)."""
-    ray, tune, OptunaSearch = _require_ray()
+    ray, tune, Searcher = _require_ray()
     study = ctx.study
     seed = study.config.seed if seed is None else seed
     storage = open_storage(study.storage_url)
@@ -294,11 +304,10 @@ def run_ray_search(
             log(f"restoring the unfinished Ray experiment {restore_from.name}")
             tuner = tune.Tuner.restore(str(restore_from), trainable=wrapped, resume_errored=True)
         else:
-            searcher = _searcher_class(OptunaSearch)(
-                space=ctx.distributions(), metric=list(study.config.objectives),
-                mode=["max" if d == "maximize" else "min" for d in study.directions],
-                sampler=study_sampler(study, seed, ost), study_name=study.study_name, storage=storage,
-                study=study, seed=seed, driver=f"{socket.gethostname()}:{os.getpid()}")
+            asking = optuna.load_study(study_name=study.study_name, storage=storage,
+                                       sampler=study_sampler(study, seed, ost))
+            searcher = _searcher_class(Searcher)(asking, study, ctx.distributions(), seed,
+                                                 f"{socket.gethostname()}:{os.getpid()}")
             tuner = _new_tuner(tune, wrapped, searcher, study.study_name, results_dir, marker, remaining, workers,
                                timeout, [_progress_callback(tune, lambda: on_trial(ost))] if on_trial else [])
         return _fit(tuner, ost, storage, seed, marker, restore_from, remaining, log)
