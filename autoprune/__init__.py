@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from autoprune.config import load_study
 from autoprune.errors import AutopruneError, ConfigError
-from autoprune.measure import measure
-from autoprune.pruning import prune
-from autoprune.saving import load_pruned
+from autoprune.metrics.costs import measure
+from autoprune.pruning.structural import prune
+from autoprune.pruning.saving import load_pruned
 
 __all__ = ["AutopruneError", "ConfigError", "load_pruned", "load_study", "measure", "prune"]
 __version__ = "0.1.0"

@@ -4,7 +4,7 @@
   a Ray trial sees only the GPU (or fraction of one) Ray gave it, as ``cuda:0``.
 * On CUDA: ``cudnn.benchmark`` (each layer shape's fastest kernels, picked once), models and image batches in
   ``channels_last`` (what tensor cores want), bf16 autocast in the fine-tunes (``recovery.precision``,
-  :func:`autoprune.distill.autocast_dtype`), latency timed with CUDA events (:mod:`autoprune.latency`).
+  :func:`autoprune.train.distill.autocast_dtype`), latency timed with CUDA events (:mod:`autoprune.metrics.latency`).
 """
 
 from __future__ import annotations

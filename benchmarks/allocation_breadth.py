@@ -19,7 +19,7 @@ from pathlib import Path
 
 import optuna
 
-from autoprune.record import TrialRecord, heads
+from autoprune.search.record import TrialRecord, heads
 
 
 def spread(ratios: dict[str, float]) -> float:

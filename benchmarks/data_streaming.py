@@ -101,7 +101,7 @@ def search_study(folder: Path, workdir: Path, trials: int, workers: int | None, 
 
 def run_search(study: Path, code: Path | None = None, huge_pages: bool = True) -> dict:
     """``autoprune search`` in a subprocess (of the checkout ``code`` if given: another commit, side by side);
-    ``huge_pages=False`` sets AUTOPRUNE_HUGE_PAGES=0 (glibc's allocator as it is: see autoprune.hostmalloc)."""
+    ``huge_pages=False`` sets AUTOPRUNE_HUGE_PAGES=0 (glibc's allocator as it is: see autoprune.cli.huge_pages)."""
     cmd = [sys.executable, "-m", "autoprune.cli", "search", str(study)]
     env = dict(os.environ, **({"PYTHONPATH": str(code)} if code else {}),
                **({} if huge_pages else {"AUTOPRUNE_HUGE_PAGES": "0"}))
@@ -139,7 +139,7 @@ def image_folder_search(args: argparse.Namespace) -> dict:
 FLOOR = """
 import json, sys, torch
 import autoprune.cli  # noqa: F401 - what the search process imports
-from autoprune.models import QuickstartCNN
+from autoprune.models.factory import QuickstartCNN
 def rss():  # peak RSS of this program (VmHWM starts afresh at exec; ru_maxrss keeps the forking parent's)
     line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
     return int(line.split()[1]) // 1024
@@ -184,11 +184,11 @@ class ArrayItems(torch.utils.data.Dataset):
 
 def cifar_finetune(args: argparse.Namespace) -> dict:
     from autoprune.config import DataConfig, RecoveryConfig
-    from autoprune.data import CIFAR_STATS, Split, workers
+    from autoprune.data.splits import CIFAR_STATS, Split, workers
     from autoprune.device import resolve_device, to_device
-    from autoprune.distill import finetune
-    from autoprune.models import create_model, load_checkpoint
-    from autoprune.streaming import StreamSplit
+    from autoprune.train.distill import finetune
+    from autoprune.models.factory import create_model, load_checkpoint
+    from autoprune.data.streaming import StreamSplit
 
     root, ckpt = SHARED / "datasets" / "cifar10", SHARED / "weights" / "cifar10-resnet" / "resnet20.pt"
     if not (root / "train.npz").is_file() or not ckpt.is_file():

@@ -33,13 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autoprune.config import RecoveryConfig, load_study  # noqa: E402
-from autoprune.context import prepare  # noqa: E402
+from autoprune.search.context import prepare  # noqa: E402
 from autoprune.device import to_device  # noqa: E402
-from autoprune.distill import autocast_dtype, finetune, kd_loss  # noqa: E402
-from autoprune.pruning import prune_with_plan  # noqa: E402
-from autoprune.record import TrialRecord  # noqa: E402
-from autoprune.storage import load_optuna_study  # noqa: E402
-from autoprune.teacher import build_stream  # noqa: E402
+from autoprune.train.distill import autocast_dtype, finetune, kd_loss  # noqa: E402
+from autoprune.pruning.structural import prune_with_plan  # noqa: E402
+from autoprune.search.record import TrialRecord  # noqa: E402
+from autoprune.search.storage import load_optuna_study  # noqa: E402
+from autoprune.train.teacher_stream import build_stream  # noqa: E402
 
 STUDY = ROOT / "studies" / "cifar10_resnet20_targets.yaml"
 

@@ -9,7 +9,7 @@ system CPU time, the minor page faults of the timed steps and the process's peak
 
 * ``default``: glibc as it is (every allocation over 32 MB mapped afresh and unmapped on free);
 * ``hugetlb``: ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, what the ``autoprune`` command sets
-  (:mod:`autoprune.hostmalloc`): the same mappings on transparent huge pages;
+  (:mod:`autoprune.cli.huge_pages`): the same mappings on transparent huge pages;
 * ``mmap_threshold``: ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` at 4 GB: large blocks stay in the
   heap and are reused (the alternative that was not taken: it holds more memory).
 
@@ -34,7 +34,7 @@ SETTINGS = {
 
 RUN = """
 import json, resource, sys, time, torch
-from autoprune.models import QuickstartCNN
+from autoprune.models.factory import QuickstartCNN
 torch.manual_seed(0)
 m = QuickstartCNN(num_classes=4, in_channels=3)
 opt = torch.optim.SGD(m.parameters(), lr=0.01)

@@ -3,7 +3,7 @@
 For each model (ResNet-20, ResNet-56) and each structure at each MACs-reduction target, on each deployment
 backend (``torch``: eager with BN folded; ``onnxruntime``: BN folded, exported to ONNX in memory) at each batch
 size, the candidate is timed paired with the unpruned base deployed on the same backend
-(:func:`autoprune.latency.paired_latency`: alternating pairs, the median of the per-pair ratios, its dispersion and
+(:func:`autoprune.metrics.latency.paired_latency`: alternating pairs, the median of the per-pair ratios, its dispersion and
 whether that was low enough to trust). Structures:
   picks    the search's chosen models, read from --picks (a benchmarks/search_vs_baselines.py output: the per-group
            ratios of methods.autoprune.points); they are the "front models" when given
@@ -47,11 +47,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autoprune.config import load_study
-from autoprune.context import StudyContext, prepare
-from autoprune.latency import LATENCY_BACKENDS, deploy, paired_latency
-from autoprune.measure import count_macs
-from autoprune.pruning import prune_with_plan
-from autoprune.warmstart import global_at, global_prune
+from autoprune.search.context import StudyContext, prepare
+from autoprune.metrics.latency import LATENCY_BACKENDS, deploy, paired_latency
+from autoprune.metrics.costs import count_macs
+from autoprune.pruning.structural import prune_with_plan
+from autoprune.search.warm_start import global_at, global_prune
 
 STUDY = ROOT / "studies" / "cifar10_resnet20_targets.yaml"  # the shipped targets study; model.name is overridden
 MODELS = ("resnet20", "resnet56")

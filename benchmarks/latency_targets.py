@@ -1,7 +1,7 @@
 """Latency targets: how close the per-group latency model places candidates to the speed-up they are asked for.
 
 A ResNet study with ``targets: {latency_reduction: [...]}`` measures its per-group latency model once
-(:mod:`autoprune.latency_model`), then places every allocation on a target by that model. Here the uniform
+(:mod:`autoprune.pruning.latency_model`), then places every allocation on a target by that model. Here the uniform
 allocation and ``--samples`` random allocations (seeded) per target are placed, pruned, and timed paired with the
 base (``--repeats`` pairs, the study's backend and batch size): the measured speed-up against the target, and the
 MACs reduction each reached. Run it on an otherwise idle machine.
@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autoprune.config import load_study  # noqa: E402
-from autoprune.context import prepare  # noqa: E402
-from autoprune.latency import paired_latency  # noqa: E402
-from autoprune.measure import count_macs  # noqa: E402
-from autoprune.pruning import prune_with_plan  # noqa: E402
+from autoprune.search.context import prepare  # noqa: E402
+from autoprune.metrics.latency import paired_latency  # noqa: E402
+from autoprune.metrics.costs import count_macs  # noqa: E402
+from autoprune.pruning.structural import prune_with_plan  # noqa: E402
 
 STUDY = ROOT / "studies" / "cifar10_resnet20_targets.yaml"
 

@@ -48,23 +48,23 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from autoprune.allocation import TOLERANCE  # noqa: E402
-from autoprune.backends.optuna_backend import run_search  # noqa: E402
+from autoprune.search.allocation import TOLERANCE  # noqa: E402
+from autoprune.search.backends.optuna_backend import run_search  # noqa: E402
 from autoprune.config import RecoveryConfig, load_study  # noqa: E402
-from autoprune.context import StudyContext, prepare  # noqa: E402
-from autoprune.distill import finetune, recalibrate_bn  # noqa: E402
-from autoprune.latency import paired_latency  # noqa: E402
-from autoprune.measure import accuracy, count_macs  # noqa: E402
+from autoprune.search.context import StudyContext, prepare  # noqa: E402
+from autoprune.train.distill import finetune, recalibrate_bn  # noqa: E402
+from autoprune.metrics.latency import paired_latency  # noqa: E402
+from autoprune.metrics.costs import accuracy, count_macs  # noqa: E402
 from autoprune.pareto import accuracy_at, hypervolume_2d  # noqa: E402
-from autoprune.pruning import prune_with_plan  # noqa: E402
-from autoprune.record import TrialRecord, heads  # noqa: E402
-from autoprune.retrain import rebuild  # noqa: E402
-from autoprune.saving import load_pruned  # noqa: E402
-from autoprune.storage import front, get_record  # noqa: E402
-from autoprune.teacher import build_stream  # noqa: E402
-from autoprune.telling import records  # noqa: E402
-from autoprune.verdict import uniform_baseline, compare_at  # noqa: E402
-from autoprune.warmstart import global_at, global_prune  # noqa: E402
+from autoprune.pruning.structural import prune_with_plan  # noqa: E402
+from autoprune.search.record import TrialRecord, heads  # noqa: E402
+from autoprune.search.rebuild import rebuild  # noqa: E402
+from autoprune.pruning.saving import load_pruned  # noqa: E402
+from autoprune.search.storage import front, get_record  # noqa: E402
+from autoprune.train.teacher_stream import build_stream  # noqa: E402
+from autoprune.search.ask_tell import records  # noqa: E402
+from autoprune.deliver.vs_uniform import uniform_baseline, compare_at  # noqa: E402
+from autoprune.search.warm_start import global_at, global_prune  # noqa: E402
 
 TARGETS = (1.5, 2.0, 3.0)
 BATCH = 128
@@ -109,7 +109,7 @@ def search_until(ctx: StudyContext, budget: float, chunk: int, name: str) -> tup
 # ------------------------------------------------------------------------------------------------------ methods
 def autoprune_picks(ctx: StudyContext) -> dict[float, TrialRecord]:
     """What ``autoprune select`` offers: each target's best candidate on the default front (one rung)."""
-    from autoprune.storage import load_optuna_study
+    from autoprune.search.storage import load_optuna_study
 
     ost = load_optuna_study(ctx.study)
     return {float(get_record(ost, e["trial"]).plan.target): get_record(ost, e["trial"]) for e in front(ost)}
@@ -176,7 +176,7 @@ def final_recovery(ctx: StudyContext, model, stream, steps: int, cache: dict) ->
 
 
 def paired_speedups(base, models: list, x: torch.Tensor, repeats: int = 15) -> list[dict]:
-    """Each model timed paired with the base (:func:`autoprune.latency.paired_latency`, eager torch with
+    """Each model timed paired with the base (:func:`autoprune.metrics.latency.paired_latency`, eager torch with
     BatchNorm folded): its ms, the speed-up 1 / (median paired ratio), the dispersion and whether it is reliable."""
     out = []
     for m in models:
@@ -377,7 +377,7 @@ def run_methods(args, ctx: StudyContext, rctx: StudyContext, budget: float) -> t
 
 
 def _study_summary(recs: list[TrialRecord], used: float, failed: int) -> dict:
-    from autoprune.accounting import cost_summary
+    from autoprune.search.status import cost_summary
 
     rungs = sorted({s for r in recs for s in r.fidelity.scores})
     return {"trials": len(recs), "candidates": len(heads(recs)), "failed": failed, "units": round(used),
@@ -512,7 +512,7 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from autoprune.saving import atomic_write
+    from autoprune.files import atomic_write
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for (name, r), marker in zip(results["methods"].items(), "o^sDvx"):
@@ -538,7 +538,7 @@ def plot_aggregate(runs: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from autoprune.saving import atomic_write
+    from autoprune.files import atomic_write
 
     methods = list(runs[0]["methods"])
     fig, axes = plt.subplots(1, len(TARGETS), figsize=(3.0 * len(TARGETS), 3.6), dpi=120)

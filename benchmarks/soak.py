@@ -48,7 +48,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from autoprune.pareto import non_dominated
-from autoprune.record import TrialRecord
+from autoprune.search.record import TrialRecord
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.ERROR)

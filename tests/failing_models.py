@@ -22,7 +22,7 @@ import time
 import torch
 from torch import nn
 
-from autoprune.models import QuickstartCNN
+from autoprune.models.factory import QuickstartCNN
 
 
 class ModelBug(Exception):

@@ -90,7 +90,7 @@ def test_evaluate_base_and_trial_json(searched):
 @pytest.fixture
 def noisy_latency(monkeypatch):
     """paired_latency replaced by one that records its arguments and says the machine was contended."""
-    from autoprune import latency
+    from autoprune.metrics import latency
 
     calls = []
 
@@ -131,7 +131,7 @@ def test_status_counts_the_trials_whose_latency_is_unreliable(searched, tmp_path
     import dataclasses
     import sqlite3
 
-    from autoprune.record import TrialRecord
+    from autoprune.search.record import TrialRecord
 
     path, _ = searched
     src, dst = sqlite3.connect(path.parent / "run" / "study.db"), sqlite3.connect(tmp_path / "copy.db")

@@ -6,7 +6,7 @@ from math import comb
 
 import pytest
 
-from autoprune.compare import mcnemar_exact, paired
+from autoprune.metrics.mcnemar import mcnemar_exact, paired
 
 
 @pytest.mark.parametrize("b,c", [(10, 2), (2, 10), (7, 0), (30, 18), (1, 1)])

@@ -117,10 +117,17 @@ def test_unknown_sampler_names_the_field_and_lists_the_registered_ones(write_stu
 
 
 def test_every_registered_sampler_validates(write_study):
-    from autoprune.samplers import SAMPLERS
+    from autoprune.search.samplers import SAMPLERS
 
     for name in SAMPLERS:
         assert load_study(write_study({"sampler": {"name": name}})).config.sampler.name == name
+
+
+def test_the_config_wing_knows_exactly_the_registered_sampler_names():
+    from autoprune.config import SAMPLER_NAMES
+    from autoprune.search.samplers import SAMPLERS
+
+    assert sorted(SAMPLER_NAMES) == SAMPLERS.names()
 
 
 def test_a_study_whose_search_space_sets_recovery_steps_does_not_load(write_study, tmp_path):

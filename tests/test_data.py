@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from autoprune.config import DataConfig
-from autoprune.data import load_splits, random_crop_flip
+from autoprune.data.splits import load_splits, random_crop_flip
 from autoprune.errors import AutopruneError
 from tests.conftest import CIFAR, need_shared
 
@@ -72,7 +72,7 @@ def test_random_crop_flip_keeps_shape_and_content_statistics():
 
 
 def test_data_sets_are_looked_up_in_the_registry(monkeypatch):
-    from autoprune.data import DATASETS, Source
+    from autoprune.data.splits import DATASETS, Source
 
     assert DATASETS.names() == ["cifar10", "cifar100", "digits", "imagefolder"]
     x = np.zeros((10, 1, 4, 4), dtype=np.uint8)
@@ -89,7 +89,7 @@ def test_data_sets_are_looked_up_in_the_registry(monkeypatch):
 
 
 def test_a_data_set_registered_twice_is_an_error():
-    from autoprune.data import DATASETS
+    from autoprune.data.splits import DATASETS
 
     with pytest.raises(ValueError, match="digits"):
         DATASETS.register("digits", lambda cfg, rng: None)
@@ -111,13 +111,15 @@ def test_a_failed_cifar_download_with_an_empty_message_is_a_one_line_error(tmp_p
 def test_the_data_module_examples_hold():
     import doctest
 
-    from autoprune import data, fitcheck
+    from autoprune.data import splits as data
+
+    from autoprune.models import fit_check as fitcheck
 
     assert doctest.testmod(data).failed == 0 and doctest.testmod(fitcheck).failed == 0
 
 
 def test_a_split_kind_must_give_its_length_reads_and_rows() -> None:
-    from autoprune.batching import Batches
+    from autoprune.data.batching import Batches
 
     class OnlyReads(Batches):
         def __len__(self) -> int:

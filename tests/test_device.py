@@ -10,9 +10,9 @@ from torch import nn
 
 from autoprune.cli import main
 from autoprune.config import RecoveryConfig, load_study
-from autoprune.data import Split
+from autoprune.data.splits import Split
 from autoprune.device import gpu_for_worker, memory_format, resolve_device, to_device
-from autoprune.distill import autocast_dtype, finetune
+from autoprune.train.distill import autocast_dtype, finetune
 from autoprune.errors import AutopruneError
 
 
@@ -95,7 +95,7 @@ def _tiny_recovery() -> dict:
 
 def test_losses_read_back_in_batches_reach_on_step_in_order_and_a_non_finite_one_names_its_step():
     """The CUDA loop (losses read back every few steps, not every step), run on the CPU with sync_every=4."""
-    from autoprune.distill import make_optimizer, run_steps
+    from autoprune.train.distill import make_optimizer, run_steps
 
     torch.manual_seed(0)
     model, settings = nn.Linear(4, 2), RecoveryConfig(batch_size=8, lr=0.1)

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoprune.config import RecoveryConfig
-from autoprune.data import Split
-from autoprune.distill import finetune, kd_loss, recalibrate_bn
-from autoprune.measure import accuracy
+from autoprune.data.splits import Split
+from autoprune.train.distill import finetune, kd_loss, recalibrate_bn
+from autoprune.metrics.costs import accuracy
 
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")

@@ -17,13 +17,13 @@ import yaml
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
-from autoprune import saving
-from autoprune.backends.optuna_backend import run_search
+from autoprune import files
+from autoprune.search.backends.optuna_backend import run_search
 from autoprune.cli import main
 from autoprune.config import load_study
-from autoprune.context import prepare
+from autoprune.search.context import prepare
 from autoprune.errors import SearchFailedError
-from autoprune.storage import create_or_load
+from autoprune.search.storage import create_or_load
 from tests.conftest import TINY_SPACE, TINY_STUDY
 from tests.test_distributed import start, trials, wait_for
 
@@ -182,7 +182,7 @@ class Interrupted(BaseException):
 @pytest.mark.parametrize("where", ["torch.save", "os.replace"])
 def test_interrupted_atomic_save_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch, where):
     path = tmp_path / "model.pt"
-    saving.atomic_save({"version": torch.tensor(1)}, path)
+    files.atomic_save({"version": torch.tensor(1)}, path)
     real_save = torch.save
 
     def half_a_save(obj, f, *args, **kwargs):
@@ -199,7 +199,7 @@ def test_interrupted_atomic_save_leaves_the_old_file_and_no_temporary(tmp_path, 
     else:
         monkeypatch.setattr(os, "replace", interrupted_rename)
     with pytest.raises(Interrupted):
-        saving.atomic_save({"version": torch.tensor(2)}, path)
+        files.atomic_save({"version": torch.tensor(2)}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["version"].item() == 1
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"], "no temporary file left behind"
@@ -207,14 +207,14 @@ def test_interrupted_atomic_save_leaves_the_old_file_and_no_temporary(tmp_path, 
 
 def test_interrupted_text_write_leaves_the_old_text(tmp_path, monkeypatch):
     path = tmp_path / "report.json"
-    saving.atomic_write_text(path, '{"old": true}')
+    files.atomic_write_text(path, '{"old": true}')
 
     def interrupted_rename(src, dst):
         raise Interrupted
 
     monkeypatch.setattr(os, "replace", interrupted_rename)
     with pytest.raises(Interrupted):
-        saving.atomic_write_text(path, '{"new": true}')
+        files.atomic_write_text(path, '{"new": true}')
     monkeypatch.undo()
     assert path.read_text() == '{"old": true}'
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
@@ -222,7 +222,7 @@ def test_interrupted_text_write_leaves_the_old_text(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("kind", ["torchscript", "onnx"])
 def test_an_export_interrupted_before_its_rename_leaves_the_old_export(tmp_path, monkeypatch, kind):
-    from autoprune.export import export_onnx, export_torchscript
+    from autoprune.deliver.export import export_onnx, export_torchscript
 
     export = export_torchscript if kind == "torchscript" else export_onnx
     path = tmp_path / f"model.{kind}"

@@ -12,18 +12,18 @@ import torch
 import yaml
 from optuna.distributions import FloatDistribution
 
-from autoprune.accounting import cost_summary
-from autoprune.backends.optuna_backend import run_search
+from autoprune.search.status import cost_summary
+from autoprune.search.backends.optuna_backend import run_search
 from autoprune.config import RecoveryConfig, load_study
-from autoprune.context import prepare, stream_steps
-from autoprune.distill import finetune, train_step
+from autoprune.search.context import prepare, stream_steps
+from autoprune.train.distill import finetune, train_step
 from dataclasses import replace
 
 from autoprune.pareto import nondominated_ranks
-from autoprune.record import TrialRecord
-from autoprune.telling import records
-from autoprune.teacher import build_stream, load_or_build_stream, sample_stream_indices
-from autoprune.warmstart import global_prune, global_ratios, snap, warm_start_params
+from autoprune.search.record import TrialRecord
+from autoprune.search.ask_tell import records
+from autoprune.train.teacher_stream import build_stream, load_or_build_stream, sample_stream_indices
+from autoprune.search.warm_start import global_prune, global_ratios, snap, warm_start_params
 from tests.conftest import TINY_SPACE, TINY_STUDY
 
 MAXMIN = ["maximize", "minimize"]
@@ -143,7 +143,7 @@ def test_a_continuation_from_the_saved_model_equals_rebuilding_the_candidate(tmp
     import os
     from dataclasses import replace
 
-    from autoprune.trial import continue_trial, run_trial
+    from autoprune.search.trial import continue_trial, run_trial
 
     study = _study(tmp_path, study={"fidelity": {"promote_steps": 6, "bn_rung": True}})
     c = prepare(study)
@@ -216,7 +216,7 @@ def test_warm_start_enqueues_the_baselines_first(ctx):
 
 # ------------------------------------------------------------------------------------------ rungs and targets
 def _rec(number: int, scores: dict, target: float | None = None, macs: int = 100):
-    from autoprune.record import Fidelity, Metrics, PlanRecord
+    from autoprune.search.record import Fidelity, Metrics, PlanRecord
 
     top = max(scores)
     return TrialRecord(Metrics(scores[top], macs, 10, 0.1), PlanRecord("l1", {"g": 0.3}, target=target),
@@ -224,7 +224,7 @@ def _rec(number: int, scores: dict, target: float | None = None, macs: int = 100
 
 
 def test_due_takes_each_rungs_best_within_one_target_whenever_they_arrive():
-    from autoprune.fidelity import due
+    from autoprune.search.fidelity import due
 
     ladder = [0, 20, 220]
 
@@ -251,7 +251,7 @@ def test_due_takes_each_rungs_best_within_one_target_whenever_they_arrive():
 
 
 def test_at_a_target_a_less_accurate_candidate_never_goes_up_past_a_better_one_by_being_slightly_cheaper():
-    from autoprune.fidelity import due
+    from autoprune.search.fidelity import due
 
     # the uniform warm start (0) is dominated by 2 (more accurate and cheaper); 1 is less accurate but the
     # cheapest, so it is non-dominated on (accuracy, MACs); all three are within 1 % of the target's MACs
@@ -272,7 +272,7 @@ def test_at_a_target_a_less_accurate_candidate_never_goes_up_past_a_better_one_b
 def test_a_front_never_mixes_rungs(tmp_path):
     """A promoted trial's longer-recovery accuracy never competes with others' short scores: the default front
     compares every trial at the rung all reached, and --rung N compares only the trials that reached N."""
-    from autoprune.storage import front
+    from autoprune.search.storage import front
 
     study = _study(tmp_path, study={"fidelity": {"promote_steps": 6, "eta": 2}, "budget": {"n_trials": 6}})
     ost = run_search(prepare(study), n_trials=6).study
@@ -316,9 +316,9 @@ def test_bn_rung_scores_every_candidate_before_any_fine_tune(tmp_path):
 def _assert_picks_never_below_their_warm_starts(ost, recs):
     """Each target's pick scores at least as well as every warm start of its target, at the highest rung both
     reached, on the same validation images."""
-    from autoprune.record import heads
-    from autoprune.storage import front
-    from autoprune.verdict import compare_at
+    from autoprune.search.record import heads
+    from autoprune.search.storage import front
+    from autoprune.deliver.vs_uniform import compare_at
 
     by_number = {r.number: r for r in recs}
     for e in front(ost):

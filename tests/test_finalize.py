@@ -18,11 +18,11 @@ from click.testing import CliRunner
 
 from autoprune.cli import main
 from autoprune.config import load_study
-from autoprune.context import prepare
-from autoprune.models import create_model
-from autoprune.retrain import retrain
-from autoprune.saving import load_pruned
-from autoprune.storage import get_record, load_optuna_study
+from autoprune.search.context import prepare
+from autoprune.models.factory import create_model
+from autoprune.deliver.retrain import retrain
+from autoprune.pruning.saving import load_pruned
+from autoprune.search.storage import get_record, load_optuna_study
 from tests.conftest import TINY_SPACE, TINY_STUDY
 
 
@@ -200,7 +200,7 @@ def test_retrain_runs_the_trials_training_loop_with_its_recorded_recovery_settin
     (momentum, weight decay, temperature, alpha), through the same make_optimizer / run_steps as a trial."""
     import dataclasses
 
-    import autoprune.retrain as retrain_module
+    import autoprune.deliver.retrain as retrain_module
 
     study = load_study(searched)
     ctx = prepare(study, measure_reference=False)

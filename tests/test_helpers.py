@@ -9,12 +9,12 @@ import optuna
 import pytest
 import torch
 
-from autoprune import pruning
+from autoprune.pruning import structural as pruning
 from autoprune.config import SamplerConfig
 from autoprune.errors import AutopruneError, first_line
-from autoprune.models import QuickstartCNN
+from autoprune.models.factory import QuickstartCNN
 from autoprune.optional import require
-from autoprune.samplers import SAMPLERS, make_sampler
+from autoprune.search.samplers import SAMPLERS, make_sampler
 
 
 # ------------------------------------------------------------------------------------------------- first_line
@@ -39,7 +39,7 @@ def test_require_of_a_missing_module_names_the_extra_to_install():
 
 
 def test_report_plots_without_matplotlib_say_how_to_install_it(monkeypatch, tmp_path):
-    from autoprune import report
+    from autoprune.deliver import report
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed: importing it raises ImportError
     point = {"accuracy": 0.9, "macs": 10}
@@ -48,7 +48,7 @@ def test_report_plots_without_matplotlib_say_how_to_install_it(monkeypatch, tmp_
 
 
 def test_onnx_export_without_onnxruntime_is_reported_not_raised(monkeypatch, tmp_path):
-    from autoprune.export import export_onnx
+    from autoprune.deliver.export import export_onnx
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed: importing it raises ImportError
     out = export_onnx(torch.nn.Linear(4, 3), torch.randn(2, 4), tmp_path / "model.onnx")
@@ -129,7 +129,7 @@ def test_torch_pruning_failing_to_trace_with_an_empty_message_is_a_one_line_erro
 
 
 def test_an_unreadable_pruned_model_with_an_empty_message_is_a_one_line_error(monkeypatch, tmp_path):
-    from autoprune.saving import load_pruned
+    from autoprune.pruning.saving import load_pruned
 
     path = tmp_path / "model.pt"
     path.write_bytes(b"not a checkpoint")

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from autoprune import hostmalloc
-from autoprune.hostmalloc import glibc_at_least, huge_page_tunables, restart_with_huge_pages, thp_mode
+from autoprune.cli import huge_pages as hostmalloc
+from autoprune.cli.huge_pages import glibc_at_least, huge_page_tunables, restart_with_huge_pages, thp_mode
 from tests.conftest import load_benchmark
 
 
@@ -76,7 +76,7 @@ def test_a_real_restart_happens_once_and_the_program_sees_the_tunable() -> None:
         mode = thp_mode(hostmalloc.THP_ENABLED.read_text())
     except OSError:
         pytest.skip("no transparent huge pages on this kernel")
-    code = ("import os; from autoprune.hostmalloc import restart_with_huge_pages; restart_with_huge_pages(); "
+    code = ("import os; from autoprune.cli.huge_pages import restart_with_huge_pages; restart_with_huge_pages(); "
             "print(os.getpid(), os.environ.get('GLIBC_TUNABLES'))")
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "AUTOPRUNE_HUGE_PAGES")}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
@@ -96,7 +96,7 @@ def test_the_allocator_benchmark_times_the_setting_the_command_makes() -> None:
                                             (["autoprune", "retrain", "s.yaml", "--trial", "3"], True),
                                             (["autoprune", "status", "s.yaml"], False), (["autoprune"], False)])
 def test_only_the_training_commands_restart(monkeypatch, argv, restarts) -> None:
-    from autoprune import cli
+    from autoprune.cli import app as cli
 
     calls: list[str] = []
     monkeypatch.setattr(sys, "argv", argv)

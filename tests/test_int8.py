@@ -14,11 +14,11 @@ from click.testing import CliRunner
 
 from autoprune.cli import main
 from autoprune.config import load_study
-from autoprune.context import prepare
-from autoprune.data import Split
-from autoprune.export import export_onnx, export_onnx_int8_static, onnx_accuracy
-from autoprune.finalize import CALIBRATION_IMAGES, calibration_batches, static_int8
-from autoprune.measure import accuracy
+from autoprune.search.context import prepare
+from autoprune.data.splits import Split
+from autoprune.deliver.export import export_onnx, export_onnx_int8_static, onnx_accuracy
+from autoprune.deliver.finalize import CALIBRATION_IMAGES, calibration_batches, static_int8
+from autoprune.metrics.costs import accuracy
 from tests.conftest import TINY_SPACE, TINY_STUDY
 
 

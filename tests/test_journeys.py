@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from click.testing import CliRunner
 
 from autoprune.cli import main
-from autoprune.models import create_model
+from autoprune.models.factory import create_model
 from tests.conftest import CIFAR, ROOT, TINY_SPACE, TINY_STUDY, WEIGHTS, need_shared
 
 

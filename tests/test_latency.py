@@ -1,4 +1,4 @@
-"""Paired latency (autoprune.latency): the pure math, BatchNorm folding, every latency backend, contention, and
+"""Paired latency (autoprune.metrics.latency): the pure math, BatchNorm folding, every latency backend, contention, and
 how a trial records and the tables show it."""
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from autoprune import latency
-from autoprune.cifar_resnet import cifar_resnet
+from autoprune.metrics import latency
+from autoprune.models.cifar_resnet import cifar_resnet
 from autoprune.config import MeasureConfig, load_study
-from autoprune.devicelock import NoLock
-from autoprune.display import metrics_table
+from autoprune.metrics.device_lock import NoLock
+from autoprune.cli.display import metrics_table
 from autoprune.errors import AutopruneError, ConfigError
-from autoprune.latency import (LATENCY_BACKENDS, NOISY_DISPERSION, RETRY_FACTOR, Deployed, deploy, fold_batchnorm,
+from autoprune.metrics.latency import (LATENCY_BACKENDS, NOISY_DISPERSION, RETRY_FACTOR, Deployed, deploy, fold_batchnorm,
                                is_noisy, paired_latency, paired_ratios, relative_iqr, summarise)
-from autoprune.models import QuickstartCNN
-from autoprune.record import Metrics, PlanRecord, TrialRecord
+from autoprune.models.factory import QuickstartCNN
+from autoprune.search.record import Metrics, PlanRecord, TrialRecord
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
@@ -160,7 +160,7 @@ def test_onnxruntime_sessions_do_not_spin_between_runs() -> None:
     """Two sessions timed alternately: one's spin-waiting threads would hold the cores during the other's run
     (measured on 2 idle cores: relative IQR of the paired ratios 0.79 with spinning, 0.05-0.12 without)."""
     pytest.importorskip("onnxruntime")
-    from autoprune.latency import deploy_onnx, onnx_session
+    from autoprune.metrics.latency import deploy_onnx, onnx_session
 
     import io
 
@@ -227,7 +227,7 @@ def test_a_noisy_measurement_is_repeated_with_more_pairs_then_flagged() -> None:
 
 # ------------------------------------------------------------------------------------- trials and tables
 def test_a_trial_records_the_paired_latency_and_the_backend() -> None:
-    from autoprune.trial import _measure
+    from autoprune.search.trial import _measure
 
     x = torch.randn(1, 1, 8, 8)
     base = QuickstartCNN(width=16)
@@ -281,8 +281,8 @@ def test_the_table_shows_the_paired_speed_up_the_backend_and_unreliable_latencie
 
 
 def test_a_study_on_torchscript_records_the_backend_in_its_reference_and_every_trial(write_study, tmp_path) -> None:
-    from autoprune.context import prepare
-    from autoprune.trial import run_trial
+    from autoprune.search.context import prepare
+    from autoprune.search.trial import run_trial
 
     torch.manual_seed(0)
     checkpoint = tmp_path / "base.pt"
@@ -303,7 +303,7 @@ def test_a_study_on_torchscript_records_the_backend_in_its_reference_and_every_t
 def test_a_resumed_study_must_measure_latency_as_its_reference_was(write_study, tmp_path) -> None:
     import optuna
 
-    from autoprune.storage import create_or_load
+    from autoprune.search.storage import create_or_load
 
     url, sampler = f"sqlite:///{tmp_path / 'lat.db'}", optuna.samplers.RandomSampler()
     study = lambda **m: load_study(write_study({"measure": m}))  # noqa: E731

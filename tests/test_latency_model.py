@@ -1,4 +1,4 @@
-"""Latency targets: the per-group latency model (autoprune.latency_model) and a search placed on it."""
+"""Latency targets: the per-group latency model (autoprune.pruning.latency_model) and a search placed on it."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ import doctest
 import optuna
 import pytest
 
-from autoprune import fidelity, latency_model
-from autoprune.allocation import TOLERANCE
-from autoprune.backends.optuna_backend import run_search
+from autoprune.search import fidelity
+
+from autoprune.pruning import latency_model
+from autoprune.search.allocation import TOLERANCE
+from autoprune.search.backends.optuna_backend import run_search
 from autoprune.config import load_study
-from autoprune.context import prepare
+from autoprune.search.context import prepare
 from autoprune.errors import ConfigError
-from autoprune.latency_model import LatencyCostModel
-from autoprune.record import TrialRecord
+from autoprune.pruning.latency_model import LatencyCostModel
+from autoprune.search.record import TrialRecord
 
 
 def test_the_module_examples_hold() -> None:

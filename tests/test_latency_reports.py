@@ -11,15 +11,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from autoprune import display, finalize
-from autoprune.accounting import latency_unreliable
-from autoprune.config import MeasureConfig
-from autoprune.devicelock import NoLock
-from autoprune.latency import LatencyResult
-from autoprune.models import QuickstartCNN
-from autoprune.record import Metrics, TrialRecord
+from autoprune.cli import display
 
-measure = importlib.import_module("autoprune.measure")  # the package re-exports the function measure() as its name
+from autoprune.deliver import finalize
+from autoprune.search.status import latency_unreliable
+from autoprune.config import MeasureConfig
+from autoprune.metrics.device_lock import NoLock
+from autoprune.metrics.latency import LatencyResult
+from autoprune.models.factory import QuickstartCNN
+from autoprune.search.record import Metrics, TrialRecord
+
+measure = importlib.import_module("autoprune.metrics.costs")  # the package re-exports the function measure() as its name
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 NOISY = LatencyResult(ms=0.5, base_ms=1.0, ratio=0.5, dispersion=0.9, reliable=False, backend="torchscript", pairs=80)

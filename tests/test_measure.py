@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from autoprune.data import Split
-from autoprune.measure import accuracy, count_macs, count_params, latency_ms, measure
-from autoprune.models import create_model
+from autoprune.data.splits import Split
+from autoprune.metrics.costs import accuracy, count_macs, count_params, latency_ms, measure
+from autoprune.models.factory import create_model
 
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")

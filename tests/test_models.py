@@ -12,11 +12,11 @@ import torch
 import torchvision
 
 import autoprune
-from autoprune.data import IMAGENET_STATS, Split
+from autoprune.data.splits import IMAGENET_STATS, Split
 from autoprune.errors import AutopruneError
-from autoprune.measure import accuracy, count_macs, count_params
-from autoprune.models import MODELS, create_model, load_checkpoint
-from autoprune.pruning import ROOT_TYPES, out_width, structure
+from autoprune.metrics.costs import accuracy, count_macs, count_params
+from autoprune.models.factory import MODELS, create_model, load_checkpoint
+from autoprune.pruning.structural import ROOT_TYPES, out_width, structure
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"

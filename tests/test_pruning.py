@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from autoprune.errors import AutopruneError
-from autoprune.measure import count_macs, count_params
-from autoprune.models import MODELS, create_model, load_checkpoint
-from autoprune.pruning import build_layout, prune, prune_with_plan, replay, structure
-from autoprune.saving import load_pruned, save_pruned
+from autoprune.metrics.costs import count_macs, count_params
+from autoprune.models.factory import MODELS, create_model, load_checkpoint
+from autoprune.pruning.structural import build_layout, prune, prune_with_plan, replay, structure
+from autoprune.pruning.saving import load_pruned, save_pruned
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESNET20_CKPT = REPO_ROOT.parent / "shared" / "weights" / "cifar10-resnet" / "resnet20.pt"

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from autoprune.cli import main
 from autoprune.config import load_study
-from autoprune.context import prepare
-from autoprune.models import MODELS, QuickstartCNN
-from autoprune.storage import create_or_load
+from autoprune.search.context import prepare
+from autoprune.models.factory import MODELS, QuickstartCNN
+from autoprune.search.storage import create_or_load
 from tests.conftest import TINY_SPACE, TINY_STUDY
 from tests.test_distributed import postgres  # noqa: F401  (fixture: PostgreSQL, or skip)
 
@@ -175,7 +175,7 @@ name_mistake = st.one_of(
 
 
 @examples(12)
-@example(("model", "autoprune.models:no_such_factory"))
+@example(("model", "autoprune.models.factory:no_such_factory"))
 @given(m=name_mistake)
 def test_unknown_model_or_data_set_is_one_line_exit_2(tmp_path_factory, m):
     d = tmp_path_factory.mktemp("names")

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 from autoprune.cli import main
 from autoprune.errors import AutopruneError
-from autoprune.models import QuickstartCNN
-from autoprune.saving import FORMAT, load_pruned
+from autoprune.models.factory import QuickstartCNN
+from autoprune.pruning.saving import FORMAT, load_pruned
 
 
 class Payload:

@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from autoprune.errors import AutopruneError
-from autoprune.measure import count_params
-from autoprune.models import create_model
-from autoprune.pruning import build_layout, prune, prune_with_plan
-from autoprune.scorers import SCORERS, CombinedImportance, resolve_scorer
+from autoprune.metrics.costs import count_params
+from autoprune.models.factory import create_model
+from autoprune.pruning.structural import build_layout, prune, prune_with_plan
+from autoprune.pruning.scorers import SCORERS, CombinedImportance, resolve_scorer
 
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")

@@ -14,11 +14,11 @@ from click.testing import CliRunner
 
 from autoprune.cli import main
 from autoprune.config import DataConfig
-from autoprune.data import Split, join, load_splits
+from autoprune.data.splits import Split, join, load_splits
 from autoprune.errors import AutopruneError
-from autoprune.retrain import full_training_split
-from autoprune.streaming import StreamSplit, default_workers
-from autoprune.teacher import RecoveryStream, sample_stream_indices
+from autoprune.deliver.retrain import full_training_split
+from autoprune.data.streaming import StreamSplit, default_workers
+from autoprune.train.teacher_stream import RecoveryStream, sample_stream_indices
 from tests import user_data
 
 CLASSES = ("ant", "bee", "cat")
@@ -180,7 +180,7 @@ def test_search_on_a_streamed_image_folder_end_to_end(write_study, folder, one_i
 
 
 def test_streamed_splits_that_fit_in_memory_mb_are_decoded_once_and_held_giving_the_same_batches(folder):
-    from autoprune.data import held
+    from autoprune.data.splits import held
 
     streamed = load_splits(_cfg(folder, num_workers=2, train_subset=64))
     kept = load_splits(_cfg(folder, num_workers=2, train_subset=64, memory_mb=1))  # 300 16x16 images: 0.2 MB

@@ -88,14 +88,14 @@ def test_cycle_finder_finds_a_cycle_and_only_cycles() -> None:
 
 def test_imports_count_deferred_and_type_checking_imports() -> None:
     src = ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from autoprune.config import Study\n"
-           "def f():\n    from autoprune.pruning import prune\n")
-    assert _imports(ast.parse(src), "autoprune.x", False) == {"autoprune.pruning", "autoprune.pruning.prune",
+           "def f():\n    from autoprune.pruning.structural import prune\n")
+    assert _imports(ast.parse(src), "autoprune.x", False) == {"autoprune.pruning.structural", "autoprune.pruning.structural.prune",
                                                               "autoprune.config", "autoprune.config.Study"}
 
 
 def test_the_package_has_no_import_cycle() -> None:
     graph = import_graph()
-    assert "autoprune.probe" in graph and "autoprune.pruning" in graph["autoprune.probe"]
+    assert "autoprune.pruning.prunability" in graph and "autoprune.pruning.structural" in graph["autoprune.pruning.prunability"]
     assert cycles(graph) == []
 
 
@@ -112,3 +112,35 @@ def _long_functions(limit: int) -> list[str]:
 
 def test_no_function_in_the_package_is_longer_than_60_lines() -> None:
     assert _long_functions(60) == []
+
+
+# The wings, lowest first: a module may import its own wing and the wings below it, never one above.
+WINGS = ["ground", "models", "data", "metrics", "pruning", "train", "config", "search", "deliver", "cli"]
+
+
+def wing(module: str) -> str:
+    """``autoprune.search.trial`` -> ``search``; a module directly in the package is on the ground floor."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in WINGS) else "ground"
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that runs against the wings' order (the public ``autoprune`` package itself excepted)."""
+    return sorted(f"{a} -> {b}" for a, deps in graph.items() if a != "autoprune" for b in deps
+                  if WINGS.index(wing(b)) > WINGS.index(wing(a)))
+
+
+def test_wing_of_a_module() -> None:
+    assert [wing(m) for m in ("autoprune.errors", "autoprune.search", "autoprune.search.backends.workers",
+                              "autoprune.cli.app")] == ["ground", "search", "search", "cli"]
+    assert upward_imports({"autoprune.data.splits": {"autoprune.search.trial", "autoprune.errors"},
+                           "autoprune.cli.app": {"autoprune.search.trial"}}) == [
+        "autoprune.data.splits -> autoprune.search.trial"]
+
+
+def test_every_module_sits_in_a_wing_and_imports_only_its_own_and_lower_wings() -> None:
+    graph = import_graph()
+    ground = sorted(m for m in graph if m != "autoprune" and wing(m) == "ground")
+    assert ground == ["autoprune.device", "autoprune.errors", "autoprune.files", "autoprune.optional",
+                      "autoprune.pareto", "autoprune.registry"]
+    assert upward_imports(graph) == []

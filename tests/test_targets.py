@@ -5,13 +5,13 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from autoprune.allocation import TOLERANCE
-from autoprune.backends.optuna_backend import run_search
+from autoprune.search.allocation import TOLERANCE
+from autoprune.search.backends.optuna_backend import run_search
 from autoprune.config import RecoveryConfig, SearchSpaceConfig, load_study
-from autoprune.context import prepare
+from autoprune.search.context import prepare
 from autoprune.errors import ConfigError
-from autoprune.record import TrialRecord
-from autoprune.space import decode, distributions
+from autoprune.search.record import TrialRecord
+from autoprune.search.space import decode, distributions
 
 TARGETS = {"macs_reduction": [2, 1.5]}
 
@@ -40,7 +40,7 @@ def test_ask_gives_a_trial_its_parameters_target_seed_and_the_candidate_it_conti
     enqueued trial keeps the target and candidate it was enqueued with, and the seed is the run's plus the number."""
     from optuna.distributions import FloatDistribution
 
-    from autoprune.telling import ask
+    from autoprune.search.ask_tell import ask
 
     ost = optuna.create_study()
     dists = {"alloc.g": FloatDistribution(0.05, 1.0)}
@@ -93,7 +93,7 @@ def test_every_candidate_lands_on_its_target_and_the_baselines_come_first(target
 
 @pytest.mark.slow
 def test_with_targets_the_front_is_each_targets_best_candidate(targeted):
-    from autoprune.storage import front, load_optuna_study
+    from autoprune.search.storage import front, load_optuna_study
 
     path, _, records = targeted
     entries = front(load_optuna_study(load_study(path)))
@@ -109,9 +109,9 @@ def test_with_targets_the_front_is_each_targets_best_candidate(targeted):
 
 @pytest.mark.slow
 def test_the_pick_is_compared_with_the_uniform_baseline_on_the_same_images(targeted):
-    from autoprune.measure import accuracy
-    from autoprune.saving import load_pruned
-    from autoprune.verdict import uniform_baseline, versus_uniform
+    from autoprune.metrics.costs import accuracy
+    from autoprune.pruning.saving import load_pruned
+    from autoprune.deliver.vs_uniform import uniform_baseline, versus_uniform
 
     _, ctx, records = targeted
     pick = next(r for r in records if r.warm_start == "global" and r.plan.target == 2.0)
@@ -202,8 +202,8 @@ def test_with_targets_and_rungs_the_front_compares_each_target_at_one_common_run
     continuation completed counts once (at the continuation's scores)."""
     from optuna.distributions import FloatDistribution
 
-    from autoprune.record import Fidelity, Metrics, PlanRecord
-    from autoprune.storage import front
+    from autoprune.search.record import Fidelity, Metrics, PlanRecord
+    from autoprune.search.storage import front
 
     ost = optuna.create_study(directions=["maximize", "minimize"])
     ost.set_user_attr("objectives", ["accuracy", "macs"])
@@ -235,8 +235,8 @@ def test_with_targets_and_rungs_the_front_compares_each_target_at_one_common_run
 def test_a_searchable_round_to_prunes_to_the_chosen_multiple_on_target(write_study):
     """round_to: [1, 8] with targets: each trial's channel counts are multiples of its own round_to, placed on
     its target by a cost model that rounds the same way; the baselines take 1."""
-    from autoprune.pruning import out_width
-    from autoprune.saving import load_pruned
+    from autoprune.pruning.structural import out_width
+    from autoprune.pruning.saving import load_pruned
 
     model = {"name": "quickstart_cnn", "kwargs": {"width": 32}, "base_training": {"epochs": 2, "lr": 0.05, "batch_size": 64}}
     study = load_study(write_study({"targets": {"macs_reduction": [2]}, "model": model, "budget": {"n_trials": 8}},

@@ -13,10 +13,10 @@ from torch import nn
 
 from autoprune.cli import main
 from autoprune.config import DataConfig, load_study
-from autoprune.data import DATASETS, Source, load_splits
-from autoprune.fitcheck import check_model_fits
+from autoprune.data.splits import DATASETS, Source, load_splits
+from autoprune.models.fit_check import check_model_fits
 from autoprune.errors import AutopruneError, ConfigError
-from autoprune.models import QuickstartCNN
+from autoprune.models.factory import QuickstartCNN
 from tests import user_data
 
 

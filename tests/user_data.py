@@ -161,6 +161,6 @@ def floats_out_of_range():
 # ---------------------------------------------------------------------------------- a model that ignores classes
 def hundred_outputs(num_classes: int = 10, in_channels: int = 3):
     """A model factory that ignores ``num_classes`` (always 100 outputs): the class-count refusal."""
-    from autoprune.models import QuickstartCNN
+    from autoprune.models.factory import QuickstartCNN
 
     return QuickstartCNN(num_classes=100, in_channels=in_channels, width=8)

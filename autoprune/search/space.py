@@ -1,0 +1,96 @@
+"""The search space as Optuna distributions, and sampled parameters decoded into a trial plan.
+
+Parameter names: ``ratio.<group>`` for each pruning group (or, with cost targets, ``alloc.<group>`` weights;
+the trial's ``target`` is given, not sampled), ``scorer``, ``round_to`` (when the space lists several),
+``recovery.<name>`` for searchable recovery settings (lr, temperature, alpha; never steps, which the rung ladder
+decides), ``drop.<block>`` (true/false) for each residual block depth pruning may drop. The same dict of
+distributions serves both backends' ``ask`` (:func:`autoprune.search.ask_tell.ask`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+
+from autoprune.config import ChoiceParam, RangeParam, RecoveryConfig, SearchSpaceConfig
+from autoprune.errors import AutopruneError
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """What a trial runs: per-group ratios, the scorer, the recovery settings, the blocks it drops, and (for a
+    study with cost targets) the target its allocation was placed on."""
+
+    ratios: dict[str, float]
+    scorer: str
+    recovery: RecoveryConfig
+    dropped: tuple[str, ...] = ()
+    target: float | None = None
+    round_to: int | None = None
+
+
+# (allocation weights, target, round_to) -> per-group ratios placed on the target
+Placer = Callable[[Mapping[str, float], float, int | None], Mapping[str, float]]
+
+
+def _range(p: RangeParam) -> BaseDistribution:
+    return FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+
+
+def distributions(space: SearchSpaceConfig, groups: list[str], droppable: Sequence[str] = (),
+                  highs: Mapping[str, float] | None = None,
+                  targets: Sequence[float] | None = None) -> dict[str, BaseDistribution]:
+    """Optuna distributions for every searchable parameter (fixed values are not parameters); a ``drop.<block>``
+    choice for each block depth pruning may drop. ``highs``: per-group upper ratios from a sensitivity scan.
+    With cost ``targets``, each group gets an allocation weight ``alloc.<group>`` instead of a ratio; the
+    target is not sampled but given to each trial in turn (:func:`autoprune.search.ask_tell.ask`), so every
+    target gets its share of the trials."""
+    out: dict[str, BaseDistribution] = {}
+    for g in groups:
+        if targets:
+            out[f"alloc.{g}"] = FloatDistribution(space.allocation.low, space.allocation.high)
+            continue
+        high = max(space.ratio.low, min(space.ratio.high, (highs or {}).get(g, space.ratio.high)))
+        out[f"ratio.{g}"] = _range(space.ratio.model_copy(update={"high": high}))
+    for block in droppable:
+        out[f"drop.{block}"] = CategoricalDistribution([False, True])
+    if len(space.scorers) > 1:
+        out["scorer"] = CategoricalDistribution(space.scorers)
+    if space.round_to_choices:
+        out["round_to"] = CategoricalDistribution(space.round_to_choices)
+    for name, p in space.recovery.items():
+        if isinstance(p, RangeParam):
+            out[f"recovery.{name}"] = _range(p)
+        elif isinstance(p, ChoiceParam):
+            out[f"recovery.{name}"] = CategoricalDistribution(p.choices)
+    return out
+
+
+def decode(params: Mapping[str, Any], space: SearchSpaceConfig, groups: list[str], recovery: RecoveryConfig,
+           targets: Sequence[float] | None = None, place: Placer | None = None) -> TrialPlan:
+    """Sampled parameters -> the plan a trial runs; fixed search-space values fill in the rest. With cost
+    ``targets``, the allocation weights are turned into ratios on the trial's target by ``place``."""
+    kind = "alloc" if targets else "ratio"
+    missing = [g for g in groups if f"{kind}.{g}" not in params]
+    if missing:
+        raise AutopruneError(f"parameters lack {kind} values for groups {missing}")
+    target = None
+    round_to = int(params["round_to"]) if "round_to" in params else space.fixed_round_to
+    if targets:
+        if place is None:
+            raise ValueError("a study with targets needs a placer to turn allocations into ratios")
+        target = float(params.get("target", targets[0]))
+        ratios = dict(place({g: float(params[f"alloc.{g}"]) for g in groups}, target, round_to))
+    else:
+        ratios = {g: float(params[f"ratio.{g}"]) for g in groups}
+    scorer = str(params.get("scorer", space.scorers[0]))
+    overrides: dict[str, Any] = {}
+    for name, p in space.recovery.items():
+        if isinstance(p, (RangeParam, ChoiceParam)):
+            overrides[name] = params[f"recovery.{name}"]
+        else:
+            overrides[name] = p
+    rec = recovery.model_copy(update={k: float(v) for k, v in overrides.items()})
+    dropped = tuple(k[len("drop."):] for k, v in params.items() if k.startswith("drop.") and bool(v))
+    return TrialPlan(ratios, scorer, RecoveryConfig.model_validate(rec.model_dump()), dropped, target, round_to)
