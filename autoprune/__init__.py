@@ -12,8 +12,8 @@ from __future__ import annotations
 from autoprune.config import load_study
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.metrics.costs import measure
-from autoprune.pruning.structural import prune
 from autoprune.pruning.saving import load_pruned
+from autoprune.pruning.structural import prune
 
 __all__ = ["AutopruneError", "ConfigError", "load_pruned", "load_study", "measure", "prune"]
 __version__ = "0.1.0"

@@ -25,7 +25,7 @@ class Direction(str, enum.Enum):
         return self.value
 
     @classmethod
-    def _missing_(cls, value: object) -> "Direction":
+    def _missing_(cls, value: object) -> Direction:
         raise ValueError(f"unknown direction {value!r}; valid: {', '.join(d.value for d in cls)}")
 
 

@@ -185,10 +185,10 @@ class ArrayItems(torch.utils.data.Dataset):
 def cifar_finetune(args: argparse.Namespace) -> dict:
     from autoprune.config import DataConfig, RecoveryConfig
     from autoprune.data.splits import CIFAR_STATS, Split, workers
-    from autoprune.device import resolve_device, to_device
-    from autoprune.train.distill import finetune
-    from autoprune.models.factory import create_model, load_checkpoint
     from autoprune.data.streaming import StreamSplit
+    from autoprune.device import resolve_device, to_device
+    from autoprune.models.factory import create_model, load_checkpoint
+    from autoprune.train.distill import finetune
 
     root, ckpt = SHARED / "datasets" / "cifar10", SHARED / "weights" / "cifar10-resnet" / "resnet20.pt"
     if not (root / "train.npz").is_file() or not ckpt.is_file():

@@ -33,12 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autoprune.config import RecoveryConfig, load_study  # noqa: E402
-from autoprune.search.context import prepare  # noqa: E402
 from autoprune.device import to_device  # noqa: E402
-from autoprune.train.distill import autocast_dtype, finetune, kd_loss  # noqa: E402
 from autoprune.pruning.structural import prune_with_plan  # noqa: E402
+from autoprune.search.context import prepare  # noqa: E402
 from autoprune.search.record import TrialRecord  # noqa: E402
 from autoprune.search.storage import load_optuna_study  # noqa: E402
+from autoprune.train.distill import autocast_dtype, finetune, kd_loss  # noqa: E402
 from autoprune.train.teacher_stream import build_stream  # noqa: E402
 
 STUDY = ROOT / "studies" / "cifar10_resnet20_targets.yaml"
@@ -59,7 +59,7 @@ def plain_loop(model, stream, split, steps: int, settings: RecoveryConfig, devic
                           weight_decay=settings.weight_decay)
     dtype = autocast_dtype(settings.precision, device.type)
     model.train()
-    for step, (x, y, logits) in zip(range(steps), stream.batches(split)):
+    for _, (x, y, logits) in zip(range(steps), stream.batches(split)):
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = kd_loss(model(x).float(), logits, y, settings.temperature, settings.alpha)
         opt.zero_grad(set_to_none=True)
@@ -77,7 +77,7 @@ def throughput(ctx, steps: int, repeats: int) -> dict:
     runs = {"autoprune": lambda m: finetune(m, ctx.data.train, steps=steps, settings=settings, teacher=ctx.base,
                                             stream=stream),
             "plain": lambda m: plain_loop(m, stream, ctx.data.train, steps, settings, ctx.device)}
-    for name, run in runs.items():  # warm-up: cudnn.benchmark picks its kernels
+    for run in runs.values():  # warm-up: cudnn.benchmark picks its kernels
         run(copy.deepcopy(pruned))
     for i in range(repeats):
         for name in (("autoprune", "plain") if i % 2 == 0 else ("plain", "autoprune")):

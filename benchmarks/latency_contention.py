@@ -37,12 +37,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from autoprune.search.backends.optuna_backend import run_search  # noqa: E402
 from autoprune.config import load_study  # noqa: E402
-from autoprune.search.context import prepare  # noqa: E402
 from autoprune.metrics.latency import paired_latency  # noqa: E402
 from autoprune.pruning.saving import load_pruned  # noqa: E402
 from autoprune.search.ask_tell import records  # noqa: E402
+from autoprune.search.backends.optuna_backend import run_search  # noqa: E402
+from autoprune.search.context import prepare  # noqa: E402
 
 WITHIN = 0.30
 
@@ -61,7 +61,7 @@ class Load:
         self._stop = ctx.Event()
         self._procs = [ctx.Process(target=_spin, args=(self._stop,), daemon=True) for _ in range(n)]
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for p in self._procs:
             p.start()
         time.sleep(1.0)  # let them reach the loop

@@ -17,11 +17,11 @@ import time
 
 import torch
 
-from autoprune.search.backends.optuna_backend import run_search
 from autoprune.config import load_study
+from autoprune.search.ask_tell import records
+from autoprune.search.backends.optuna_backend import run_search
 from autoprune.search.context import prepare
 from autoprune.search.storage import front
-from autoprune.search.ask_tell import records
 
 
 def one_run(study_file: str) -> dict[str, float]:

@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autoprune.config import load_study  # noqa: E402
-from autoprune.search.context import prepare  # noqa: E402
-from autoprune.train.distill import recalibrate_bn  # noqa: E402
 from autoprune.metrics.costs import accuracy  # noqa: E402
 from autoprune.pruning.structural import prune_with_plan  # noqa: E402
+from autoprune.search.context import prepare  # noqa: E402
+from autoprune.train.distill import recalibrate_bn  # noqa: E402
 
 BATCH = 128
 # name -> (BN batches, validation images or None for all, BN draw seed); "ref" is the reference

@@ -48,23 +48,23 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from autoprune.search.allocation import TOLERANCE  # noqa: E402
-from autoprune.search.backends.optuna_backend import run_search  # noqa: E402
 from autoprune.config import RecoveryConfig, load_study  # noqa: E402
-from autoprune.search.context import StudyContext, prepare  # noqa: E402
-from autoprune.train.distill import finetune, recalibrate_bn  # noqa: E402
-from autoprune.metrics.latency import paired_latency  # noqa: E402
+from autoprune.deliver.vs_uniform import compare_at, uniform_baseline  # noqa: E402
 from autoprune.metrics.costs import accuracy, count_macs  # noqa: E402
+from autoprune.metrics.latency import paired_latency  # noqa: E402
 from autoprune.pareto import accuracy_at, hypervolume_2d  # noqa: E402
-from autoprune.pruning.structural import prune_with_plan  # noqa: E402
-from autoprune.search.record import TrialRecord, heads  # noqa: E402
-from autoprune.search.rebuild import rebuild  # noqa: E402
 from autoprune.pruning.saving import load_pruned  # noqa: E402
-from autoprune.search.storage import front, get_record  # noqa: E402
-from autoprune.train.teacher_stream import build_stream  # noqa: E402
+from autoprune.pruning.structural import prune_with_plan  # noqa: E402
+from autoprune.search.allocation import TOLERANCE  # noqa: E402
 from autoprune.search.ask_tell import records  # noqa: E402
-from autoprune.deliver.vs_uniform import uniform_baseline, compare_at  # noqa: E402
+from autoprune.search.backends.optuna_backend import run_search  # noqa: E402
+from autoprune.search.context import StudyContext, prepare  # noqa: E402
+from autoprune.search.rebuild import rebuild  # noqa: E402
+from autoprune.search.record import TrialRecord, heads  # noqa: E402
+from autoprune.search.storage import front, get_record  # noqa: E402
 from autoprune.search.warm_start import global_at, global_prune  # noqa: E402
+from autoprune.train.distill import finetune, recalibrate_bn  # noqa: E402
+from autoprune.train.teacher_stream import build_stream  # noqa: E402
 
 TARGETS = (1.5, 2.0, 3.0)
 BATCH = 128

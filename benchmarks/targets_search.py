@@ -25,12 +25,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from autoprune.search.backends.optuna_backend import run_search  # noqa: E402
 from autoprune.config import load_study  # noqa: E402
+from autoprune.deliver.vs_uniform import compare_at  # noqa: E402
+from autoprune.search.ask_tell import records  # noqa: E402
+from autoprune.search.backends.optuna_backend import run_search  # noqa: E402
 from autoprune.search.context import prepare  # noqa: E402
 from autoprune.search.record import heads  # noqa: E402
-from autoprune.search.ask_tell import records  # noqa: E402
-from autoprune.deliver.vs_uniform import compare_at  # noqa: E402
 
 
 def per_target(recs: list, target: float) -> dict:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,20 @@ def write_study(tmp_path):
         return path
 
     return write
+
+
+# Subprocess searches in the tests run tiny models, whose tensors are far below glibc's 32 MB mmap threshold: the
+# huge-pages restart (autoprune/cli/huge_pages.py) would only import torch a second time in each of them.
+# tests/test_hostmalloc.py sets or clears the variable itself where it tests the restart.
+os.environ.setdefault("AUTOPRUNE_HUGE_PAGES", "0")
+
+# The files that run whole searches in subprocesses, slowest first: collected first, so that pytest-xdist
+# (``-n auto --dist load``) hands their tests out before the many short ones and the workers finish together.
+SLOW_FILES = ("test_distributed.py", "test_ray.py", "test_backends.py", "test_journeys.py", "test_failures.py",
+              "test_targets.py", "test_latency_model.py", "test_fidelity.py", "test_secrets.py", "test_cli.py",
+              "test_finalize.py")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))  # stable: order within a file is kept

@@ -19,10 +19,10 @@ from click.testing import CliRunner
 from torch import nn
 
 from autoprune.cli import main
-from autoprune.pruning.graph_hints import failing_layer
-from autoprune.pruning.prunability import check_prunable
 from autoprune.errors import AutopruneError
 from autoprune.metrics.costs import count_macs
+from autoprune.pruning.graph_hints import failing_layer
+from autoprune.pruning.prunability import check_prunable
 from autoprune.pruning.structural import build_layout, prune_with_plan, replay, structure
 from tests import user_models
 from tests.conftest import TINY_SPACE, TINY_STUDY

@@ -16,8 +16,9 @@ def run(*args: str):
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     """A tiny digits study searched to 4 complete trials (shared by the tests below)."""
-    from tests.conftest import TINY_SPACE, TINY_STUDY
     import yaml
+
+    from tests.conftest import TINY_SPACE, TINY_STUDY
 
     d = tmp_path_factory.mktemp("cli")
     study = dict(TINY_STUDY, workdir=str(d / "run"))

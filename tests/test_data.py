@@ -112,7 +112,6 @@ def test_the_data_module_examples_hold():
     import doctest
 
     from autoprune.data import splits as data
-
     from autoprune.models import fit_check as fitcheck
 
     assert doctest.testmod(data).failed == 0 and doctest.testmod(fitcheck).failed == 0

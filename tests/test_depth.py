@@ -8,12 +8,12 @@ import copy
 import pytest
 import torch
 
-from autoprune.models.cifar_resnet import cifar_resnet
-from autoprune.pruning.depth import drop_blocks, droppable_blocks
 from autoprune.errors import AutopruneError
 from autoprune.metrics.costs import count_macs
-from autoprune.pruning.structural import build_layout, prune_with_plan
+from autoprune.models.cifar_resnet import cifar_resnet
+from autoprune.pruning.depth import drop_blocks, droppable_blocks
 from autoprune.pruning.saving import load_pruned, save_pruned
+from autoprune.pruning.structural import build_layout, prune_with_plan
 
 
 @pytest.fixture(scope="module")

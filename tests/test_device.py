@@ -12,8 +12,8 @@ from autoprune.cli import main
 from autoprune.config import RecoveryConfig, load_study
 from autoprune.data.splits import Split
 from autoprune.device import gpu_for_worker, memory_format, resolve_device, to_device
-from autoprune.train.distill import autocast_dtype, finetune
 from autoprune.errors import AutopruneError
+from autoprune.train.distill import autocast_dtype, finetune
 
 
 def test_workers_take_the_gpus_in_turn():

@@ -12,9 +12,8 @@ from torch import nn
 
 from autoprune.config import RecoveryConfig
 from autoprune.data.splits import Split
-from autoprune.train.distill import finetune, kd_loss, recalibrate_bn
 from autoprune.metrics.costs import accuracy
-
+from autoprune.train.distill import finetune, kd_loss, recalibrate_bn
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 import signal
 import socket
 import subprocess
@@ -12,6 +11,7 @@ import sys
 import time
 import uuid
 import warnings
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import optuna
@@ -112,9 +112,15 @@ def test_three_workers_on_postgres_make_exactly_the_budget(write_study, pg_study
     assert all(p.startswith("exclusive") for p in plans)
 
 
-def test_killed_worker_trial_is_failed_and_retried(write_study, tmp_path):
-    path = write_study({"budget": {"n_trials": 3}, "recovery": {"steps": 600, "batch_size": 64},
-                        "storage": {"heartbeat_interval": 1, "grace_period": 3}})
+def test_killed_worker_trial_is_failed_and_retried(write_study, tmp_path, monkeypatch):
+    # pruned copies that sleep 50 ms a training step: a 100-step trial lasts 5 s or more (long enough to be killed
+    # mid-trial) while leaving the cores to the other tests
+    monkeypatch.setenv("FAILING_MODEL", "slow")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    path = write_study({"budget": {"n_trials": 3}, "recovery": {"steps": 100, "batch_size": 64},
+                        "storage": {"heartbeat_interval": 1, "grace_period": 3},
+                        "model": {"name": "tests.failing_models:fails_when_pruned", "kwargs": {"width": 8},
+                                  "base_training": {"epochs": 4, "lr": 0.05, "batch_size": 64}}})
     url = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
     proc = start("search", path)
     wait_for(lambda: any(t.state == TrialState.RUNNING for t in trials(url, "tiny")))

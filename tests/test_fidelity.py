@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 
 import optuna
-
 import pytest
 import torch
 import yaml
 from optuna.distributions import FloatDistribution
 
-from autoprune.search.status import cost_summary
-from autoprune.search.backends.optuna_backend import run_search
 from autoprune.config import RecoveryConfig, load_study
-from autoprune.search.context import prepare, stream_steps
-from autoprune.train.distill import finetune, train_step
-from dataclasses import replace
-
 from autoprune.pareto import nondominated_ranks
-from autoprune.search.record import TrialRecord
 from autoprune.search.ask_tell import records
-from autoprune.train.teacher_stream import build_stream, load_or_build_stream, sample_stream_indices
+from autoprune.search.backends.optuna_backend import run_search
+from autoprune.search.context import prepare, stream_steps
+from autoprune.search.record import TrialRecord
+from autoprune.search.status import cost_summary
 from autoprune.search.warm_start import global_prune, global_ratios, snap, warm_start_params
+from autoprune.train.distill import finetune, train_step
+from autoprune.train.teacher_stream import build_stream, load_or_build_stream, sample_stream_indices
 from tests.conftest import TINY_SPACE, TINY_STUDY
 
 MAXMIN = ["maximize", "minimize"]
@@ -316,9 +314,9 @@ def test_bn_rung_scores_every_candidate_before_any_fine_tune(tmp_path):
 def _assert_picks_never_below_their_warm_starts(ost, recs):
     """Each target's pick scores at least as well as every warm start of its target, at the highest rung both
     reached, on the same validation images."""
+    from autoprune.deliver.vs_uniform import compare_at
     from autoprune.search.record import heads
     from autoprune.search.storage import front
-    from autoprune.deliver.vs_uniform import compare_at
 
     by_number = {r.number: r for r in recs}
     for e in front(ost):

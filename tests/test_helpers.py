@@ -9,11 +9,11 @@ import optuna
 import pytest
 import torch
 
-from autoprune.pruning import structural as pruning
 from autoprune.config import SamplerConfig
 from autoprune.errors import AutopruneError, first_line
 from autoprune.models.factory import QuickstartCNN
 from autoprune.optional import require
+from autoprune.pruning import structural as pruning
 from autoprune.search.samplers import SAMPLERS, make_sampler
 
 

@@ -14,11 +14,11 @@ from click.testing import CliRunner
 
 from autoprune.cli import main
 from autoprune.config import load_study
-from autoprune.search.context import prepare
 from autoprune.data.splits import Split
 from autoprune.deliver.export import export_onnx, export_onnx_int8_static, onnx_accuracy
 from autoprune.deliver.finalize import CALIBRATION_IMAGES, calibration_batches, static_int8
 from autoprune.metrics.costs import accuracy
+from autoprune.search.context import prepare
 from tests.conftest import TINY_SPACE, TINY_STUDY
 
 
@@ -88,7 +88,8 @@ def test_int8_accuracy_through_onnxruntime_is_within_a_few_points_of_the_float_m
 
 
 def test_int8_report_entry_has_latency_paired_with_the_float_onnx_model(int8):
-    assert {"file", "bytes", "calibration_images", "activations", "reduce_range", "preprocessed", "convs", "convs_quantized", "test_accuracy",
+    assert {"file", "bytes", "calibration_images", "activations", "reduce_range", "preprocessed", "convs",
+            "convs_quantized", "test_accuracy",
             "float_test_accuracy", "latency_ms_b1", "float_latency_ms_b1", "speedup_vs_float", "latency_dispersion",
             "latency_reliable", "latency_backend", "latency_pairs", "note"} <= set(int8)
     assert int8["latency_backend"] == "onnxruntime" and int8["latency_pairs"] >= 1

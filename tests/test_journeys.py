@@ -15,8 +15,8 @@ import optuna
 import pytest
 import torch
 import yaml
-from optuna.trial import TrialState
 from click.testing import CliRunner
+from optuna.trial import TrialState
 
 from autoprune.cli import main
 from autoprune.models.factory import create_model
@@ -134,4 +134,5 @@ def test_the_documented_cifar_search_on_a_fresh_machine(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     trials = optuna.load_study(study_name="cifar10_resnet20",
                                storage=f"sqlite:///{tmp_path / 'runs' / 'cifar10_resnet20' / 'study.db'}").trials
-    assert [t.state for t in trials] == [TrialState.COMPLETE]
+    states = [t.state for t in trials]  # the warm starts are enqueued first; one of them ran
+    assert states.count(TrialState.COMPLETE) == 1 and set(states) <= {TrialState.COMPLETE, TrialState.WAITING}

@@ -17,14 +17,25 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from autoprune.metrics import latency
-from autoprune.models.cifar_resnet import cifar_resnet
-from autoprune.config import MeasureConfig, load_study
-from autoprune.metrics.device_lock import NoLock
 from autoprune.cli.display import metrics_table
+from autoprune.config import MeasureConfig, load_study
 from autoprune.errors import AutopruneError, ConfigError
-from autoprune.metrics.latency import (LATENCY_BACKENDS, NOISY_DISPERSION, RETRY_FACTOR, Deployed, deploy, fold_batchnorm,
-                               is_noisy, paired_latency, paired_ratios, relative_iqr, summarise)
+from autoprune.metrics import latency
+from autoprune.metrics.device_lock import NoLock
+from autoprune.metrics.latency import (
+    LATENCY_BACKENDS,
+    NOISY_DISPERSION,
+    RETRY_FACTOR,
+    Deployed,
+    deploy,
+    fold_batchnorm,
+    is_noisy,
+    paired_latency,
+    paired_ratios,
+    relative_iqr,
+    summarise,
+)
+from autoprune.models.cifar_resnet import cifar_resnet
 from autoprune.models.factory import QuickstartCNN
 from autoprune.search.record import Metrics, PlanRecord, TrialRecord
 
@@ -160,9 +171,9 @@ def test_onnxruntime_sessions_do_not_spin_between_runs() -> None:
     """Two sessions timed alternately: one's spin-waiting threads would hold the cores during the other's run
     (measured on 2 idle cores: relative IQR of the paired ratios 0.79 with spinning, 0.05-0.12 without)."""
     pytest.importorskip("onnxruntime")
-    from autoprune.metrics.latency import deploy_onnx, onnx_session
-
     import io
+
+    from autoprune.metrics.latency import deploy_onnx, onnx_session
 
     buf = io.BytesIO()
     torch.onnx.export(QuickstartCNN(width=4).eval(), (torch.randn(1, 1, 8, 8),), buf, input_names=["input"],

@@ -7,15 +7,14 @@ import doctest
 import optuna
 import pytest
 
-from autoprune.search import fidelity
-
+from autoprune.config import load_study
+from autoprune.errors import ConfigError
 from autoprune.pruning import latency_model
+from autoprune.pruning.latency_model import LatencyCostModel
+from autoprune.search import fidelity
 from autoprune.search.allocation import TOLERANCE
 from autoprune.search.backends.optuna_backend import run_search
-from autoprune.config import load_study
 from autoprune.search.context import prepare
-from autoprune.errors import ConfigError
-from autoprune.pruning.latency_model import LatencyCostModel
 from autoprune.search.record import TrialRecord
 
 

@@ -11,7 +11,6 @@ from autoprune.data.splits import Split
 from autoprune.metrics.costs import accuracy, count_macs, count_params, latency_ms, measure
 from autoprune.models.factory import create_model
 
-
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from autoprune.search.backends.optuna_backend import run_search
 from autoprune.config import load_study
-from autoprune.search.context import prepare
 from autoprune.errors import AutopruneError
+from autoprune.search.backends.optuna_backend import run_search
+from autoprune.search.context import prepare
 from autoprune.search.storage import front
 from autoprune.search.trial import run_trial
 

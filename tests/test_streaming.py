@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from autoprune.cli import main
 from autoprune.config import DataConfig
 from autoprune.data.splits import Split, join, load_splits
-from autoprune.errors import AutopruneError
-from autoprune.deliver.retrain import full_training_split
 from autoprune.data.streaming import StreamSplit, default_workers
+from autoprune.deliver.retrain import full_training_split
+from autoprune.errors import AutopruneError
 from autoprune.train.teacher_stream import RecoveryStream, sample_stream_indices
 from tests import user_data
 

@@ -89,7 +89,8 @@ def test_cycle_finder_finds_a_cycle_and_only_cycles() -> None:
 def test_imports_count_deferred_and_type_checking_imports() -> None:
     src = ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from autoprune.config import Study\n"
            "def f():\n    from autoprune.pruning.structural import prune\n")
-    assert _imports(ast.parse(src), "autoprune.x", False) == {"autoprune.pruning.structural", "autoprune.pruning.structural.prune",
+    assert _imports(ast.parse(src), "autoprune.x", False) == {"autoprune.pruning.structural",
+                                                              "autoprune.pruning.structural.prune",
                                                               "autoprune.config", "autoprune.config.Study"}
 
 

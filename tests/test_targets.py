@@ -5,11 +5,11 @@ from __future__ import annotations
 import optuna
 import pytest
 
+from autoprune.config import RecoveryConfig, SearchSpaceConfig, load_study
+from autoprune.errors import ConfigError
 from autoprune.search.allocation import TOLERANCE
 from autoprune.search.backends.optuna_backend import run_search
-from autoprune.config import RecoveryConfig, SearchSpaceConfig, load_study
 from autoprune.search.context import prepare
-from autoprune.errors import ConfigError
 from autoprune.search.record import TrialRecord
 from autoprune.search.space import decode, distributions
 
@@ -109,9 +109,9 @@ def test_with_targets_the_front_is_each_targets_best_candidate(targeted):
 
 @pytest.mark.slow
 def test_the_pick_is_compared_with_the_uniform_baseline_on_the_same_images(targeted):
+    from autoprune.deliver.vs_uniform import uniform_baseline, versus_uniform
     from autoprune.metrics.costs import accuracy
     from autoprune.pruning.saving import load_pruned
-    from autoprune.deliver.vs_uniform import uniform_baseline, versus_uniform
 
     _, ctx, records = targeted
     pick = next(r for r in records if r.warm_start == "global" and r.plan.target == 2.0)
@@ -235,8 +235,8 @@ def test_with_targets_and_rungs_the_front_compares_each_target_at_one_common_run
 def test_a_searchable_round_to_prunes_to_the_chosen_multiple_on_target(write_study):
     """round_to: [1, 8] with targets: each trial's channel counts are multiples of its own round_to, placed on
     its target by a cost model that rounds the same way; the baselines take 1."""
-    from autoprune.pruning.structural import out_width
     from autoprune.pruning.saving import load_pruned
+    from autoprune.pruning.structural import out_width
 
     model = {"name": "quickstart_cnn", "kwargs": {"width": 32}, "base_training": {"epochs": 2, "lr": 0.05, "batch_size": 64}}
     study = load_study(write_study({"targets": {"macs_reduction": [2]}, "model": model, "budget": {"n_trials": 8}},

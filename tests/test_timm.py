@@ -16,10 +16,10 @@ import yaml
 from click.testing import CliRunner
 
 from autoprune.cli import main
-from autoprune.train.distill import kd_loss
-from autoprune.errors import AutopruneError
 from autoprune.deliver.export import export_onnx
+from autoprune.errors import AutopruneError
 from autoprune.models.factory import create_model, resolve_model
+from autoprune.train.distill import kd_loss
 from tests.conftest import TINY_SPACE, TINY_STUDY
 from tests.test_architectures import _contract
 

@@ -14,9 +14,9 @@ from torch import nn
 from autoprune.cli import main
 from autoprune.config import DataConfig, load_study
 from autoprune.data.splits import DATASETS, Source, load_splits
-from autoprune.models.fit_check import check_model_fits
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.models.factory import QuickstartCNN
+from autoprune.models.fit_check import check_model_fits
 from tests import user_data
 
 

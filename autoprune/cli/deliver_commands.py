@@ -7,8 +7,7 @@ import sys
 
 import click
 
-from autoprune.cli.options import (handle_errors, load_study_from_flags, resume_hint, sigterm_as_interrupt,
-                                   study_options)
+from autoprune.cli.options import handle_errors, load_study_from_flags, resume_hint, sigterm_as_interrupt, study_options
 
 
 @click.command()
@@ -28,11 +27,11 @@ def retrain(study_file, storage, study_name, checkpoint, data_root, sets, trial,
     """Rebuild a trial's pruned model, distil it longer on the full training data, evaluate on test, export."""
     from pathlib import Path
 
-    from autoprune.search.context import prepare
     from autoprune.cli.display import console, latency_mark, retrain_summary, steps_progress
     from autoprune.deliver.finalize import finalize
     from autoprune.deliver.retrain import retrain as run_retrain
     from autoprune.optional import require
+    from autoprune.search.context import prepare
     from autoprune.search.storage import get_record, load_optuna_study
 
     sigterm_as_interrupt()

@@ -8,7 +8,14 @@ from typing import Callable
 
 import click
 
-from autoprune.cli.options import fail, handle_errors, load_study_from_flags, resume_hint, sigterm_as_interrupt, study_options
+from autoprune.cli.options import (
+    fail,
+    handle_errors,
+    load_study_from_flags,
+    resume_hint,
+    sigterm_as_interrupt,
+    study_options,
+)
 
 
 def _backend_names() -> list[str]:
@@ -35,8 +42,8 @@ def _backend_names() -> list[str]:
 def search(study_file, storage, study_name, checkpoint, data_root, sets, n_trials, timeout, device, seed, workers,
            backend, ray_address, cpus_per_trial, gpus_per_trial, worker_index) -> None:
     """Search per-group pruning ratios and scorers; print the Pareto front. Running it again resumes."""
-    from autoprune.search.backends import BACKENDS, SearchOptions
     from autoprune.cli.display import SearchMonitor, search_progress
+    from autoprune.search.backends import BACKENDS, SearchOptions
     from autoprune.search.storage import preflight
 
     sigterm_as_interrupt()
@@ -79,9 +86,9 @@ def _worker_args(study_file, study_name, checkpoint, data_root, sets, n_trials, 
 
 def _search_worker(study, options, index: int) -> None:
     """The loop of one ``--workers`` process: trials until the shared budget is reached; exits."""
+    from autoprune.device import resolve_device
     from autoprune.search.backends.optuna_backend import run_search
     from autoprune.search.context import prepare
-    from autoprune.device import resolve_device
     from autoprune.search.record import TrialRecord
 
     ctx = prepare(study, resolve_device(options.device, index), measure_reference=False)  # worker i: GPU i mod count
@@ -100,9 +107,9 @@ def _search_worker(study, options, index: int) -> None:
 
 def _prepare_for_search(study, study_file, device):
     """Prepare the study (a progress bar while a base model trains) and print the banner and the base."""
-    from autoprune.search.context import prepare
     from autoprune.cli.display import UNRELIABLE_NOTE, console, latency_mark, steps_progress
     from autoprune.models.factory import resolve_model
+    from autoprune.search.context import prepare
     from autoprune.search.storage import display_url
 
     # The header waits until prepare has checked the model and the checkpoint (or starts training): bad input

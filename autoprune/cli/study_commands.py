@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
-from autoprune.errors import AutopruneError
 from autoprune.cli.options import handle_errors, load_study_from_flags, study_options
+from autoprune.errors import AutopruneError
 
 
 @click.command()
@@ -20,10 +20,10 @@ from autoprune.cli.options import handle_errors, load_study_from_flags, study_op
 @handle_errors
 def status(study_file, storage, study_name, checkpoint, data_root, sets, as_json) -> None:
     """Trials by state, and where the study's time went (per phase, fine-tune budget, promotions)."""
-    from autoprune.search.status import cost_summary, latency_unreliable
-    from autoprune.cli.display import console, cost_table
     from optuna.trial import TrialState
 
+    from autoprune.cli.display import console, cost_table
+    from autoprune.search.status import cost_summary, latency_unreliable
     from autoprune.search.storage import counts, load_optuna_study, records
 
     study = load_study_from_flags(study_file, checkpoint, data_root, storage, sets, study_name)
@@ -57,8 +57,8 @@ def status(study_file, storage, study_name, checkpoint, data_root, sets, as_json
 @handle_errors
 def pareto(study_file, storage, study_name, checkpoint, data_root, sets, as_json, rung) -> None:
     """The non-dominated completed trials, compared at one rung."""
-    from autoprune.config import DIRECTIONS
     from autoprune.cli.display import console, metrics_table
+    from autoprune.config import DIRECTIONS
     from autoprune.search.storage import StudyAttrs, front, load_optuna_study
 
     study = load_study_from_flags(study_file, checkpoint, data_root, storage, sets, study_name)
@@ -123,9 +123,9 @@ def _versus_uniform(study, ost, number: int) -> dict | None:
     """With cost targets: the pick against the uniform baseline at its target (see :mod:`autoprune.deliver.vs_uniform`)."""
     if study.config.targets is None:
         return None
+    from autoprune.deliver.vs_uniform import versus_uniform
     from autoprune.search.context import prepare
     from autoprune.search.storage import get_record, records
-    from autoprune.deliver.vs_uniform import versus_uniform
 
     # the data and the base model are loaded only for trials that recorded no per-image results (older ones)
     return versus_uniform(lambda: prepare(study, measure_reference=False, recovery_stream=False),
@@ -145,10 +145,10 @@ def evaluate(study_file, storage, study_name, checkpoint, data_root, sets, use_b
 
     The latency is timed paired with the base on the study's ``measure.latency_backend``: ms, the speed-up over the
     base, the dispersion and whether it is reliable (``--base``: the base paired with itself)."""
-    from autoprune.search.context import prepare
     from autoprune.cli.display import UNRELIABLE_NOTE, console, paired_latency_text
     from autoprune.metrics.costs import accuracy, count_macs, count_params
     from autoprune.pruning.saving import load_pruned
+    from autoprune.search.context import prepare
     from autoprune.search.storage import get_record, load_optuna_study
 
     if use_base == (trial is not None):
@@ -181,8 +181,8 @@ def evaluate(study_file, storage, study_name, checkpoint, data_root, sets, use_b
 def _evaluate_latency(ctx, model) -> dict[str, Any]:
     """``model`` (None: the base against itself) timed paired with the base on the study's latency backend, while
     other workers on this device pause (:func:`autoprune.metrics.costs.paired_fields`)."""
-    from autoprune.metrics.latency import paired_latency
     from autoprune.metrics.costs import paired_fields
+    from autoprune.metrics.latency import paired_latency
 
     m = ctx.study.config.measure
     ctx.share_device()

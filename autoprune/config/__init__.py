@@ -9,11 +9,31 @@ from __future__ import annotations
 
 from autoprune.config.base import DEFAULT_OBJECTIVES, DIRECTIONS, METRICS, ChoiceParam, Param, RangeParam
 from autoprune.config.loading import Study, load_search_space, load_study, parse_search_space
-from autoprune.config.space import (RECOVERY_SEARCHABLE, STEPS_NOT_SEARCHED, AllocationConfig, DepthConfig,
-                                    GroupsConfig, SearchSpaceConfig, SensitivityConfig, WarmStartConfig)
-from autoprune.config.study import (SAMPLER_NAMES, BaseTrainingConfig, BudgetConfig, ConstraintsConfig, DataConfig,
-                                    FidelityConfig, MeasureConfig, ModelConfig, RecoveryConfig, SamplerConfig,
-                                    StorageConfig, StudyConfig, TargetsConfig)
+from autoprune.config.space import (
+                                    RECOVERY_SEARCHABLE,
+                                    STEPS_NOT_SEARCHED,
+                                    AllocationConfig,
+                                    DepthConfig,
+                                    GroupsConfig,
+                                    SearchSpaceConfig,
+                                    SensitivityConfig,
+                                    WarmStartConfig,
+)
+from autoprune.config.study import (
+                                    SAMPLER_NAMES,
+                                    BaseTrainingConfig,
+                                    BudgetConfig,
+                                    ConstraintsConfig,
+                                    DataConfig,
+                                    FidelityConfig,
+                                    MeasureConfig,
+                                    ModelConfig,
+                                    RecoveryConfig,
+                                    SamplerConfig,
+                                    StorageConfig,
+                                    StudyConfig,
+                                    TargetsConfig,
+)
 
 __all__ = [
     "DEFAULT_OBJECTIVES", "DIRECTIONS", "METRICS", "RECOVERY_SEARCHABLE", "SAMPLER_NAMES", "STEPS_NOT_SEARCHED",

@@ -3,7 +3,7 @@ kinds (a range or a list of choices), the metrics a study may name and their dir
 
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -37,7 +37,7 @@ class RangeParam(_Strict):
     step: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
-    def _order(self) -> "RangeParam":
+    def _order(self) -> RangeParam:
         if self.low > self.high:
             raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
         if self.log and self.low <= 0:
@@ -48,9 +48,9 @@ class RangeParam(_Strict):
 
 
 class ChoiceParam(_Strict):
-    choices: list[Union[float, int, str]] = Field(..., min_length=1)
+    choices: list[float | int | str] = Field(..., min_length=1)
 
 
-Param = Union[float, int, RangeParam, ChoiceParam]
+Param = float | int | RangeParam | ChoiceParam
 
 

@@ -27,7 +27,7 @@ class GroupsConfig(_Strict):
     named: dict[str, list[str]] | None = None
 
     @model_validator(mode="after")
-    def _named(self) -> "GroupsConfig":
+    def _named(self) -> GroupsConfig:
         if self.by == "named" and not self.named:
             raise ValueError("by: named needs a non-empty 'named' mapping of group name -> module patterns")
         if self.named is not None and any(len(v) == 0 for v in self.named.values()):
@@ -91,7 +91,7 @@ class AllocationConfig(_Strict):
     high: float = Field(1.0, gt=0)
 
     @model_validator(mode="after")
-    def _order(self) -> "AllocationConfig":
+    def _order(self) -> AllocationConfig:
         if self.low >= self.high:
             raise ValueError(f"low ({self.low}) must be < high ({self.high})")
         return self

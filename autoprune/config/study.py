@@ -63,7 +63,7 @@ class DataConfig(_Strict):
         return _known(resolve_data, v)
 
     @model_validator(mode="after")
-    def _stats(self) -> "DataConfig":
+    def _stats(self) -> DataConfig:
         if (self.mean is None) != (self.std is None):
             raise ValueError("give both mean and std, or neither")
         if self.std is not None and any(s <= 0 for s in self.std):
@@ -163,7 +163,7 @@ class TargetsConfig(_Strict):
         return sorted(float(t) for t in v)
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "TargetsConfig":
+    def _one_kind(self) -> TargetsConfig:
         if (self.macs_reduction is None) == (self.latency_reduction is None):
             raise ValueError("give one of macs_reduction or latency_reduction")
         return self
@@ -184,7 +184,8 @@ class BudgetConfig(_Strict):
     n_trials: int = Field(20, ge=1)
     timeout: float | None = Field(None, gt=0)
     max_initial_failures: int = Field(5, ge=1)  # stop when this run's first K trials all fail
-    max_failures: int | None = Field(None, ge=1)  # stop when this run has failed this many trials (default: n_trials, at least max_initial_failures)
+    # stop when this run has failed this many trials (default: n_trials, at least max_initial_failures)
+    max_failures: int | None = Field(None, ge=1)
 
 
 class StorageConfig(_Strict):

@@ -14,17 +14,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, Union
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 import torch
 
-from autoprune.data.batching import (Batches, crop_flip, crop_flip_params, device_layout,  # noqa: F401 - re-exported
-                                random_crop_flip)
-from autoprune.errors import AutopruneError, first_line
-from autoprune.registry import Registry, import_callable
+from autoprune.data.batching import Batches, crop_flip, crop_flip_params, device_layout, random_crop_flip  # noqa: F401 - re-exported
 from autoprune.data.streaming import StreamSplit, default_workers
 from autoprune.data.user_data import DatasetSource, bad_data, load_user
+from autoprune.errors import AutopruneError, first_line
+from autoprune.registry import Registry, import_callable
 
 
 class DataSettings(Protocol):
@@ -66,10 +65,10 @@ class Split(Batches):
         """One image's (channels, height, width)."""
         return tuple(self.x.shape[1:])
 
-    def to(self, device: torch.device | str) -> "Split":
+    def to(self, device: torch.device | str) -> Split:
         return Split(self.x.to(device), self.y.to(device), self.mean.to(device), self.std.to(device))
 
-    def subset(self, idx: torch.Tensor | np.ndarray) -> "Split":
+    def subset(self, idx: torch.Tensor | np.ndarray) -> Split:
         idx = torch.as_tensor(idx, device=self.x.device)
         return Split(self.x[idx], self.y[idx], self.mean, self.std)
 
@@ -81,7 +80,7 @@ class Split(Batches):
         return (self.read(r) for r in rows)
 
 
-Images = Union[Split, StreamSplit]  # a split: in memory (array data sets) or streamed (image folders, user sets)
+Images = Split | StreamSplit  # a split: in memory (array data sets) or streamed (image folders, user sets)
 
 
 def join(a: Images, b: Images) -> Images:
@@ -114,7 +113,7 @@ class DataSplits:
             raise AutopruneError(f"unknown split {name!r}; valid: {', '.join(names)}")
         return names[name]
 
-    def to(self, device: torch.device | str) -> "DataSplits":
+    def to(self, device: torch.device | str) -> DataSplits:
         return DataSplits(self.train.to(device), self.val.to(device), self.test.to(device), self.test_full.to(device),
                           self.num_classes, self.info)
 
@@ -257,7 +256,7 @@ def workers(cfg: DataSettings) -> int:
 
 
 # name -> loader(config, rng); the rng is the study's split generator (a loader may draw from it, in order)
-DATASETS = Registry[Callable[[DataSettings, np.random.Generator], Union[Source, FolderSource]]]("data set")
+DATASETS = Registry[Callable[[DataSettings, np.random.Generator], Source | FolderSource]]("data set")
 DATASETS.register("digits", _load_digits)
 DATASETS.register("cifar10", _load_cifar)
 DATASETS.register("cifar100", _load_cifar)

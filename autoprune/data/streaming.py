@@ -46,7 +46,7 @@ class Failure:
     field: str | None
 
     @classmethod
-    def of(cls, err: AutopruneError) -> "Failure":
+    def of(cls, err: AutopruneError) -> Failure:
         return cls(err.message, err.source, err.field)
 
     def raise_(self) -> None:
@@ -118,11 +118,11 @@ class StreamSplit(Batches):
     def __len__(self) -> int:
         return int(self.idx.shape[0])
 
-    def to(self, device: torch.device | str) -> "StreamSplit":
+    def to(self, device: torch.device | str) -> StreamSplit:
         return dataclasses.replace(self, y=self.y.to(device), mean=self.mean.to(device), std=self.std.to(device),
                                    device=torch.device(device))
 
-    def subset(self, idx: Any) -> "StreamSplit":
+    def subset(self, idx: Any) -> StreamSplit:
         idx = torch.as_tensor(idx).cpu().long()
         return dataclasses.replace(self, idx=self.idx[idx], y=self.y[idx.to(self.y.device)])
 

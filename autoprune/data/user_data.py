@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from autoprune.errors import AutopruneError, first_line
 from autoprune.data.streaming import Failure, StreamSplit, load_batches
+from autoprune.errors import AutopruneError, first_line
 
 SCAN_BATCH = 64  # items per loader batch of the loading pass
 

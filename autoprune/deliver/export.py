@@ -13,9 +13,9 @@ from torch import nn
 
 from autoprune.data.splits import Images
 from autoprune.errors import AutopruneError, first_line
+from autoprune.files import atomic_write
 from autoprune.metrics.latency import onnx_session
 from autoprune.optional import require
-from autoprune.files import atomic_write
 
 
 def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -12,19 +12,19 @@ from typing import Any
 
 import torch
 
-from autoprune.search.context import StudyContext
 from autoprune.deliver.export import (
     export_onnx,
     export_onnx_int8_static,
     export_torchscript,
     onnx_accuracy,
 )
-from autoprune.metrics.latency import LatencyResult, deploy_onnx, paired_latency
-from autoprune.metrics.costs import accuracy, count_macs, count_params
-from autoprune.search.record import TrialRecord
 from autoprune.deliver.retrain import RetrainResult
 from autoprune.files import atomic_write_text
+from autoprune.metrics.costs import accuracy, count_macs, count_params
+from autoprune.metrics.latency import LatencyResult, deploy_onnx, paired_latency
 from autoprune.pruning.saving import save_pruned
+from autoprune.search.context import StudyContext
+from autoprune.search.record import TrialRecord
 from autoprune.search.storage import StudyAttrs, entries_at
 from autoprune.search.storage import front as study_front
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from autoprune.errors import AutopruneError
-from autoprune.optional import require
 from autoprune.files import atomic_write, atomic_write_text
+from autoprune.optional import require
 
 AXES = {"macs": "MACs", "latency_ms": "latency (ms)", "params": "parameters"}
 

@@ -15,8 +15,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from autoprune.models.cifar_resnet import cifar_resnet
 from autoprune.errors import AutopruneError
+from autoprune.models.cifar_resnet import cifar_resnet
 from autoprune.registry import Registry, import_callable
 
 

@@ -21,9 +21,9 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from autoprune.files import atomic_write_text
 from autoprune.metrics.latency import Deployed, paired_latency
 from autoprune.pruning.structural import GroupLayout, prune_with_plan
-from autoprune.files import atomic_write_text
 
 SCAN_RATIOS = (0.25, 0.5, 0.75)
 FLOOR = 0.05  # a prediction never goes below 5 % of the base's time (the unprunable part is never free)
@@ -86,7 +86,7 @@ class LatencyCostModel:
         return {"base_ms": self.base_ms, "savings": {g: {str(r): s for r, s in v.items()} for g, v in self.savings.items()}}
 
     @classmethod
-    def from_dict(cls, blob: Mapping) -> "LatencyCostModel":
+    def from_dict(cls, blob: Mapping) -> LatencyCostModel:
         return cls({g: {float(r): float(s) for r, s in v.items()} for g, v in blob["savings"].items()},
                    float(blob["base_ms"]))
 

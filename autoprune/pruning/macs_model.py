@@ -19,8 +19,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from autoprune.pruning.graph_hints import customized_pruners, pruner_kwargs
 from autoprune.metrics.costs import count_macs
+from autoprune.pruning.graph_hints import customized_pruners, pruner_kwargs
 from autoprune.pruning.structural import GroupLayout, out_width, rounded_ratio
 
 
@@ -103,7 +103,7 @@ def build_cost_model(model: nn.Module, example_inputs: torch.Tensor, layout: Gro
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False,
                                                customized_pruners=customized_pruners(model))
     shrinks: dict[str, dict[str, str]] = {}  # layer -> {"out": root, "in": root}
-    for group_name, roots in layout.roots.items():
+    for roots in layout.roots.values():
         for root in roots:
             module = modules[root]
             pruner = dg.get_pruner_of_module(module)

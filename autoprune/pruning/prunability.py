@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autoprune.pruning.graph_hints import customized_pruners, failing_layer
 from autoprune.errors import AutopruneError
+from autoprune.pruning.graph_hints import customized_pruners, failing_layer
 from autoprune.pruning.structural import GroupLayout, prune_with_plan
 
 PROBE_RATIO = 0.3

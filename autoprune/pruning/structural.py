@@ -9,8 +9,8 @@ The plan torch-pruning applied (``pruning_history()``) is recorded so the exact 
 from __future__ import annotations
 
 import copy
-import math
 import fnmatch
+import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
@@ -19,8 +19,8 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-from autoprune.pruning.graph_hints import after_pruning, customized_pruners, failing_layer, pruner_kwargs
 from autoprune.errors import AutopruneError, first_line
+from autoprune.pruning.graph_hints import after_pruning, customized_pruners, failing_layer, pruner_kwargs
 from autoprune.pruning.scorers import resolve_scorer
 
 ROOT_TYPES = (nn.Conv2d, nn.Conv1d, nn.Linear)
@@ -59,8 +59,8 @@ def find_output_layer(model: nn.Module, example_inputs: torch.Tensor) -> str:
         out = model(example_inputs)
         model.train(was_training)
     out_dim = out.shape[-1] if out.dim() == 2 else out.shape[1]
-    candidates = [n for n, m in model.named_modules()
-                  if isinstance(m, ROOT_TYPES) and (getattr(m, "out_features", None) or getattr(m, "out_channels", None)) == out_dim]
+    candidates = [n for n, m in model.named_modules() if isinstance(m, ROOT_TYPES)
+                  and (getattr(m, "out_features", None) or getattr(m, "out_channels", None)) == out_dim]
     if not candidates:
         raise AutopruneError(f"cannot find the output layer: no conv/linear layer has {out_dim} outputs")
     return candidates[-1]
@@ -273,7 +273,7 @@ def prune_with_plan(
 
 def out_width(module: nn.Module) -> int:
     """A conv's output channels or a linear layer's output features."""
-    return int(getattr(module, "out_channels", None) or getattr(module, "out_features"))
+    return int(getattr(module, "out_channels", None) or module.out_features)
 
 
 def _check_forward(model: nn.Module, example_inputs: torch.Tensor) -> None:

@@ -3,8 +3,8 @@
 Both backends (:mod:`autoprune.search.backends.optuna_backend` and :mod:`autoprune.search.backends.ray_backend`) build their
 sampler here, learn what a trial is to run (parameters, cost target, seed) with :func:`ask`, store a trial's
 :class:`~autoprune.search.record.TrialRecord` with :func:`tell_result` or its failure with :func:`tell_failure`, promote
-with :func:`enqueue_due`, and fail a trial a dead process left RUNNING with :func:`fail_running`; :func:`records` (from :mod:`autoprune.search.storage`) reads
-a study's trials back as records. Only Optuna's public API is used.
+with :func:`enqueue_due`, and fail a trial a dead process left RUNNING with :func:`fail_running`; :func:`records`
+(from :mod:`autoprune.search.storage`) reads a study's trials back as records. Only Optuna's public API is used.
 """
 
 from __future__ import annotations
@@ -117,8 +117,9 @@ def enqueue_due(ost: optuna.Study, study: Study) -> list[int]:
     """Enqueue a continuation trial for every candidate now due one rung further (:func:`autoprune.search.fidelity.due`),
     per cost target; returns the candidates' trial numbers. Called after each trial by both backends. A
     continuation has its candidate's parameters and user attributes ``continues`` (the candidate's trial number),
-    ``target`` and ``warm_start`` (:func:`enqueued_attrs`); Optuna hands waiting trials out before sampling new ones, so a worker that asks
-    for work takes a due promotion first. A candidate already continued by a waiting or running trial is skipped."""
+    ``target`` and ``warm_start`` (:func:`enqueued_attrs`); Optuna hands waiting trials out before sampling new
+    ones, so a worker that asks for work takes a due promotion first. A candidate already continued by a waiting or
+    running trial is skipped."""
     fid = study.config.fidelity
     ladder = rung_ladder(study.config)
     if len(ladder) < 2:

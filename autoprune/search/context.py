@@ -19,26 +19,26 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from autoprune.pruning.prunability import check_prunable
 from autoprune.config import RecoveryConfig, Study
 from autoprune.data.splits import DataSplits, Images, load_splits
+from autoprune.device import memory_format, resolve_device, to_device
+from autoprune.errors import AutopruneError
+from autoprune.files import checksum_ok, save_checksummed
+from autoprune.metrics.costs import accuracy, count_macs, count_params
+from autoprune.metrics.device_lock import DeviceLock, NoLock
+from autoprune.metrics.latency import Deployed, deploy, paired_latency
+from autoprune.models.factory import create_model, load_checkpoint, resolve_model
 from autoprune.models.fit_check import check_model_fits
 from autoprune.pruning.depth import droppable_blocks
-from autoprune.device import memory_format, resolve_device, to_device
-from autoprune.metrics.device_lock import DeviceLock, NoLock
-from autoprune.train.distill import finetune
-from autoprune.errors import AutopruneError
-from autoprune.search.fidelity import rung_ladder
-from autoprune.metrics.latency import Deployed, deploy, paired_latency
-from autoprune.metrics.costs import accuracy, count_macs, count_params
-from autoprune.models.factory import create_model, load_checkpoint, resolve_model
-from autoprune.pruning.structural import GroupLayout, build_layout
-from autoprune.files import checksum_ok, save_checksummed
-from autoprune.search.allocation import Placement, place
 from autoprune.pruning.graph_hints import pruner_kwargs
-from autoprune.pruning.macs_model import CostModel, build_cost_model
 from autoprune.pruning.latency_model import LatencyCostModel
+from autoprune.pruning.macs_model import CostModel, build_cost_model
+from autoprune.pruning.prunability import check_prunable
+from autoprune.pruning.structural import GroupLayout, build_layout
+from autoprune.search.allocation import Placement, place
+from autoprune.search.fidelity import rung_ladder
 from autoprune.search.space import TrialPlan, decode, distributions
+from autoprune.train.distill import finetune
 from autoprune.train.teacher_stream import RecoveryStream, load_or_build_stream, weights_digest
 
 

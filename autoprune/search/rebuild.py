@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autoprune.search.context import StudyContext
-from autoprune.pruning.depth import drop_blocks
 from autoprune.errors import AutopruneError
+from autoprune.pruning.depth import drop_blocks
 from autoprune.pruning.structural import prune_with_plan, replay, structure
+from autoprune.search.context import StudyContext
 from autoprune.search.record import TrialRecord
 
 

@@ -13,7 +13,6 @@ import optuna
 from autoprune.registry import Registry
 
 
-
 class SamplerSettings(Protocol):
     """What building a sampler reads (a :class:`~autoprune.config.SamplerConfig` has all of it)."""
 

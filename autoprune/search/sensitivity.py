@@ -19,10 +19,10 @@ from torch import nn
 
 from autoprune.config import SensitivityConfig
 from autoprune.data.splits import DataSplits
-from autoprune.train.distill import recalibrate_bn
+from autoprune.files import atomic_write_text
 from autoprune.metrics.costs import accuracy
 from autoprune.pruning.structural import GroupLayout, prune_with_plan
-from autoprune.files import atomic_write_text
+from autoprune.train.distill import recalibrate_bn
 
 
 def narrowed_highs(scores: Mapping[str, Mapping[float, float]], base_accuracy: float, max_drop: float,

@@ -17,6 +17,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from autoprune.config import ChoiceParam, RangeParam, RecoveryConfig, SearchSpaceConfig
 from autoprune.errors import AutopruneError
 
+
 @dataclass(frozen=True)
 class TrialPlan:
     """What a trial runs: per-group ratios, the scorer, the recovery settings, the blocks it drops, and (for a

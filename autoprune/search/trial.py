@@ -13,21 +13,21 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from autoprune.search.context import StudyContext
-from autoprune.pruning.depth import drop_blocks
-from autoprune.device import to_device
-from autoprune.train.distill import finetune, recalibrate_bn
 from autoprune.config import RecoveryConfig
+from autoprune.device import to_device
 from autoprune.errors import AutopruneError
-from autoprune.search.fidelity import next_rung, rung_ladder
-from autoprune.metrics.mcnemar import encode_hits
-from autoprune.metrics.latency import deploy, paired_latency
 from autoprune.metrics.costs import correct, count_macs, count_params
-from autoprune.pruning.structural import PrunePlan, prune_with_plan
-from autoprune.search.record import Fidelity, Metrics, PlanRecord, TrialRecord
-from autoprune.search.rebuild import rebuild
+from autoprune.metrics.latency import deploy, paired_latency
+from autoprune.metrics.mcnemar import encode_hits
+from autoprune.pruning.depth import drop_blocks
 from autoprune.pruning.saving import save_pruned
+from autoprune.pruning.structural import PrunePlan, prune_with_plan
+from autoprune.search.context import StudyContext
+from autoprune.search.fidelity import next_rung, rung_ladder
+from autoprune.search.rebuild import rebuild
+from autoprune.search.record import Fidelity, Metrics, PlanRecord, TrialRecord
 from autoprune.search.space import TrialPlan
+from autoprune.train.distill import finetune, recalibrate_bn
 
 
 class _Clock:

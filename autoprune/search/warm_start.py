@@ -12,14 +12,14 @@ from typing import Any
 
 import optuna
 import torch_pruning as tp
-from torch import nn
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+from torch import nn
 
 from autoprune.pruning.graph_hints import after_pruning, pruner_kwargs
-from autoprune.search.context import StudyContext
 from autoprune.pruning.structural import out_width
-from autoprune.search.storage import StudyAttrs
 from autoprune.search.ask_tell import enqueued_attrs
+from autoprune.search.context import StudyContext
+from autoprune.search.storage import StudyAttrs
 
 
 def snap(value: float, dist: FloatDistribution) -> float:
@@ -64,8 +64,9 @@ def global_ratios(ctx: StudyContext, ratio: float) -> dict[str, float]:
 def global_at(ctx: StudyContext, target: float, tolerance: float = 0.005,
               steps: int = 20) -> tuple[float, dict[str, float]]:
     """(global ratio, per-group ratios) of torch-pruning's global Group-L1 pruning at the ratio whose predicted
-    reduction (MACs, or latency for latency targets: :meth:`StudyContext.reduction`) is ``target``, bisected to within ``tolerance`` (else the closest met):
-    the global baseline's own structure at that target (:func:`global_prune` at that ratio builds it)."""
+    reduction (MACs, or latency for latency targets: :meth:`StudyContext.reduction`) is ``target``, bisected to
+    within ``tolerance`` (else the closest met): the global baseline's own structure at that target
+    (:func:`global_prune` at that ratio builds it)."""
     lo, hi, best, miss = 0.0, 0.95, (0.0, {}), float("inf")
     for _ in range(steps):
         mid = (lo + hi) / 2

@@ -183,7 +183,7 @@ def finetune(
     generator: torch.Generator | None = None,
     on_step: Callable[[int, float], None] | None = None,
     step_guard: Callable[[], ContextManager] = contextlib.nullcontext,
-    stream: "RecoveryStream | None" = None,
+    stream: RecoveryStream | None = None,
     stream_start: int = 0,
 ) -> float:
     """``steps`` steps of :func:`run_steps` under ``settings`` (lr, momentum, weight decay, batch size,

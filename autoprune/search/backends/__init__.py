@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from autoprune.search.backends.base import SearchOptions, SearchOutcome
 from autoprune.registry import Registry
+from autoprune.search.backends.base import SearchOptions, SearchOutcome
 
 if TYPE_CHECKING:
     from autoprune.search.context import StudyContext

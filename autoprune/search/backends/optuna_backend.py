@@ -20,12 +20,12 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
+from autoprune.errors import SearchFailedError
+from autoprune.search.ask_tell import ask, enqueue_due, study_sampler, tell_failure, tell_result
 from autoprune.search.backends.base import SearchOutcome
 from autoprune.search.context import StudyContext
-from autoprune.errors import SearchFailedError
 from autoprune.search.record import Failure
 from autoprune.search.storage import create_or_load, get_record, heartbeat_settings, open_storage, register_host
-from autoprune.search.ask_tell import ask, enqueue_due, study_sampler, tell_failure, tell_result
 from autoprune.search.trial import continue_trial, run_trial
 from autoprune.search.warm_start import enqueue_warm_start
 

@@ -21,13 +21,13 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
-from autoprune.search.backends.base import SearchOutcome
-from autoprune.search.context import StudyContext
 from autoprune.errors import AutopruneError, first_line
 from autoprune.optional import require
+from autoprune.search.ask_tell import ask, enqueue_due, fail_running, study_sampler, tell_failure, tell_result
+from autoprune.search.backends.base import SearchOutcome
+from autoprune.search.context import StudyContext
 from autoprune.search.record import Failure, TrialRecord
 from autoprune.search.storage import counts, create_or_load, get_record, open_storage
-from autoprune.search.ask_tell import ask, enqueue_due, fail_running, study_sampler, tell_failure, tell_result
 from autoprune.search.warm_start import enqueue_warm_start
 
 _WORKER_CTX: dict[str, StudyContext] = {}

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from autoprune.errors import AutopruneError, SearchFailedError
+from autoprune.search.ask_tell import study_sampler
 from autoprune.search.backends.base import SearchOptions, SearchOutcome
 from autoprune.search.context import StudyContext
-from autoprune.errors import AutopruneError, SearchFailedError
 from autoprune.search.record import TrialRecord
 from autoprune.search.storage import create_or_load, register_host
-from autoprune.search.ask_tell import study_sampler
 
 
 @dataclass
