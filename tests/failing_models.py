@@ -8,7 +8,8 @@ every kind, in this process and in the ``autoprune`` processes a test starts:
   half its width or less, forward raises CUDA's out-of-memory error, raises :class:`ModelBug`, or returns NaN.
 - ``view``: forward views the last stage's output with its unpruned width hard-coded, so a plan that prunes
   ``features.7`` leaves a model that no longer runs, which torch-pruning cannot see while applying the plan.
-- ``slow``: every forward pass in training mode sleeps 50 ms: trials last long enough to interrupt.
+- ``slow``: every forward pass of a pruned copy in training mode sleeps 50 ms: trials last long enough to
+  interrupt (the base trains at full speed).
 - unset or empty: no failure.
 
 Milder plans complete, so a search sees both.
@@ -35,13 +36,14 @@ class FailsWhenPruned(QuickstartCNN):
     def __init__(self, num_classes: int = 10, width: int = 8) -> None:
         super().__init__(num_classes, width=width)
         self.full_width = width
+        self.full_params = sum(p.numel() for p in self.parameters())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kind = os.environ.get("FAILING_MODEL", "")
         h = self.features(x)
         h = h.view(x.shape[0], 2 * self.full_width) if kind == "view" else torch.flatten(h, 1)
         logits = self.classifier(h)
-        if kind == "slow" and self.training:
+        if kind == "slow" and self.training and sum(p.numel() for p in self.parameters()) < self.full_params:
             time.sleep(0.05)
         if not (self.training and self.features[0].out_channels <= self.full_width // 2):
             return logits

@@ -113,11 +113,12 @@ def test_three_workers_on_postgres_make_exactly_the_budget(write_study, pg_study
 
 
 def test_killed_worker_trial_is_failed_and_retried(write_study, tmp_path, monkeypatch):
-    # pruned copies that sleep 50 ms a training step: a 100-step trial lasts 5 s or more (long enough to be killed
-    # mid-trial) while leaving the cores to the other tests
+    # pruned copies that sleep 50 ms a training step: a 40-step trial lasts 2 s or more (long enough to be killed
+    # mid-trial: the kill follows the first sight of a RUNNING trial within a poll of 0.3 s) while leaving the
+    # cores to the other tests
     monkeypatch.setenv("FAILING_MODEL", "slow")
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
-    path = write_study({"budget": {"n_trials": 3}, "recovery": {"steps": 100, "batch_size": 64},
+    path = write_study({"budget": {"n_trials": 3}, "recovery": {"steps": 40, "batch_size": 64},
                         "storage": {"heartbeat_interval": 1, "grace_period": 3},
                         "model": {"name": "tests.failing_models:fails_when_pruned", "kwargs": {"width": 8},
                                   "base_training": {"epochs": 4, "lr": 0.05, "batch_size": 64}}})
@@ -141,11 +142,12 @@ def test_killed_worker_trial_is_failed_and_retried(write_study, tmp_path, monkey
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sigint_stops_gracefully_and_rerun_completes(write_study, tmp_path, workers, monkeypatch):
-    # the quickstart CNN whose pruned copies sleep 50 ms a training step: trials of 40 steps take 2 s or more, so
-    # the search is still running, whatever the machine's load, when the signal comes
+    # the quickstart CNN whose pruned copies sleep 50 ms a training step: trials of 24 steps take 1.2 s or more,
+    # and at least three are left when the signal comes, so the search is still running, whatever the machine's
+    # load, when it lands
     monkeypatch.setenv("FAILING_MODEL", "slow")
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
-    path = write_study({"budget": {"n_trials": 6}, "recovery": {"steps": 40, "batch_size": 64},
+    path = write_study({"budget": {"n_trials": 6}, "recovery": {"steps": 24, "batch_size": 64},
                         "model": {"name": "tests.failing_models:fails_when_pruned", "kwargs": {"width": 8},
                                   "base_training": {"epochs": 4, "lr": 0.05, "batch_size": 64}}})
     url = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
