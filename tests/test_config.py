@@ -120,7 +120,13 @@ def test_every_registered_sampler_validates(write_study):
     from autoprune.search.samplers import SAMPLERS
 
     for name in SAMPLERS:
-        assert load_study(write_study({"sampler": {"name": name}})).config.sampler.name == name
+        targets = {"targets": {"macs_reduction": [2]}} if name == "allocation" else {}
+        assert load_study(write_study({"sampler": {"name": name}, **targets})).config.sampler.name == name
+
+
+def test_the_allocation_sampler_without_targets_is_refused_at_load(write_study):
+    with pytest.raises(ConfigError, match="sampler 'allocation' searches allocations placed on cost targets: add targets"):
+        load_study(write_study({"sampler": {"name": "allocation"}}))
 
 
 def test_the_config_wing_knows_exactly_the_registered_sampler_names():

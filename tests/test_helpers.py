@@ -62,7 +62,8 @@ EXPECTED_SAMPLERS = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers
 
 
 def test_the_sampler_registry_holds_the_expected_names():
-    assert SAMPLERS.names() == sorted(EXPECTED_SAMPLERS)
+    # and autoprune's own, which needs cost targets (tests/test_allocation_sampler.py)
+    assert SAMPLERS.names() == sorted([*EXPECTED_SAMPLERS, "allocation"])
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_SAMPLERS))
@@ -97,7 +98,7 @@ def test_each_registered_sampler_runs_a_seeded_two_objective_study(name):
 def test_an_unknown_sampler_is_refused_listing_the_valid_names():
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match=r"unknown sampler 'grid'; valid names: gp, nsga2, random, tpe"):
+    with pytest.raises(ValidationError, match=r"unknown sampler 'grid'; valid names: allocation, gp, nsga2, random, tpe"):
         SamplerConfig(name="grid")
 
 

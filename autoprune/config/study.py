@@ -198,12 +198,13 @@ class StorageConfig(_Strict):
 
 # The names autoprune.search.samplers.SAMPLERS registers (the search wing sits above this one, so the names are
 # spelled here; tests/test_config.py checks that both lists agree).
-SAMPLER_NAMES = ("gp", "nsga2", "random", "tpe")
+SAMPLER_NAMES = ("allocation", "gp", "nsga2", "random", "tpe")
 
 
 class SamplerConfig(_Strict):
     name: str = "tpe"  # one of SAMPLER_NAMES
-    n_startup_trials: int = Field(10, ge=0)  # tpe and gp: random trials before the model takes over
+    # tpe and gp: random trials before the model takes over; allocation: quasi-random (Sobol) ones per target
+    n_startup_trials: int = Field(10, ge=0)
 
     @field_validator("name")
     @classmethod
@@ -231,6 +232,13 @@ class StudyConfig(_Strict):
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
     targets: TargetsConfig | None = None  # cost targets: exact-cost candidates (None: candidates anywhere)
+
+    @model_validator(mode="after")
+    def _allocation_needs_targets(self) -> StudyConfig:
+        if self.sampler.name == "allocation" and self.targets is None:
+            raise ValueError("sampler 'allocation' searches allocations placed on cost targets: add targets "
+                             "(for example targets: {macs_reduction: [1.5, 2, 3]}) or name another sampler")
+        return self
 
     @field_validator("objectives")
     @classmethod

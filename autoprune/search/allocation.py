@@ -81,6 +81,28 @@ def place(weights: Mapping[str, float], target: float, reduction: Callable[[Mapp
     return Placement(best.ratios, best.reduction, target, best.miss <= tolerance)
 
 
+@dataclass(frozen=True)
+class Placer:
+    """:func:`place` bound to one study's cost: a callable a process can pickle (Ray checkpoints the sampler that
+    holds one), as long as ``reduction`` is a method of a picklable cost model.
+
+    >>> p = Placer(lambda r: 1.0 / (1.0 - sum(r.values()) / len(r)), {"a": (0.0, 0.9), "b": (0.0, 0.9)})
+    >>> round(p({"a": 1.0, "b": 0.5}, 2.0).reduction, 2), {g: round(v, 2) for g, v in p.ratios({"a": 1.0, "b": 1.0}, 2.0).items()}
+    (2.0, {'a': 0.5, 'b': 0.5})
+    """
+
+    reduction: Callable[[Mapping[str, float]], float]
+    bounds: Mapping[str, tuple[float, float]]
+    nudge: Mapping[str, float] | None = None
+
+    def __call__(self, weights: Mapping[str, float], target: float) -> Placement:
+        return place(weights, target, self.reduction, self.bounds, nudge=self.nudge)
+
+    def ratios(self, weights: Mapping[str, float], target: float) -> dict[str, float]:
+        """The ratios of ``weights`` placed on ``target``."""
+        return self(weights, target).ratios
+
+
 def _nudge(start: Placement, reduction: Callable[[Mapping[str, float]], float],
            bounds: Mapping[str, tuple[float, float]], nudge: Mapping[str, float], tolerance: float,
            rounds: int = 16) -> Placement:

@@ -10,26 +10,42 @@ with :func:`enqueue_due`, and fail a trial a dead process left RUNNING with :fun
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from autoprune.config import Study
+from autoprune.search.allocation_sampler import Placing
 from autoprune.search.fidelity import due, rung_ladder
 from autoprune.search.record import Failure, TrialRecord
 from autoprune.search.samplers import make_sampler
+from autoprune.search.space import trial_target
 from autoprune.search.storage import records
+
+if TYPE_CHECKING:
+    from autoprune.search.context import StudyContext
 
 _SEED_STRIDE = 7919  # a prime: worker w of a study draws from seed + stride * w + (trials so far)
 
 
-def study_sampler(study: Study, seed: int, ost: optuna.Study | None = None, worker: int = 0) -> optuna.samplers.BaseSampler:
+def study_sampler(ctx: StudyContext, seed: int, ost: optuna.Study | None = None,
+                  worker: int = 0) -> optuna.samplers.BaseSampler:
     """The study's sampler, seeded from ``seed``, the worker's index and how far the study already is, so that
-    a resumed run or a second worker does not replay the random start-up points of the first."""
+    a resumed run or a second worker does not replay the random start-up points of the first (the allocation
+    sampler's screen is keyed by the study's own seed instead, and continues its sequence)."""
     done = len(ost.get_trials(deepcopy=False)) if ost is not None else 0
-    return make_sampler(study.config.sampler, seed + _SEED_STRIDE * worker + done)
+    return make_sampler(ctx.study.config.sampler, seed + _SEED_STRIDE * worker + done, placing(ctx))
+
+
+def placing(ctx: StudyContext) -> Placing | None:
+    """What the allocation sampler needs of a study with cost targets (None without targets)."""
+    if not ctx.targets:
+        return None
+    weights = {n: d for n, d in ctx.distributions().items() if n.startswith("alloc.")}
+    return Placing(tuple(float(t) for t in ctx.targets), weights, ctx.placer().ratios,
+                   ctx.study.config.seed)
 
 
 @dataclass(frozen=True)
@@ -62,8 +78,8 @@ def ask(trial: optuna.Trial, dists: dict[str, BaseDistribution], targets: Sequen
         >>> sorted(asked.params), asked.target, asked.seed, asked.continues
         (['ratio.g', 'target'], 2.0, 10, None)
     """
+    target = _trial_target(trial, targets)  # first: a sampler may read it (the allocation sampler does)
     params = _suggest_all(trial, dists)
-    target = _trial_target(trial, targets)
     if target is not None:
         params["target"] = target
     return Asked(params, seed + trial.number, _continued(trial))
@@ -84,16 +100,14 @@ def _suggest_all(trial: optuna.Trial, dists: dict[str, BaseDistribution]) -> dic
 
 
 def _trial_target(trial: optuna.Trial, targets: Sequence[float] | None) -> float | None:
-    """The cost target of ``trial``: the one it was enqueued with (a warm start), else the targets in turn by
-    trial number, so each target gets its share of the trials whatever the sampler prefers (a sampler told
-    accuracy and MACs would otherwise crowd the cheapest target). Stored on the trial as ``target``."""
+    """The cost target of ``trial`` (:func:`autoprune.search.space.trial_target`: a sampler told accuracy and MACs
+    would otherwise crowd the cheapest target), stored on the trial as ``target``."""
     if not targets:
         return None
-    target = trial.user_attrs.get("target")
-    if target is None:
-        target = targets[trial.number % len(targets)]
-        trial.set_user_attr("target", float(target))
-    return float(target)
+    target = trial_target(trial.number, trial.user_attrs, targets)
+    if trial.user_attrs.get("target") is None:
+        trial.set_user_attr("target", target)
+    return target
 
 
 def tell_result(trial: optuna.Trial, record: TrialRecord, study: Study) -> list[float]:

@@ -35,7 +35,7 @@ from autoprune.pruning.latency_model import LatencyCostModel
 from autoprune.pruning.macs_model import CostModel, build_cost_model
 from autoprune.pruning.prunability import check_prunable
 from autoprune.pruning.structural import GroupLayout, build_layout
-from autoprune.search.allocation import Placement, place
+from autoprune.search.allocation import Placement, Placer
 from autoprune.search.fidelity import rung_ladder
 from autoprune.search.space import TrialPlan, decode, distributions
 from autoprune.train.distill import finetune
@@ -107,17 +107,24 @@ class StudyContext:
     def place(self, weights: Mapping[str, float], target: float, round_to: int | None = None) -> Placement:
         """An allocation placed on a cost target (see :func:`autoprune.search.allocation.place`), channel counts rounded
         to ``round_to`` (None: the search space's fixed one)."""
+        return self.placer(round_to)(weights, target)
+
+    def placer(self, round_to: int | None = None) -> Placer:
+        """:meth:`place` as a picklable callable (what the allocation sampler holds)."""
         if self.cost is None:
             raise AutopruneError("this study has no cost targets, so allocations cannot be placed", field="targets")
         cost = self._cost_at(self.study.space.fixed_round_to if round_to is None else round_to)
-        return place(weights, target, lambda r: self.reduction(r, round_to), self.bounds, nudge=cost.channel_steps())
+        return Placer(self._reduction_model(round_to).reduction, dict(self.bounds), cost.channel_steps())
 
     def reduction(self, ratios: Mapping[str, float], round_to: int | None = None) -> float:
         """The predicted reduction of the study's target kind at ``ratios``: MACs (the cost model, channel counts
         rounded to ``round_to``), or latency (the per-group latency model) for latency targets."""
+        return self._reduction_model(round_to).reduction(ratios)
+
+    def _reduction_model(self, round_to: int | None) -> CostModel | LatencyCostModel:
         if self.latency_cost is not None:
-            return self.latency_cost.reduction(ratios)
-        return self._cost_at(self.study.space.fixed_round_to if round_to is None else round_to).reduction(ratios)
+            return self.latency_cost
+        return self._cost_at(self.study.space.fixed_round_to if round_to is None else round_to)
 
     def _cost_at(self, round_to: int | None) -> CostModel:
         """The cost model with channel counts rounded to ``round_to`` (attention widths kept whole as in pruning)."""

@@ -35,6 +35,18 @@ class TrialPlan:
 Placer = Callable[[Mapping[str, float], float, int | None], Mapping[str, float]]
 
 
+def trial_target(number: int, user_attrs: Mapping[str, Any], targets: Sequence[float]) -> float:
+    """The cost target of trial ``number``: the one it was given (a warm start or continuation is enqueued with
+    its own, and :func:`autoprune.search.ask_tell.ask` stores every trial's as the user attribute ``target``), else
+    the targets in turn by trial number, so each target gets its share of the trials whatever a sampler prefers.
+
+    >>> trial_target(4, {}, [1.5, 2.0, 3.0]), trial_target(4, {"target": 3}, [1.5, 2.0, 3.0])
+    (2.0, 3.0)
+    """
+    given = user_attrs.get("target")
+    return float(given if given is not None else targets[number % len(targets)])
+
+
 def _range(p: RangeParam) -> BaseDistribution:
     return FloatDistribution(p.low, p.high, log=p.log, step=p.step)
 

@@ -129,7 +129,7 @@ def open_search_study(ctx: StudyContext, url: str, study_name: str | None, seed:
     storage = open_storage(url, heartbeat_settings(ctx.study))
     probe = create_or_load(ctx.study, url, study_name, optuna.samplers.RandomSampler(), ctx.reference, storage)
     register_host(probe, url)
-    return create_or_load(ctx.study, url, study_name, study_sampler(ctx.study, seed, probe, worker), ctx.reference,
+    return create_or_load(ctx.study, url, study_name, study_sampler(ctx, seed, probe, worker), ctx.reference,
                           storage)
 
 

@@ -280,7 +280,7 @@ def run_ray_search(
     study = ctx.study
     seed = study.config.seed if seed is None else seed
     storage = open_storage(study.storage_url)
-    ost = create_or_load(study, study.storage_url, None, study_sampler(study, seed), ctx.reference, storage)
+    ost = create_or_load(study, study.storage_url, None, study_sampler(ctx, seed), ctx.reference, storage)
     workdir = Path(study.workdir).resolve()
     results_dir = workdir / "ray_results"
     marker = results_dir / f"{study.study_name}.unfinished"  # names the experiment of a run that did not finish
@@ -305,7 +305,7 @@ def run_ray_search(
             tuner = tune.Tuner.restore(str(restore_from), trainable=wrapped, resume_errored=True)
         else:
             asking = optuna.load_study(study_name=study.study_name, storage=storage,
-                                       sampler=study_sampler(study, seed, ost))
+                                       sampler=study_sampler(ctx, seed, ost))
             searcher = _searcher_class(Searcher)(asking, study, ctx.distributions(), seed,
                                                  f"{socket.gethostname()}:{os.getpid()}")
             tuner = _new_tuner(tune, wrapped, searcher, study.study_name, results_dir, marker, remaining, workers,

@@ -22,6 +22,7 @@ from autoprune.search.backends.base import SearchOptions, SearchOutcome
 from autoprune.search.context import StudyContext
 from autoprune.search.record import TrialRecord
 from autoprune.search.storage import create_or_load, register_host
+from autoprune.search.warm_start import enqueue_warm_start
 
 
 @dataclass
@@ -87,8 +88,9 @@ def run_local_workers(ctx: StudyContext, options: SearchOptions, on_trial: Calla
     """Create the study once, start ``options.workers`` worker processes against its storage (the URL through the
     environment) and wait for them; a worker that exits badly is an error naming it and its log."""
     study = ctx.study
-    ost = create_or_load(study, None, None, study_sampler(study, study.config.seed), ctx.reference)
+    ost = create_or_load(study, None, None, study_sampler(ctx, study.config.seed), ctx.reference)
     register_host(ost, study.storage_url)
+    enqueue_warm_start(ost, ctx, ctx.distributions())  # here, once: workers starting together would each enqueue them
     before = {t.number for t in ost.get_trials(deepcopy=False)}
     threads = study.config.measure.threads or max(1, (os.cpu_count() or 1) // options.workers)
     pool = start_workers(options.workers, options.worker_args, study.workdir / "logs", threads,
