@@ -38,7 +38,7 @@ from autoprune.search.surrogate import coefficient_of_variation  # noqa: E402
 
 GROUPS = [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3)]
 SHARE = np.full(9, 0.9 / 9)  # each block's inner convolutions: 10 % of the MACs, the stem and shortcuts the rest
-SENSITIVITY = np.array([0.25, 0.2, 0.2, 0.5, 0.35, 0.3, 2.5, 0.9, 0.6])  # layer3.0 most, stage 1 least
+SENSITIVITY = np.array([0.4, 0.3, 0.3, 0.7, 0.5, 0.45, 2.2, 1.0, 0.7])  # layer3.0 most, stage 1 least
 TARGETS = (1.5, 2.0, 3.0)
 BOUNDS = {g: (0.0, 0.9) for g in GROUPS}
 IMAGES = 1000
@@ -50,8 +50,10 @@ def reduction(ratios) -> float:
 
 
 def true_score(ratios) -> float:
+    """0.9 less a loss that grows with each group's ratio squared, weighted by its sensitivity: uniform pruning
+    scores about 0.75 / 0.56 / 0.30 at 1.5x / 2x / 3x, as BN-only scores of the ResNet-20 roughly do."""
     r = np.array([ratios[g] for g in GROUPS])
-    return 0.9 - 0.35 * float(SENSITIVITY @ r**2)
+    return 0.9 - 1.1 * float(SENSITIVITY @ r**2) / float(SENSITIVITY.sum())
 
 
 def placed(weights, target: float) -> dict[str, float]:
@@ -85,7 +87,7 @@ def run(sampler_name: str, seed: int, trials: int, screen: int) -> dict:
         asked = ask(trial, dists, TARGETS, seed)
         ratios = placed({g: asked.params[f"alloc.{g}"] for g in GROUPS}, asked.target)
         true = true_score(ratios)
-        score = float(np.clip(rng.binomial(IMAGES, np.clip(true, 0, 1)) / IMAGES, 0, 1))
+        score = float(rng.binomial(IMAGES, np.clip(true, 0, 1)) / IMAGES)
         rec = TrialRecord(Metrics(score, int(1e6 / reduction(ratios)), 1000, 1.0),
                           PlanRecord("l1", ratios, target=asked.target), Fidelity({0: score}, {0: IMAGES}))
         for k, v in rec.to_user_attrs().items():

@@ -32,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autoprune.search.record import TrialRecord
 from autoprune.search.space import trial_target
 from autoprune.search.surrogate import (
+    Surrogate,
     binomial_variance,
     crossovers,
     expected_improvement,
@@ -67,6 +68,7 @@ class Placing:
 class Observed:
     """A model candidate's first-rung result: its weights, the ratios they reached on its target, its score."""
 
+    number: int
     weights: np.ndarray
     ratios: np.ndarray
     target: float
@@ -84,6 +86,7 @@ class AllocationSampler(optuna.samplers.BaseSampler):
         self.groups = [name[len("alloc."):] for name in placing.weights]
         self._rng = np.random.default_rng(seed)
         self._seed = seed
+        self._cache: tuple[tuple[int, ...], tuple[Surrogate, np.ndarray, dict]] | None = None
         self._independent = independent or optuna.samplers.TPESampler(seed=seed, n_startup_trials=screen)
 
     # ---------------------------------------------------------------------------------------- the sampler API
@@ -128,11 +131,7 @@ class AllocationSampler(optuna.samplers.BaseSampler):
 
     def propose(self, observed: list[Observed], target: float, pending: Sequence[FrozenTrial]) -> np.ndarray:
         """The proposal at ``target`` with the largest expected improvement (see the module's docstring)."""
-        x = np.array([self._features(o.ratios, o.target) for o in observed])
-        y, stats = standardise(np.array([o.score for o in observed]), np.array([o.target for o in observed]))
-        var = binomial_variance(np.array([o.score for o in observed]), np.array([o.images for o in observed]))
-        noise = var / np.array([stats[o.target][1] ** 2 for o in observed])
-        model = fit_surrogate(x, y, noise, seed=int(self._rng.integers(2**31)))
+        model, x, _ = self._fit(observed)
         here = [i for i, o in enumerate(observed) if o.target == target]
         mean_here, _ = model.predict(x[here])
         model = model.with_pending(np.array([self._features(self._placed(_weights(t, self.groups), _target(t)), _target(t))
@@ -149,7 +148,31 @@ class AllocationSampler(optuna.samplers.BaseSampler):
         ei = expected_improvement(mean, std, best=float(np.max(mean_here)))
         return weights[int(np.argmax(ei))]
 
+    def denoised(self, study: optuna.Study) -> dict[int, float]:
+        """Trial number -> the surrogate's mean first-rung score of each completed model candidate, in the score's
+        own units: a rank for promotion less swayed by the noise of a score on 1,000 images than the score itself
+        ({} before the surrogate has four candidates)."""
+        observed = observations(study.get_trials(deepcopy=False), self.groups)
+        if len(observed) < 4:
+            return {}
+        model, x, stats = self._fit(observed)
+        mean, _ = model.predict(x)
+        return {o.number: stats[o.target][0] + stats[o.target][1] * float(m) for o, m in zip(observed, mean)}
+
     # ---------------------------------------------------------------------------------------- helpers
+    def _fit(self, observed: list[Observed]) -> tuple[Surrogate, np.ndarray, dict]:
+        """(the surrogate, its inputs, per-target (mean, std) of the scores), fitted once per set of candidates."""
+        key = tuple(o.number for o in observed)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        x = np.array([self._features(o.ratios, o.target) for o in observed])
+        y, stats = standardise(np.array([o.score for o in observed]), np.array([o.target for o in observed]))
+        var = binomial_variance(np.array([o.score for o in observed]), np.array([o.images for o in observed]))
+        noise = var / np.array([stats[o.target][1] ** 2 for o in observed])
+        fitted = (fit_surrogate(x, y, noise, seed=self._seed), x, stats)
+        self._cache = (key, fitted)
+        return fitted
+
     def _candidates(self, observed: list[Observed], here: list[int], mean_here: np.ndarray,
                     target: float) -> np.ndarray:
         leaders = np.array([observed[here[i]].weights for i in np.argsort(-mean_here)[:LEADERS]])
@@ -194,7 +217,7 @@ def observations(trials: Sequence[FrozenTrial], groups: Sequence[str]) -> list[O
         if not rec.completed or rec.plan is None or rec.fidelity is None or rec.target is None:
             continue
         fid = rec.fidelity
-        out.append(Observed(_weights(t, groups), np.array([rec.plan.ratios[g] for g in groups]), rec.target,
+        out.append(Observed(t.number, _weights(t, groups), np.array([rec.plan.ratios[g] for g in groups]), rec.target,
                             fid.short_accuracy, int(fid.images.get(fid.short_steps) or 1000)))
     return sorted(out, key=lambda o: (o.target, tuple(o.weights)))  # one order, however the trials were numbered
 

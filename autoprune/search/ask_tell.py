@@ -132,7 +132,8 @@ def enqueue_due(ost: optuna.Study, study: Study) -> list[int]:
     per cost target; returns the candidates' trial numbers. Called after each trial by both backends. A
     continuation has its candidate's parameters and user attributes ``continues`` (the candidate's trial number),
     ``target`` and ``warm_start`` (:func:`enqueued_attrs`); Optuna hands waiting trials out before sampling new
-    ones, so a worker that asks for work takes a due promotion first. A candidate already continued by a waiting or
+    ones, so a worker that asks for work takes a due promotion first. With the allocation sampler, the first rung
+    is ranked on its surrogate's de-noised scores. A candidate already continued by a waiting or
     running trial is skipped."""
     fid = study.config.fidelity
     ladder = rung_ladder(study.config)
@@ -143,11 +144,12 @@ def enqueue_due(ost: optuna.Study, study: Study) -> list[int]:
     done = records(ost)
     targets = study.config.targets.values if study.config.targets else [None]
     pinned = study.config.targets.objective if study.config.targets else None
+    denoised = ost.sampler.denoised(ost) if hasattr(ost.sampler, "denoised") else None  # the allocation sampler's
     enqueued = []
     for target in targets:
         target = float(target) if target is not None else None
         while (r := due(done, ladder, list(study.config.objectives), study.directions, fid.eta, target, claimed,
-                        pinned)):
+                        pinned, denoised)):
             attrs = enqueued_attrs(target, r.warm_start, continues=r.number)
             ost.enqueue_trial(dict(r.params), user_attrs=attrs, skip_if_exists=False)
             claimed.add(r.number)

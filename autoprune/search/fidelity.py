@@ -13,7 +13,7 @@ longer-recovery accuracy can be read back (:func:`rank_correlation`). Works on t
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from autoprune.pareto import Direction, nondominated_ranks
 from autoprune.search.record import TrialRecord, heads
@@ -42,7 +42,8 @@ def rung_ladder(config: StudyConfig) -> list[int]:
 
 def due(records: Sequence[TrialRecord], ladder: Sequence[int], objectives: Sequence[str],
         directions: Sequence[Direction | str], eta: float, target: float | None,
-        claimed: Iterable[int] = (), pinned: str | None = "macs") -> TrialRecord | None:
+        claimed: Iterable[int] = (), pinned: str | None = "macs",
+        denoised: Mapping[int, float] | None = None) -> TrialRecord | None:
     """The candidate at ``target`` to take one rung further next, or None (asynchronous successive halving with
     deferred promotion, as ASHA: a rung's best go up whenever a worker asks, not only when they arrive).
 
@@ -53,7 +54,9 @@ def due(records: Sequence[TrialRecord], ladder: Sequence[int], objectives: Seque
     accumulate, every one that is ever in its rung's best ``1/eta`` goes up. At a cost target the objective the
     targets pin (``pinned``: ``macs``, or ``latency_ms`` for latency targets) is left out of the rank
     (:func:`ranked_objectives`), so a candidate that goes up is never below one left at its rung (the warm
-    starts, which arrive first, included).
+    starts, which arrive first, included). ``denoised``: trial number -> a de-noised first-rung accuracy (the
+    allocation sampler's surrogate mean, :meth:`~autoprune.search.allocation_sampler.AllocationSampler.denoised`),
+    ranked in place of the raw first-rung score where given (the warm starts, outside the model, keep theirs).
     """
     claimed = set(claimed)
     objectives, directions = ranked_objectives(objectives, directions, target, pinned)
@@ -63,8 +66,9 @@ def due(records: Sequence[TrialRecord], ladder: Sequence[int], objectives: Seque
         places = math.floor(len(peers) / eta + 1e-9)
         if not places:
             continue
-        points = [[r.fidelity.scores[rung] if o == "accuracy" else float(r.metrics[o]) for o in objectives]
-                  for r in peers]
+        smooth = (denoised or {}) if rung == ladder[0] else {}
+        points = [[smooth.get(r.number, r.fidelity.scores[rung]) if o == "accuracy" else float(r.metrics[o])
+                   for o in objectives] for r in peers]
         ranks = nondominated_ranks(points, directions)
         order = sorted(range(len(peers)), key=lambda i: (ranks[i], -points[i][_acc(objectives)], peers[i].number))
         for i in order[:places]:
