@@ -6,7 +6,12 @@ Reads the studies a `search_vs_baselines.py --workdir DIR` run leaves (``DIR/ben
 ``DIR/bench_<model>_random``, the random search scored at the same rung 0), or any study folders given.
 
 Usage: python benchmarks/allocation_breadth.py /tmp/v4/w1/bench_resnet20_autoprune /tmp/v4/w1/bench_resnet20_random
-       [--json]
+       [--json] [--diagnostics --screen 12]
+
+``--diagnostics`` adds, per study and target (issue 24's benchmark v5): the median spread of each phase (warm
+starts, the screen, the surrogate's candidates), Kendall's tau and the share of reversed pairs between the rung-0
+and rung-20 scores of the candidates that reached both, and the surrogate's held-out rank correlation (each model
+candidate predicted by the Gaussian process fitted on those that completed before it).
 """
 
 from __future__ import annotations
@@ -35,13 +40,7 @@ def spread(ratios: dict[str, float]) -> float:
 
 def breadth(folder: Path) -> dict[str, dict]:
     """Per target: rung-0 candidates, their best and top-5 mean score, their median spread and the top 5's."""
-    url = f"sqlite:///{(folder / 'study.db').resolve()}"
-    summaries = optuna.get_all_study_summaries(url)
-    if len(summaries) != 1:
-        sys.exit(f"{folder}: expected one study in study.db, found {len(summaries)}")
-    study = optuna.load_study(study_name=summaries[0].study_name, storage=url)
-    recs = [TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)
-            if t.state == optuna.trial.TrialState.COMPLETE]
+    _, recs = _records(folder)
     by: dict[str, list[tuple[float, float]]] = {}
     for r in heads(recs):
         if r.plan is None or r.fidelity is None or r.plan.target is None or 0 not in r.fidelity.scores:
@@ -57,16 +56,103 @@ def breadth(folder: Path) -> dict[str, dict]:
     return out
 
 
+def _records(folder: Path) -> tuple[optuna.Study, list[TrialRecord]]:
+    url = f"sqlite:///{(folder / 'study.db').resolve()}"
+    summaries = optuna.get_all_study_summaries(url)
+    if len(summaries) != 1:
+        sys.exit(f"{folder}: expected one study in study.db, found {len(summaries)}")
+    study = optuna.load_study(study_name=summaries[0].study_name, storage=url)
+    return study, [TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)
+                   if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def phases(recs: list[TrialRecord], screen: int) -> dict[str, dict[str, float]]:
+    """Per target, the median spread of the candidates of each phase: ``warm`` (the warm starts), ``screen`` (the
+    first ``screen`` other candidates of the target, by trial number), ``model`` (the rest)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    new = sorted((r for r in recs if r.continues is None and r.plan and r.plan.target), key=lambda r: r.number)
+    seen: dict[str, int] = {}
+    for r in new:
+        t = f"{r.plan.target:g}"
+        if r.warm_start is not None:
+            phase = "warm"
+        else:
+            phase = "screen" if seen.get(t, 0) < screen else "model"
+            seen[t] = seen.get(t, 0) + 1
+        out.setdefault(t, {}).setdefault(phase, []).append(spread(r.plan.ratios))
+    return {t: {p: round(statistics.median(v), 3) for p, v in per.items()} for t, per in out.items()}
+
+
+def reversals(recs: list[TrialRecord], first: int = 0, second: int = 20) -> dict[str, dict]:
+    """Per target, over the candidates scored at both rungs: Kendall's tau between their ``first``- and
+    ``second``-rung scores, and the share of pairs whose order the longer recovery reversed."""
+    from scipy.stats import kendalltau
+
+    out = {}
+    pairs: dict[str, list[tuple[float, float]]] = {}
+    for r in heads(recs):
+        if r.fidelity and first in r.fidelity.scores and second in r.fidelity.scores and r.plan and r.plan.target:
+            pairs.setdefault(f"{r.plan.target:g}", []).append((r.fidelity.scores[first], r.fidelity.scores[second]))
+    for t, v in sorted(pairs.items(), key=lambda kv: float(kv[0])):
+        n = len(v)
+        flipped = sum((a[0] - b[0]) * (a[1] - b[1]) < 0 for i, a in enumerate(v) for b in v[i + 1:])
+        tau = kendalltau([a for a, _ in v], [b for _, b in v]).statistic if n >= 3 else None
+        out[t] = {"candidates": n, "kendall_tau": None if tau is None else round(float(tau), 3),
+                  "reversed_pairs": round(flipped / max(1, n * (n - 1) // 2), 3)}
+    return out
+
+
+def surrogate_holdout(study: optuna.Study, start: int = 12) -> dict[str, float | None]:
+    """The allocation sampler's surrogate judged on candidates it had not seen: each model candidate after the
+    first ``start`` of the study is predicted by the Gaussian process fitted on the candidates that completed
+    before it (by trial number); per target, Kendall's tau between those predictions and the scores."""
+    import numpy as np
+    from scipy.stats import kendalltau
+
+    from autoprune.search.allocation_sampler import observations
+    from autoprune.search.surrogate import binomial_variance, fit_surrogate, standardise
+
+    trials = study.get_trials(deepcopy=False)
+    groups = sorted(k[len("alloc."):] for k in trials[0].params if k.startswith("alloc."))
+    obs = sorted(observations(trials, groups), key=lambda o: o.number)
+    pred: dict[str, list[tuple[float, float]]] = {}
+    for i in range(start, len(obs)):
+        seen, o = obs[:i], obs[i]
+        if sum(s.target == o.target for s in seen) < 3:
+            continue
+        x = np.array([np.append(s.ratios, np.log(s.target)) for s in seen])
+        scores = np.array([s.score for s in seen])
+        y, stats = standardise(scores, np.array([s.target for s in seen]))
+        noise = binomial_variance(scores, np.array([s.images for s in seen])) / np.array(
+            [stats[s.target][1] ** 2 for s in seen])
+        mean, _ = fit_surrogate(x, y, noise).predict(np.append(o.ratios, np.log(o.target))[None])
+        pred.setdefault(f"{o.target:g}", []).append((float(mean[0]), o.score))
+    return {t: (round(float(kendalltau([a for a, _ in v], [b for _, b in v]).statistic), 3) if len(v) >= 3 else None)
+            for t, v in sorted(pred.items(), key=lambda kv: float(kv[0]))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folders", nargs="+", type=Path, help="study work folders (each holding study.db)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--diagnostics", action="store_true", help="also the spread per phase, rank reversals between "
+                    "rungs 0 and 20 and the surrogate's held-out rank correlation (JSON)")
+    ap.add_argument("--screen", type=int, default=12, help="the study's screen per target (n_startup_trials)")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     missing = [str(f) for f in args.folders if not (f / "study.db").is_file()]
     if missing:
         sys.exit(f"no study.db in {', '.join(missing)}")
     found = {str(f): breadth(f) for f in args.folders}
+    if args.diagnostics:
+        more = {}
+        for f in args.folders:
+            study, recs = _records(f)
+            more[str(f)] = {"spread_by_phase": phases(recs, args.screen), "rung0_vs_rung20": reversals(recs),
+                            "surrogate_holdout_tau": surrogate_holdout(study, args.screen)}
+        found = {k: {"targets": v, **more[k]} for k, v in found.items()}
+        print(json.dumps(found, indent=2))
+        return
     if args.json:
         print(json.dumps(found, indent=2))
         return

@@ -10,6 +10,9 @@ Every method produces one model per MACs-reduction target (1.5x, 2x, 3x, each wi
                       re-calibration alone on the same validation subset; half the budget screens, then the best
                       --eagle-top per target (ranked after all are screened) share the other half as KD fine-tune,
                       and the best of them on the whole validation half is its pick
+  sensitivity_knapsack each block pruned alone at 0.25 / 0.5 / 0.75 / 0.9 and scored after BN re-calibration (the
+                      scan, counted as its compute); per target, the allocation with the least predicted drop
+                      (drops assumed to add up) grown greedily (AIMET, ModelOpt FastNAS), its shape placed exactly
 
 Compute, one unit for all: images through the network, a training (KD) image counting 1 and a forward-only image
 (BN re-calibration, evaluation, latency) 1/3. autoprune runs until it has spent --budget-epochs x 50,000 units;
@@ -48,7 +51,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from autoprune.config import RecoveryConfig, load_study  # noqa: E402
+from autoprune.config import RecoveryConfig, SensitivityConfig, load_study  # noqa: E402
 from autoprune.deliver.vs_uniform import compare_at, uniform_baseline  # noqa: E402
 from autoprune.metrics.costs import accuracy, count_macs  # noqa: E402
 from autoprune.metrics.latency import paired_latency  # noqa: E402
@@ -59,8 +62,10 @@ from autoprune.search.allocation import TOLERANCE  # noqa: E402
 from autoprune.search.ask_tell import records  # noqa: E402
 from autoprune.search.backends.optuna_backend import run_search  # noqa: E402
 from autoprune.search.context import StudyContext, prepare  # noqa: E402
+from autoprune.search.knapsack import sensitivity_allocation  # noqa: E402
 from autoprune.search.rebuild import rebuild  # noqa: E402
 from autoprune.search.record import TrialRecord, heads  # noqa: E402
+from autoprune.search.sensitivity import scan  # noqa: E402
 from autoprune.search.storage import front, get_record  # noqa: E402
 from autoprune.search.warm_start import global_at, global_prune  # noqa: E402
 from autoprune.train.distill import finetune, recalibrate_bn  # noqa: E402
@@ -231,10 +236,37 @@ def uniform_placed(ctx: StudyContext, target: float) -> tuple[float, object]:
     return statistics.mean(plan.ratios.values()), model
 
 
-def baselines(ctx: StudyContext) -> dict[str, dict[float, tuple[float, object]]]:
-    """uniform_l1 (placed) and tp_global_l1 (torch-pruning's global pruning bisected on its ratio) per target."""
+def baselines(ctx: StudyContext) -> tuple[dict[str, dict[float, tuple[float, object]]], float]:
+    """uniform_l1 (placed), tp_global_l1 (torch-pruning's global pruning bisected on its ratio) and
+    sensitivity_knapsack (below) per target; and the image units the knapsack's scan spent."""
+    scan_result, units = sensitivity_scan(ctx)
     return {"uniform_l1": {t: uniform_placed(ctx, t) for t in TARGETS},
-            "tp_global_l1": {t: _global(ctx, t) for t in TARGETS}}
+            "tp_global_l1": {t: _global(ctx, t) for t in TARGETS},
+            "sensitivity_knapsack": {t: knapsack_placed(ctx, scan_result, t) for t in TARGETS}}, units
+
+
+SCAN = SensitivityConfig(ratios=[0.25, 0.5, 0.75, 0.9], eval_images=1000)
+
+
+def sensitivity_scan(ctx: StudyContext) -> tuple[dict, float]:
+    """Each block pruned alone (L1) at SCAN's ratios and scored after the study's BN re-calibration on 1,000
+    validation images (rung 0's measurement); returns the scan and the image units it spent."""
+    rec = ctx.study.config.recovery
+    result = scan(ctx.base, ctx.example, ctx.layout, ctx.data, SCAN, "l1", rec.bn_recalibration_batches,
+                  rec.batch_size, ctx.study.config.seed)
+    per = rec.bn_recalibration_batches * rec.batch_size + min(SCAN.eval_images, len(ctx.data.val))
+    return result, len(ctx.groups) * len(SCAN.ratios) * per * FORWARD
+
+
+def knapsack_placed(ctx: StudyContext, scanned: dict, target: float) -> tuple[float, object]:
+    """Sensitivity under a budget (AIMET's greedy selection, ModelOpt's FastNAS): the allocation with the least
+    predicted accuracy drop at ``target`` (search/knapsack.py), its shape then placed within TOLERANCE."""
+    ratios = sensitivity_allocation(scanned["scores"], scanned["base"], target, ctx.reduction, ctx.bounds)
+    top = max(ratios.values()) or 1.0
+    placed = ctx.place({g: max(r / top, 1e-3) for g, r in ratios.items()}, target).ratios
+    model = prune_with_plan(ctx.base, ctx.example, placed, "l1", layout=ctx.layout,
+                            round_to=ctx.study.space.fixed_round_to)[0]
+    return statistics.mean(placed.values()), model
 
 
 def _global(ctx: StudyContext, target: float) -> tuple[float, object]:
@@ -255,7 +287,7 @@ def reuse_final(args, ctx: StudyContext, bis: dict, stream, steps: int, cache: d
             args.threads), ("final_epochs", args.final_epochs), ("device", args.device))}
     if any(a != b for a, b in same.values()):
         sys.exit(f"--reuse-final {args.reuse_final}: another run's settings {same}")
-    stored = {(m, p["target"]): p for m in bis for p in old["methods"][m]["points"]}
+    stored = {(m, p["target"]): p for m in bis if m in old["methods"] for p in old["methods"][m]["points"]}
     for (name, t), p in stored.items():
         ratio, model = bis[name][t]
         if round(ratio, 4) != p["ratio"] or count_macs(model, ctx.example) != p["macs"]:
@@ -305,9 +337,9 @@ def extra_kd_of(args) -> None:
     t0 = time.perf_counter()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="autoprune-bench-"))
     ctx = prepare(load(args, f"bench_{args.model}_extra_kd", workdir), args.device)
-    bis = baselines(ctx)
+    bis, _ = baselines(ctx)
     for name in bis:  # the same structures as the earlier run's, or the rows would answer another question
-        for p in old["methods"][name]["points"]:
+        for p in old["methods"].get(name, {}).get("points", []):
             if round(bis[name][p["target"]][0], 4) != p["ratio"]:
                 sys.exit(f"--extra-kd-of: {name} @ {p['target']:g}x is not the earlier run's structure")
     final_steps = int(args.final_epochs * (50000 // BATCH))
@@ -330,7 +362,7 @@ def extra_kd_of(args) -> None:
 
 def run_methods(args, ctx: StudyContext, rctx: StudyContext, budget: float) -> tuple[dict, dict]:
     """Every method's chosen models after the final recovery, and what the searches spent."""
-    bis = baselines(ctx)
+    bis, scan_units = baselines(ctx)
     log("baselines bisected: " + "; ".join(f"{n} {[round(r, 4) for r, _ in v.values()]}" for n, v in bis.items()))
     steps_per_epoch = 50000 // BATCH
     final_steps = int(args.final_epochs * steps_per_epoch)
@@ -342,7 +374,8 @@ def run_methods(args, ctx: StudyContext, rctx: StudyContext, budget: float) -> t
     ap = autoprune_picks(ctx)
     rnd_recs, rnd_screen, rnd_failed = search_until(rctx, ap_used / 2, 4, "random_adaptive_bn screening")
     eagle, rnd_tune = eagle_picks(ctx, rctx, rnd_recs, ap_used - rnd_screen, args.eagle_top, args.seed)
-    methods: dict[str, list[dict]] = {m: [] for m in ("autoprune", "uniform_l1", "tp_global_l1", "random_adaptive_bn")}
+    methods: dict[str, list[dict]] = {m: [] for m in ("autoprune", "uniform_l1", "tp_global_l1", "random_adaptive_bn",
+                                                      "sensitivity_knapsack")}
     for t in TARGETS:
         for name in bis:
             ratio, model = bis[name][t]
@@ -365,7 +398,7 @@ def run_methods(args, ctx: StudyContext, rctx: StudyContext, budget: float) -> t
             if pts and pts[-1]["target"] == t:
                 log(f"{name} @ {t}x: test {pts[-1]['accuracy']:.4f}, {ctx.reference['macs'] / pts[-1]['macs']:.3f}x")
     spent_by = {"autoprune": ap_used, "random_adaptive_bn": rnd_screen + rnd_tune, "uniform_l1": 0.0,
-                "tp_global_l1": 0.0}
+                "tp_global_l1": 0.0, "sensitivity_knapsack": scan_units}
     if args.extra_kd:
         rows, spent_kd = extra_kd_rows(ctx, bis, ap_used, final_steps, args.seed, cache)
         methods |= rows
@@ -484,7 +517,8 @@ def aggregate(paths: list[str]) -> str:
         return f"{statistics.mean(v):.2f} ± {sd:.2f}" if len(v) == len(values) else f"{statistics.mean(v):.2f} (n={len(v)})"
 
     def best_baseline(run: dict, k: str) -> float | None:
-        vals = [run["methods"][m]["acc_at"][k] for m in ("uniform_l1", "tp_global_l1", "random_adaptive_bn")]
+        vals = [run["methods"][m]["acc_at"][k] for m in ("uniform_l1", "tp_global_l1", "random_adaptive_bn",
+                                                          "sensitivity_knapsack") if m in run["methods"]]
         vals = [v for v in vals if v is not None]
         return max(vals) if vals else None
 

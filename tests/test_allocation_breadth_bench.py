@@ -48,3 +48,25 @@ def test_breadth_per_target_counts_a_candidate_once(bench, tmp_path):
     assert two["median_spread"] == pytest.approx(0.3)  # median of 0.0 and 0.6
     assert found["3"] == {"candidates": 1, "best_rung0": 0.30, "top5_mean_rung0": 0.3, "median_spread": 0.0,
                           "top5_spread": 0.0}
+
+
+def _recs(items) -> list[TrialRecord]:
+    """Records numbered in order: (ratios, target, scores, warm_start, continues)."""
+    return [TrialRecord(Metrics(max(s.values()), 1e6, 1e4, 1.0), PlanRecord("l1", r, target=t), Fidelity(s), number=i,
+                        state="COMPLETE", warm_start=w, continues=c) for i, (r, t, s, w, c) in enumerate(items)]
+
+
+def test_spread_per_phase_splits_warm_starts_screen_and_model(bench):
+    uniform, wide, narrow = {"a": 0.5, "b": 0.5}, {"a": 0.2, "b": 0.8}, {"a": 0.45, "b": 0.55}
+    recs = _recs([(uniform, 2.0, {0: 0.6}, "uniform", None), (wide, 2.0, {0: 0.6}, None, None),
+                  (wide, 2.0, {0: 0.6}, None, None), (narrow, 2.0, {0: 0.6}, None, None),
+                  (narrow, 2.0, {0: 0.6, 20: 0.7}, None, 3)])  # a continuation is no new candidate
+    assert bench.phases(recs, screen=2) == {"2": {"warm": 0.0, "screen": 0.6, "model": 0.1}}
+
+
+def test_reversals_count_the_pairs_the_longer_recovery_reordered(bench):
+    recs = _recs([({"a": 0.5}, 3.0, {0: 0.30, 20: 0.60}, None, None), ({"a": 0.5}, 3.0, {0: 0.32, 20: 0.58}, None, None),
+                  ({"a": 0.5}, 3.0, {0: 0.35, 20: 0.65}, None, None), ({"a": 0.5}, 3.0, {0: 0.20}, None, None)])
+    got = bench.reversals(recs)["3"]
+    assert got["candidates"] == 3 and got["reversed_pairs"] == 0.333
+    assert got["kendall_tau"] == 0.333

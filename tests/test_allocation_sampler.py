@@ -210,14 +210,24 @@ def test_a_tiny_search_screens_then_proposes_on_its_targets_and_resumes_the_scre
     from autoprune.config import load_study
     from autoprune.search.backends.optuna_backend import run_search
     from autoprune.search.context import prepare
+    from autoprune.search.warm_start import intensity
 
-    study = load_study(write_study({"targets": {"macs_reduction": [2, 1.5]}, "model": WIDE, "sampler": ALLOCATION}))
+    study = load_study(write_study({"targets": {"macs_reduction": [2, 1.5]}, "model": WIDE, "sampler": ALLOCATION},
+                                   {"warm_start": {"anchors": [1.0]}}))
     url = f"sqlite:///{tmp_path / 'r.db'}"
     ctx = prepare(study)
-    first = run_search(ctx, n_trials=6, storage_url=url, study_name="r")  # 4 warm starts, then one screen point each
-    again = run_search(prepare(study), n_trials=12, storage_url=url, study_name="r")
-    assert first.completed == 6 and again.completed == 12
+    first = run_search(ctx, n_trials=8, storage_url=url, study_name="r")  # 6 warm starts, then one screen point each
+    again = run_search(prepare(study), n_trials=14, storage_url=url, study_name="r")
+    assert first.completed == 8 and again.completed == 14
     _check_screen_and_targets(again.study, ctx.groups, ctx.reference["macs"])
+    # the anchor: weights proportional to each group's MACs per parameter, highest in the early, wide-image layers
+    per_mac = intensity(ctx)
+    assert per_mac["features.0"] > per_mac["features.3"] > per_mac["features.7"]
+    anchors = [t for t in again.study.get_trials() if t.user_attrs.get("warm_start") == "anchor 1"]
+    assert sorted(t.user_attrs["target"] for t in anchors) == [1.5, 2.0]
+    w = anchors[0].params
+    assert w["alloc.features.0"] == 1.0 and w["alloc.features.7"] == pytest.approx(
+        per_mac["features.7"] / per_mac["features.0"])
 
 
 @pytest.mark.slow

@@ -40,10 +40,14 @@ class WarmStartConfig(_Strict):
 
     ``uniform``: one ratio for every group (scored by the first scorer); ``global``: torch-pruning's global
     pruning with group magnitude at these ratios, translated into per-group ratios (snapped to the ratio grid).
+    ``anchors`` (studies with cost targets): powers ``p``; for each, an allocation with weights proportional to
+    each group's MACs per parameter to the power ``p`` (p > 0 prunes the high-resolution early layers harder),
+    placed on every target.
     """
 
     uniform: list[float] = Field(default_factory=list)
     global_: list[float] = Field(default_factory=list, alias="global")
+    anchors: list[float] = Field(default_factory=list)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -2,7 +2,9 @@
 
 ``uniform r``: every group at ratio r. ``global r``: torch-pruning's global pruning (group magnitude, one
 threshold across all groups) at ratio r on the base model, read back as the fraction of each group's channels it
-removed. Both are snapped to the search space's ratio grid and enqueued once, when the study is new.
+removed. Both are snapped to the search space's ratio grid and enqueued once, when the study is new. With cost
+targets, the uniform and global allocations, and one anchor allocation per power in ``warm_start.anchors`` (weights
+proportional to a power of each group's MACs per parameter), are placed on every target.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import torch_pruning as tp
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from torch import nn
 
+from autoprune.metrics.costs import count_params
 from autoprune.pruning.graph_hints import after_pruning, pruner_kwargs
-from autoprune.pruning.structural import out_width
+from autoprune.pruning.structural import out_width, prune_with_plan
 from autoprune.search.ask_tell import enqueued_attrs
 from autoprune.search.context import StudyContext
 from autoprune.search.storage import StudyAttrs
@@ -90,6 +93,30 @@ def _allocation(ratios: dict[str, float], low: float, high: float) -> dict[str, 
     return {g: (min(max(high * r / top, low), high) if top > 0 else high) for g, r in ratios.items()}
 
 
+def intensity(ctx: StudyContext) -> dict[str, float]:
+    """Per group, the MACs per parameter its pruning saves (the group pruned alone at half its channels): high for
+    the early, high-resolution layers, where a parameter costs the most compute."""
+    base_params = count_params(ctx.base)
+    out = {}
+    for g in ctx.groups:
+        macs = ctx.cost.base - ctx.cost.macs({g: 0.5})
+        pruned = prune_with_plan(ctx.base, ctx.example, {g: 0.5}, "l1", layout=ctx.layout,
+                                 round_to=ctx.study.space.fixed_round_to)[0]
+        out[g] = macs / max(1, base_params - count_params(pruned))
+    return out
+
+
+def anchor(weights_from: dict[str, float], power: float, low: float, high: float) -> dict[str, float]:
+    """Allocation weights proportional to ``weights_from ** power``, the largest ``high``, none below ``low``.
+
+    >>> anchor({"a": 4.0, "b": 1.0}, 0.5, 0.0, 1.0)
+    {'a': 1.0, 'b': 0.5}
+    """
+    raised = {g: v**power for g, v in weights_from.items()}
+    top = max(raised.values())
+    return {g: min(high, max(low, high * v / top)) for g, v in raised.items()}
+
+
 def _baselines(ctx: StudyContext, dists: dict[str, BaseDistribution]) -> list[tuple[dict[str, Any], str, str]]:
     """(ratio or allocation parameters, preferred scorer, "uniform" or "global") of each configured baseline.
 
@@ -100,10 +127,13 @@ def _baselines(ctx: StudyContext, dists: dict[str, BaseDistribution]) -> list[tu
     if targets:
         a = ctx.study.space.allocation
         uniform = {g: a.high for g in ctx.groups}
+        per_mac = intensity(ctx) if ws.anchors and ctx.cost is not None else {}
+        anchors = [(anchor(per_mac, p, a.low, a.high), f"anchor {p:g}") for p in ws.anchors if per_mac]
         return [p for t in targets for p in (
             ({**{f"alloc.{g}": w for g, w in uniform.items()}, "target": t}, "l1", "uniform"),
             ({**{f"alloc.{g}": w for g, w in _allocation(global_at(ctx, t)[1], a.low, a.high).items()}, "target": t},
-             "group_l1", "global"))]
+             "group_l1", "global"),
+            *(({**{f"alloc.{g}": w for g, w in weights.items()}, "target": t}, "l1", kind) for weights, kind in anchors))]
     out = []
     for kind, ratios, scorer in (("uniform", ws.uniform, "l1"), ("global", ws.global_, "group_l1")):
         for r in ratios:
