@@ -333,3 +333,16 @@ def test_a_bn_rung_alone_still_promotes_to_the_short_recovery(tmp_path):
     recs = records(run_search(prepare(study), n_trials=4).study)
     assert {tuple(sorted(r.fidelity.scores)) for r in recs} <= {(0,), (0, 5)}
     assert any(r.fidelity.steps == 5 for r in recs) and any(r.fidelity.steps == 0 for r in recs)
+
+
+def test_with_a_bn_rung_only_the_first_rung_uses_the_subset_and_every_fine_tune_rung_the_whole_split(tmp_path):
+    study = _study(tmp_path, study={"fidelity": {"bn_rung": True, "promote_steps": 4, "eta": 2, "short_val_images": 50},
+                                    "budget": {"n_trials": 8}, "sampler": {"name": "random"}})
+    c = prepare(study)
+    n_val = len(c.data.val)
+    done = [TrialRecord.from_frozen(t) for t in run_search(c, n_trials=8).study.get_trials() if t.state.name == "COMPLETE"]
+    rungs = {rung for r in done for rung in r.fidelity.scores}
+    assert rungs == {0, 5, 9}, rungs  # the BN rung, the short recovery and the promoted one
+    for r in done:
+        for rung, images in r.fidelity.images.items():
+            assert images == (50 if rung == 0 else n_val), (r.number, rung, images)

@@ -115,8 +115,8 @@ class FidelityConfig(_Strict):
     # Rung 0: every candidate is first scored after BatchNorm re-calibration alone (a few forward passes), and
     # only the best 1/eta of each target's rung-0 candidates are continued with the short recovery.
     bn_rung: bool = False
-    # Score the short recovery on this many validation images (a seeded subset) instead of all of them; promoted
-    # trials are re-scored on the whole validation split. None: every score uses the whole split.
+    # Score the first rung on this many validation images (a seeded subset) instead of all of them; every later
+    # rung is scored on the whole validation split. None: every score uses the whole split.
     short_val_images: int | None = Field(None, ge=1)
 
 

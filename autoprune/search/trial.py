@@ -125,10 +125,11 @@ def _recover(ctx: StudyContext, model: nn.Module, clock: _Clock, gen: torch.Gene
 
 
 def _evaluate(ctx: StudyContext, model: nn.Module, clock: _Clock, ladder: list[int], rung: int) -> tuple[float, int, str]:
-    """Accuracy at ``rung`` (the whole validation split at the top of a ladder of several, else the seeded
-    subset), the images it used and which of them were right (kept, so that two trials can be compared image by
-    image at a rung both reached, without their models)."""
-    split = ctx.data.val if len(ladder) > 1 and rung == ladder[-1] else ctx.short_val
+    """Accuracy at ``rung`` (the seeded subset at the first rung of a ladder, the whole validation split at every
+    later rung: the fine-tune rungs decide promotion and the pick, where a score on 1,000 images is too coarse),
+    the images it used and which of them were right (kept, so that two trials can be compared image by image at a
+    rung both reached, without their models)."""
+    split = ctx.data.val if len(ladder) > 1 and rung != ladder[0] else ctx.short_val
     with clock.phase("evaluate"), ctx.lock.shared():
         right = correct(model, split, ctx.study.config.data.batch_size)
     return int(right.sum()) / max(1, len(split)), len(split), encode_hits(right.tolist())
