@@ -24,6 +24,21 @@ def test_targets_must_reduce_and_must_not_meet_depth(write_study):
     assert load_study(write_study({"targets": TARGETS})).config.targets.macs_reduction == [1.5, 2.0]
 
 
+def test_shares_give_a_target_more_turns_spread_over_each_round(write_study):
+    from optuna.distributions import FloatDistribution
+
+    from autoprune.config import TargetsConfig
+    from autoprune.search.ask_tell import ask
+
+    cfg = TargetsConfig(macs_reduction=[3, 1.5, 2], shares=[1, 1, 2])  # in increasing order of the targets
+    assert cfg.turns == [3.0, 1.5, 2.0, 3.0] and TargetsConfig(macs_reduction=[2, 1.5]).turns == [1.5, 2.0]
+    ost = optuna.create_study()
+    got = [ask(ost.ask(), {"alloc.g": FloatDistribution(0.05, 1.0)}, cfg.turns, seed=0).target for _ in range(8)]
+    assert got.count(3.0) == 4 and got.count(1.5) == got.count(2.0) == 2
+    with pytest.raises(ConfigError, match="shares needs one whole number >= 1 per target"):
+        load_study(write_study({"targets": {"macs_reduction": [1.5, 3], "shares": [1]}}))
+
+
 def test_with_targets_the_space_samples_allocations_and_a_target():
     space = SearchSpaceConfig()
     d = distributions(space, ["a", "b"], targets=[1.5, 2.0])

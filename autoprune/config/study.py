@@ -149,6 +149,9 @@ class TargetsConfig(_Strict):
 
     macs_reduction: list[float] | None = Field(None, min_length=1)
     latency_reduction: list[float] | None = Field(None, min_length=1)
+    # trials per turn of each target, in increasing order of the targets (None: one each): [1, 1, 2] gives 3x
+    # twice the trials of 1.5x and 2x, where the allocation matters most
+    shares: list[int] | None = None
 
     @field_validator("macs_reduction", "latency_reduction")
     @classmethod
@@ -166,7 +169,20 @@ class TargetsConfig(_Strict):
     def _one_kind(self) -> TargetsConfig:
         if (self.macs_reduction is None) == (self.latency_reduction is None):
             raise ValueError("give one of macs_reduction or latency_reduction")
+        if self.shares is not None and (len(self.shares) != len(self.values) or min(self.shares) < 1):
+            raise ValueError(f"shares needs one whole number >= 1 per target ({len(self.values)}); got {self.shares}")
         return self
+
+    @property
+    def turns(self) -> list[float]:
+        """The targets in the order trials take them, each ``shares`` times per round, spread over the round.
+
+        >>> TargetsConfig(macs_reduction=[1.5, 2, 3], shares=[1, 1, 2]).turns
+        [3.0, 1.5, 2.0, 3.0]
+        """
+        shares = self.shares or [1] * len(self.values)
+        slots = [((j + 0.5) / k, i) for i, k in enumerate(shares) for j in range(k)]
+        return [self.values[i] for _, i in sorted(slots)]
 
     @property
     def values(self) -> list[float]:

@@ -52,16 +52,22 @@ SAME = 1e-3  # placed ratios closer than this to a candidate already at the targ
 class Placing:
     """What a sampler of exact-cost allocations knows of the study beyond its trials.
 
-    ``targets``: the cost targets in the order trials take them; ``weights``: the distribution of each
-    ``alloc.<group>`` parameter; ``place``: (weights by group, target) -> the ratios by group that allocation
-    reaches on that target; ``seed``: the study's seed (the screen's quasi-random sequence is keyed by it, so a
-    resumed study or another worker continues it).
+    ``targets``: the cost targets, each once; ``weights``: the distribution of each ``alloc.<group>`` parameter;
+    ``place``: (weights by group, target) -> the ratios by group that allocation reaches on that target; ``seed``:
+    the study's seed (the screen's quasi-random sequence is keyed by it, so a resumed study or another worker
+    continues it); ``turns``: the targets in the order trials take them (the study's ``targets.turns``; default
+    ``targets``).
     """
 
     targets: tuple[float, ...]
     weights: Mapping[str, FloatDistribution]
     place: Callable[[Mapping[str, float], float], Mapping[str, float]]
     seed: int
+    turns: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.turns:
+            object.__setattr__(self, "turns", tuple(self.targets))
 
 
 @dataclass(frozen=True)
@@ -97,11 +103,11 @@ class AllocationSampler(optuna.samplers.BaseSampler):
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         if not search_space:
             return {}
-        target = trial_target(trial.number, trial.user_attrs, self.placing.targets)
+        target = trial_target(trial.number, trial.user_attrs, self.placing.turns)
         trials = study.get_trials(deepcopy=False)
-        targets = self.placing.targets  # the rule, not the attribute: a trial just asked may not have stored it yet
+        turns = self.placing.turns  # the rule, not the attribute: a trial just asked may not have stored it yet
         mine = [t for t in trials if t.number < trial.number and is_model_trial(t)
-                and trial_target(t.number, t.user_attrs, targets) == target]
+                and trial_target(t.number, t.user_attrs, turns) == target]
         if len(mine) < self.screen:
             return self._named(self.screen_point(target, len(mine)))
         observed = observations(trials, self.groups)

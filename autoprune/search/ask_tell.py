@@ -44,8 +44,8 @@ def placing(ctx: StudyContext) -> Placing | None:
     if not ctx.targets:
         return None
     weights = {n: d for n, d in ctx.distributions().items() if n.startswith("alloc.")}
-    return Placing(tuple(float(t) for t in ctx.targets), weights, ctx.placer().ratios,
-                   ctx.study.config.seed)
+    return Placing(tuple(float(t) for t in ctx.targets), weights, ctx.placer().ratios, ctx.study.config.seed,
+                   tuple(float(t) for t in ctx.turns))
 
 
 @dataclass(frozen=True)

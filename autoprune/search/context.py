@@ -94,6 +94,12 @@ class StudyContext:
         t = self.study.config.targets
         return t.values if t else None
 
+    @property
+    def turns(self) -> list[float] | None:
+        """The targets in the order trials take them (``targets.shares``; None without targets)."""
+        t = self.study.config.targets
+        return t.turns if t else None
+
     def distributions(self) -> dict:
         """The Optuna distributions of this study's searchable parameters (see :mod:`autoprune.search.space`)."""
         return distributions(self.study.space, self.groups, self.droppable, self.ratio_highs, self.targets)

@@ -38,7 +38,8 @@ Placer = Callable[[Mapping[str, float], float, int | None], Mapping[str, float]]
 def trial_target(number: int, user_attrs: Mapping[str, Any], targets: Sequence[float]) -> float:
     """The cost target of trial ``number``: the one it was given (a warm start or continuation is enqueued with
     its own, and :func:`autoprune.search.ask_tell.ask` stores every trial's as the user attribute ``target``), else
-    the targets in turn by trial number, so each target gets its share of the trials whatever a sampler prefers.
+    ``targets`` in turn by trial number (the study's ``targets.turns``, a target repeated for its share), so each
+    target gets its share of the trials whatever a sampler prefers.
 
     >>> trial_target(4, {}, [1.5, 2.0, 3.0]), trial_target(4, {"target": 3}, [1.5, 2.0, 3.0])
     (2.0, 3.0)

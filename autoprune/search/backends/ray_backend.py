@@ -100,7 +100,7 @@ def _searcher_class(Searcher):
             super().__init__(metric=list(study.config.objectives),
                              mode=["max" if d == "maximize" else "min" for d in study.directions])
             self._ost, self._study, self._dists, self._base_seed, self._driver = ost, study, dists, seed, driver
-            self._targets = study.config.targets.values if study.config.targets else None
+            self._targets = study.config.targets.turns if study.config.targets else None
             self._asked: dict[str, optuna.Trial] = {}
 
         def suggest(self, trial_id: str) -> dict[str, Any]:
