@@ -281,3 +281,15 @@ def test_promotion_ranks_the_first_rung_on_the_denoised_scores_where_given():
     assert due(recs, *args).number == 1  # the raw best
     assert due(recs, *args, denoised={1: 0.45, 2: 0.58}).number == 2  # trial 2 is best once de-noised
     assert due(recs, *args, denoised={1: 0.45}).number == 2  # trial 2 keeps its raw score (not in the model)
+
+
+def test_a_rungs_places_go_to_a_diverse_set_with_min_distance():
+    from autoprune.search.fidelity import due
+
+    near, far = {"a": 0.5, "b": 0.5}, {"a": 0.2, "b": 0.8}
+    ratios = [near, {"a": 0.51, "b": 0.5}, far, near]
+    recs = [TrialRecord(Metrics(s, 100, 10, 1.0), PlanRecord("l1", r, target=3.0), Fidelity({0: s}, {0: 1000}),
+                        number=n, state="COMPLETE") for n, (s, r) in enumerate(zip([0.60, 0.59, 0.50, 0.40], ratios))]
+    args = ([0, 20], ["accuracy", "macs"], ["maximize", "minimize"], 2, 3.0)
+    assert due(recs, *args, claimed={0}).number == 1  # the near-copy of trial 0 takes the second place
+    assert due(recs, *args, claimed={0}, min_distance=0.1).number == 2  # the next distinct allocation does

@@ -118,6 +118,9 @@ class FidelityConfig(_Strict):
     # Score the first rung on this many validation images (a seeded subset) instead of all of them; every later
     # rung is scored on the whole validation split. None: every score uses the whole split.
     short_val_images: int | None = Field(None, ge=1)
+    # a rung's places go to candidates whose ratios lie at least this far apart (Euclidean over the groups; 0: off),
+    # so promotion does not spend its places on near-copies of one allocation
+    min_distance: float = Field(0.0, ge=0)
 
 
 class MeasureConfig(_Strict):

@@ -149,7 +149,7 @@ def enqueue_due(ost: optuna.Study, study: Study) -> list[int]:
     for target in targets:
         target = float(target) if target is not None else None
         while (r := due(done, ladder, list(study.config.objectives), study.directions, fid.eta, target, claimed,
-                        pinned, denoised)):
+                        pinned, denoised, fid.min_distance)):
             attrs = enqueued_attrs(target, r.warm_start, continues=r.number)
             ost.enqueue_trial(dict(r.params), user_attrs=attrs, skip_if_exists=False)
             claimed.add(r.number)

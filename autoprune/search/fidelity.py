@@ -43,7 +43,7 @@ def rung_ladder(config: StudyConfig) -> list[int]:
 def due(records: Sequence[TrialRecord], ladder: Sequence[int], objectives: Sequence[str],
         directions: Sequence[Direction | str], eta: float, target: float | None,
         claimed: Iterable[int] = (), pinned: str | None = "macs",
-        denoised: Mapping[int, float] | None = None) -> TrialRecord | None:
+        denoised: Mapping[int, float] | None = None, min_distance: float = 0.0) -> TrialRecord | None:
     """The candidate at ``target`` to take one rung further next, or None (asynchronous successive halving with
     deferred promotion, as ASHA: a rung's best go up whenever a worker asks, not only when they arrive).
 
@@ -57,6 +57,8 @@ def due(records: Sequence[TrialRecord], ladder: Sequence[int], objectives: Seque
     starts, which arrive first, included). ``denoised``: trial number -> a de-noised first-rung accuracy (the
     allocation sampler's surrogate mean, :meth:`~autoprune.search.allocation_sampler.AllocationSampler.denoised`),
     ranked in place of the raw first-rung score where given (the warm starts, outside the model, keep theirs).
+    ``min_distance``: a rung's places go to a diverse set (:func:`diverse`): a candidate whose ratios lie closer
+    than this to a better-ranked one already given a place is passed over.
     """
     claimed = set(claimed)
     objectives, directions = ranked_objectives(objectives, directions, target, pinned)
@@ -71,10 +73,32 @@ def due(records: Sequence[TrialRecord], ladder: Sequence[int], objectives: Seque
                    for o in objectives] for r in peers]
         ranks = nondominated_ranks(points, directions)
         order = sorted(range(len(peers)), key=lambda i: (ranks[i], -points[i][_acc(objectives)], peers[i].number))
-        for i in order[:places]:
+        for i in diverse(order, [p.plan.ratios if p.plan else {} for p in peers], places, min_distance):
             if peers[i].fidelity.steps == rung and peers[i].number not in claimed:
                 return peers[i]
     return None
+
+
+def diverse(order: Sequence[int], ratios: Sequence[Mapping[str, float]], places: int,
+            min_distance: float) -> list[int]:
+    """The first ``places`` of ``order`` (indices into ``ratios``, best first) whose ratios lie at least
+    ``min_distance`` (Euclidean, over the groups) from every one taken before them.
+
+    >>> r = [{"a": 0.5, "b": 0.5}, {"a": 0.52, "b": 0.5}, {"a": 0.2, "b": 0.8}]
+    >>> diverse([0, 1, 2], r, 2, 0.0), diverse([0, 1, 2], r, 2, 0.1)
+    ([0, 1], [0, 2])
+    """
+    taken: list[int] = []
+    for i in order:
+        if len(taken) == places:
+            break
+        if all(_distance(ratios[i], ratios[j]) >= min_distance for j in taken):
+            taken.append(i)
+    return taken
+
+
+def _distance(a: Mapping[str, float], b: Mapping[str, float]) -> float:
+    return math.sqrt(sum((a.get(g, 0.0) - b.get(g, 0.0)) ** 2 for g in set(a) | set(b)))
 
 
 def ranked_objectives(objectives: Sequence[str], directions: Sequence[Direction | str], target: float | None,
