@@ -28,6 +28,8 @@ Usage:
       --data-root ../shared/datasets/cifar10 --budget-epochs 5 --final-epochs 1 --seed 0 --out runs/bench/s0.json
   python benchmarks/search_vs_baselines.py --extra-kd-of runs/bench/s0.json --checkpoint ... --data-root ... \
       --out runs/bench/s0_extra_kd.json          (only the --extra-kd rows for that earlier run, beside its rows)
+  python benchmarks/search_vs_baselines.py --knapsack-of runs/bench/s0.json --checkpoint ... --data-root ... \
+      --out runs/bench/s0_knapsack.json     (only the sensitivity_knapsack rows, for a run made before they existed)
   python benchmarks/search_vs_baselines.py --aggregate runs/bench/s0.json runs/bench/s1.json ... [--plot F.png]
 """
 
@@ -53,8 +55,9 @@ sys.path.insert(0, str(ROOT))
 
 from autoprune.config import RecoveryConfig, SensitivityConfig, load_study  # noqa: E402
 from autoprune.deliver.vs_uniform import compare_at, uniform_baseline  # noqa: E402
-from autoprune.metrics.costs import accuracy, count_macs  # noqa: E402
+from autoprune.metrics.costs import accuracy, correct, count_macs  # noqa: E402
 from autoprune.metrics.latency import paired_latency  # noqa: E402
+from autoprune.metrics.mcnemar import decode_hits, encode_hits, paired  # noqa: E402
 from autoprune.pareto import accuracy_at, hypervolume_2d  # noqa: E402
 from autoprune.pruning.saving import load_pruned  # noqa: E402
 from autoprune.pruning.structural import prune_with_plan  # noqa: E402
@@ -174,7 +177,10 @@ def final_recovery(ctx: StudyContext, model, stream, steps: int, cache: dict) ->
     finetune(model, ctx.data.train, steps=steps, settings=_kd(), teacher=ctx.base, stream=stream)
     ft = time.perf_counter() - t0
     model.eval()
-    out = {"accuracy": accuracy(model, ctx.data.test, 500), "val_accuracy": accuracy(model, ctx.data.val, 500),
+    right = correct(model, ctx.data.test, 500)  # kept per image: methods compared image by image (McNemar)
+    out = {"accuracy": int(right.sum()) / max(1, len(right)), "test_hits": encode_hits(right.tolist()),
+           "test_images": len(right),
+           "val_accuracy": accuracy(model, ctx.data.val, 500),
            "macs": count_macs(model, ctx.example), "final_steps": steps, "finetune_s": round(ft, 1), "_model": model}
     cache[key] = out
     return dict(out)
@@ -200,6 +206,24 @@ def acc_at(points: list[dict], t: float) -> float | None:
         return max(near)
     at = accuracy_at([(p["accuracy"], p["macs_reduction"]) for p in points], t, slack=TOLERANCE)
     return round(at, 6) if at is not None else None
+
+
+def paired_against(methods: dict[str, dict], reference: str = "random_adaptive_bn") -> dict[str, dict]:
+    """Per method and target, the method's pick against ``reference``'s on the same test images: accuracies,
+    discordant counts and McNemar's exact p (points without per-image results are left out)."""
+    def hits(name: str, t: float) -> list[bool] | None:
+        p = next((p for p in methods.get(name, {}).get("points", []) if p["target"] == t), None)
+        return decode_hits(p["test_hits"], p["test_images"]) if p and "test_hits" in p else None
+
+    out: dict[str, dict] = {}
+    for name in methods:
+        if name == reference:
+            continue
+        for t in TARGETS:
+            a, b = hits(name, t), hits(reference, t)
+            if a is not None and b is not None:
+                out.setdefault(name, {})[f"{t:g}"] = paired(a, b).to_dict()
+    return out
 
 
 def summarise(points: list[dict], base_macs: float, compute: float) -> dict:
@@ -360,6 +384,43 @@ def extra_kd_of(args) -> None:
     table(out)
 
 
+def knapsack_of(args) -> None:
+    """``--knapsack-of JSON``: the sensitivity_knapsack rows for an earlier run that lacks them (its seed, threads
+    and final epochs, the same final-recovery stream), beside that run's rows, written to ``--out``. uniform_l1 at
+    the first target is recomputed too and both figures logged: equal when this machine's arithmetic is the
+    earlier run's."""
+    old = json.loads(Path(args.knapsack_of).read_text())
+    b = old["budget"]
+    args.seed, args.threads, args.final_epochs, args.model = b["seed"], b["threads"], b["final_epochs"], b["model"]
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="autoprune-bench-"))
+    ctx = prepare(load(args, f"bench_{args.model}_knapsack", workdir), args.device)
+    scanned, units = sensitivity_scan(ctx)
+    final_steps = int(args.final_epochs * (50000 // BATCH))
+    stream = build_stream(ctx.base, ctx.data.train, final_steps, BATCH, True, args.seed + 1)
+    cache: dict = {}
+    check = final_recovery(ctx, uniform_placed(ctx, TARGETS[0])[1], stream, final_steps, cache)
+    stored = next(p for p in old["methods"]["uniform_l1"]["points"] if p["target"] == TARGETS[0])
+    log(f"uniform_l1 @ {TARGETS[0]:g}x recomputed: test {check['accuracy']:.4f}, the earlier run's {stored['accuracy']:.4f}")
+    points = []
+    for t in TARGETS:
+        ratio, model = knapsack_placed(ctx, scanned, t)
+        points.append({**final_recovery(ctx, model, stream, final_steps, cache), "target": t, "ratio": round(ratio, 4)})
+        log(f"sensitivity_knapsack @ {t:g}x: test {points[-1]['accuracy']:.4f}")
+    x = torch.randn(BATCH, *ctx.example.shape[1:])
+    for p, lat in zip(points, paired_speedups(ctx.base, [p.pop("_model") for p in points], x)):
+        p.update(lat)
+    out = {**old, "budget": {**b, "knapsack_added": time.strftime("%Y-%m-%d"),
+                             "knapsack_check_uniform_1.5": [check["accuracy"], stored["accuracy"]]},
+           "methods": {**old["methods"], "sensitivity_knapsack": summarise(points, old["base"]["macs"], units)},
+           "knapsack_scan": scanned, "knapsack_wall_s": round(time.perf_counter() - t0, 1)}
+    out["paired_vs_random"] = paired_against(out["methods"])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2, default=str))
+    table(out)
+
+
 def run_methods(args, ctx: StudyContext, rctx: StudyContext, budget: float) -> tuple[dict, dict]:
     """Every method's chosen models after the final recovery, and what the searches spent."""
     bis, scan_units = baselines(ctx)
@@ -438,6 +499,8 @@ def main() -> None:
                     "from this earlier run of the same seed and settings (checked by recomputing one)")
     ap.add_argument("--extra-kd-of", metavar="JSON", help="only the --extra-kd rows for this earlier run (its seed, "
                     "threads, final epochs and search compute), with its other rows, to --out")
+    ap.add_argument("--knapsack-of", metavar="JSON", help="only the sensitivity_knapsack rows for this earlier run "
+                    "(its seed, threads and final epochs), added to its rows in --out")
     ap.add_argument("--aggregate", nargs="+", metavar="JSON", help="only print the mean and spread of saved runs "
                     "(with --plot: draw them, every seed and the mean with its standard deviation, per target)")
     args = ap.parse_args()
@@ -449,6 +512,10 @@ def main() -> None:
     if args.extra_kd_of:
         require("checkpoint", "data_root", "out")
         extra_kd_of(args)
+        return
+    if args.knapsack_of:
+        require("checkpoint", "data_root", "out")
+        knapsack_of(args)
         return
     if args.aggregate:
         print(aggregate(args.aggregate))
@@ -481,6 +548,7 @@ def main() -> None:
                     "macs": base["macs"]},
            "methods": {m: summarise(p, base["macs"], spent["spent"].get(m, 0.0)) for m, p in methods.items()},
            **spent["studies"], "wall_s": round(time.perf_counter() - t_all, 1)}
+    out["paired_vs_random"] = paired_against(out["methods"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2, default=str))
     if args.plot:
