@@ -110,7 +110,7 @@ def surrogate_holdout(study: optuna.Study, start: int = 12) -> dict[str, float |
     from scipy.stats import kendalltau
 
     from autoprune.search.allocation_sampler import observations
-    from autoprune.search.surrogate import binomial_variance, fit_surrogate, standardise
+    from autoprune.search.surrogate import features, fit_scores
 
     trials = study.get_trials(deepcopy=False)
     groups = sorted(k[len("alloc."):] for k in trials[0].params if k.startswith("alloc."))
@@ -120,12 +120,9 @@ def surrogate_holdout(study: optuna.Study, start: int = 12) -> dict[str, float |
         seen, o = obs[:i], obs[i]
         if sum(s.target == o.target for s in seen) < 3:
             continue
-        x = np.array([np.append(s.ratios, np.log(s.target)) for s in seen])
-        scores = np.array([s.score for s in seen])
-        y, stats = standardise(scores, np.array([s.target for s in seen]))
-        noise = binomial_variance(scores, np.array([s.images for s in seen])) / np.array(
-            [stats[s.target][1] ** 2 for s in seen])
-        mean, _ = fit_surrogate(x, y, noise).predict(np.append(o.ratios, np.log(o.target))[None])
+        model, _, _ = fit_scores(np.array([s.ratios for s in seen]), np.array([s.target for s in seen]),
+                                 np.array([s.score for s in seen]), np.array([s.images for s in seen]))
+        mean, _ = model.predict(features(o.ratios, o.target)[None])
         pred.setdefault(f"{o.target:g}", []).append((float(mean[0]), o.score))
     return {t: (round(float(kendalltau([a for a, _ in v], [b for _, b in v]).statistic), 3) if len(v) >= 3 else None)
             for t, v in sorted(pred.items(), key=lambda kv: float(kv[0]))}

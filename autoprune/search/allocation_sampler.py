@@ -20,7 +20,6 @@ come from an independent TPE sampler.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -33,14 +32,13 @@ from autoprune.search.record import TrialRecord
 from autoprune.search.space import trial_target
 from autoprune.search.surrogate import (
     Surrogate,
-    binomial_variance,
     crossovers,
     expected_improvement,
-    fit_surrogate,
+    features,
+    fit_scores,
     min_distance,
     mutations,
     sobol_point,
-    standardise,
 )
 
 LEADERS = 5  # a target's best candidates (by the surrogate's mean) that proposals start from
@@ -140,7 +138,7 @@ class AllocationSampler(optuna.samplers.BaseSampler):
         model, x, _ = self._fit(observed)
         here = [i for i, o in enumerate(observed) if o.target == target]
         mean_here, _ = model.predict(x[here])
-        model = model.with_pending(np.array([self._features(self._placed(_weights(t, self.groups), _target(t)), _target(t))
+        model = model.with_pending(np.array([features(self._placed(_weights(t, self.groups), _target(t)), _target(t))
                                              for t in pending]).reshape(-1, x.shape[1]))
         weights = self._candidates(observed, here, mean_here, target)
         placed = np.array([self._placed(w, target) for w in weights])
@@ -150,7 +148,7 @@ class AllocationSampler(optuna.samplers.BaseSampler):
         if not fresh.any():
             return self.screen_point(target, len(observed) + len(pending))
         weights, placed = weights[fresh], placed[fresh]
-        mean, std = model.predict(np.array([self._features(r, target) for r in placed]))
+        mean, std = model.predict(np.array([features(r, target) for r in placed]))
         ei = expected_improvement(mean, std, best=float(np.max(mean_here)))
         return weights[int(np.argmax(ei))]
 
@@ -171,11 +169,8 @@ class AllocationSampler(optuna.samplers.BaseSampler):
         key = tuple(o.number for o in observed)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
-        x = np.array([self._features(o.ratios, o.target) for o in observed])
-        y, stats = standardise(np.array([o.score for o in observed]), np.array([o.target for o in observed]))
-        var = binomial_variance(np.array([o.score for o in observed]), np.array([o.images for o in observed]))
-        noise = var / np.array([stats[o.target][1] ** 2 for o in observed])
-        fitted = (fit_surrogate(x, y, noise, seed=self._seed), x, stats)
+        fitted = fit_scores(np.array([o.ratios for o in observed]), np.array([o.target for o in observed]),
+                            np.array([o.score for o in observed]), np.array([o.images for o in observed]), self._seed)
         self._cache = (key, fitted)
         return fitted
 
@@ -197,10 +192,6 @@ class AllocationSampler(optuna.samplers.BaseSampler):
     def _placed(self, weights: np.ndarray, target: float) -> np.ndarray:
         ratios = self.placing.place(dict(zip(self.groups, map(float, weights))), target)
         return np.array([ratios[g] for g in self.groups])
-
-    @staticmethod
-    def _features(ratios: np.ndarray, target: float) -> np.ndarray:
-        return np.append(ratios, math.log(target))
 
     def _named(self, weights: np.ndarray) -> dict[str, float]:
         return {f"alloc.{g}": float(w) for g, w in zip(self.groups, weights)}

@@ -120,6 +120,26 @@ def fit_surrogate(x: np.ndarray, y: np.ndarray, noise: np.ndarray, seed: int = 0
     return Surrogate(gp)
 
 
+def features(ratios: np.ndarray, target: float) -> np.ndarray:
+    """The surrogate's input for a placed candidate: its ratios and the log of its target.
+
+    >>> features(np.array([0.5, 0.25]), 1.0).tolist()
+    [0.5, 0.25, 0.0]
+    """
+    return np.append(ratios, math.log(target))
+
+
+def fit_scores(ratios: np.ndarray, targets: np.ndarray, scores: np.ndarray, images: np.ndarray,
+               seed: int = 0) -> tuple[Surrogate, np.ndarray, dict]:
+    """The surrogate of first-rung ``scores`` (accuracies on ``images`` images) of candidates placed at ``ratios``
+    (n, groups) on ``targets``: inputs :func:`features`, scores standardised per target, each with its binomial
+    noise in those units. Returns (the surrogate, its inputs, {target: (mean, std)} of the scores)."""
+    x = np.array([features(r, t) for r, t in zip(ratios, targets)])
+    y, stats = standardise(scores, targets)
+    noise = binomial_variance(scores, images) / np.array([stats[t.item()][1] ** 2 for t in targets])
+    return fit_surrogate(x, y, noise, seed=seed), x, stats
+
+
 def expected_improvement(mean: np.ndarray, std: np.ndarray, best: float, xi: float = 0.01) -> np.ndarray:
     """Expected improvement over ``best`` of normal predictions (mean, std), maximising.
 
