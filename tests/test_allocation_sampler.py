@@ -293,3 +293,15 @@ def test_a_rungs_places_go_to_a_diverse_set_with_min_distance():
     args = ([0, 20], ["accuracy", "macs"], ["maximize", "minimize"], 2, 3.0)
     assert due(recs, *args, claimed={0}).number == 1  # the near-copy of trial 0 takes the second place
     assert due(recs, *args, claimed={0}, min_distance=0.1).number == 2  # the next distinct allocation does
+
+
+def test_a_running_candidate_counts_at_its_predicted_mean_and_is_not_asked_again():
+    ost = optuna.create_study(directions=["maximize", "minimize"], sampler=AllocationSampler(placing(), screen=3, seed=0))
+    run(ost, 12)
+    first, second = ost.ask(), ost.ask()  # two workers ask before either tells (trials 12 and 15: both at 1.5x)
+    a = ask(first, DISTS, TARGETS, seed=0)
+    ask(ost.ask(), DISTS, TARGETS, seed=0)  # trial 14, at 3x
+    b = ask(ost.ask(), DISTS, TARGETS, seed=0)  # trial 15, at 1.5x again, with trial 12 still running
+    assert a.target == b.target == 1.5 and second.number == 13
+    placed = [np.array(list(replay.placed({g: x.params[f"alloc.{g}"] for g in GROUPS}, 1.5).values())) for x in (a, b)]
+    assert np.linalg.norm(placed[0] - placed[1]) > 1e-3

@@ -111,7 +111,8 @@ class AllocationSampler(optuna.samplers.BaseSampler):
         observed = observations(trials, self.groups)
         if sum(o.target == target for o in observed) < 2:
             return self._named(self.screen_point(target, len(mine)))
-        pending = [t for t in trials if t.state == TrialState.RUNNING and t.number != trial.number and is_model_trial(t)
+        pending = [(_weights(t, self.groups), trial_target(t.number, t.user_attrs, turns)) for t in trials
+                   if t.state == TrialState.RUNNING and t.number != trial.number and is_model_trial(t)
                    and all(f"alloc.{g}" in t.params for g in self.groups)]
         return self._named(self.propose(observed, target, pending))
 
@@ -133,17 +134,17 @@ class AllocationSampler(optuna.samplers.BaseSampler):
         low, high = self._bounds()
         return low + (high - low) * sobol_point(len(self.groups), index, key)
 
-    def propose(self, observed: list[Observed], target: float, pending: Sequence[FrozenTrial]) -> np.ndarray:
-        """The proposal at ``target`` with the largest expected improvement (see the module's docstring)."""
+    def propose(self, observed: list[Observed], target: float,
+                pending: Sequence[tuple[np.ndarray, float]]) -> np.ndarray:
+        """The proposal at ``target`` with the largest expected improvement (see the module's docstring);
+        ``pending``: (weights, target) of the running candidates."""
         model, x, _ = self._fit(observed)
         here = [i for i, o in enumerate(observed) if o.target == target]
         mean_here, _ = model.predict(x[here])
-        model = model.with_pending(np.array([features(self._placed(_weights(t, self.groups), _target(t)), _target(t))
-                                             for t in pending]).reshape(-1, x.shape[1]))
+        model = model.with_pending(np.array([features(self._placed(w, t), t) for w, t in pending]).reshape(-1, x.shape[1]))
         weights = self._candidates(observed, here, mean_here, target)
         placed = np.array([self._placed(w, target) for w in weights])
-        taken = np.vstack([x[here, :-1]] + [self._placed(_weights(t, self.groups), target)[None]
-                                            for t in pending if _target(t) == target])
+        taken = np.vstack([x[here, :-1]] + [self._placed(w, t)[None] for w, t in pending if t == target])
         fresh = np.array([min_distance(r, taken) > SAME for r in placed])  # never the same candidate twice
         if not fresh.any():
             return self.screen_point(target, len(observed) + len(pending))
@@ -221,8 +222,3 @@ def observations(trials: Sequence[FrozenTrial], groups: Sequence[str]) -> list[O
 
 def _weights(trial: FrozenTrial, groups: Sequence[str]) -> np.ndarray:
     return np.array([float(trial.params[f"alloc.{g}"]) for g in groups])
-
-
-def _target(trial: FrozenTrial) -> float | None:
-    target = trial.user_attrs.get("target")
-    return float(target) if target is not None else None
