@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from autoprune.errors import AutopruneError, first_line
@@ -48,19 +50,38 @@ class Registry(Generic[T]):
 def import_callable(path: str, kind: str, field: str | None = None) -> Callable[..., Any]:
     """The callable named by ``package.module:attr`` (a user's model or data factory), imported now.
 
-    Any error the module raises on import, or a missing or non-callable attribute, is one AutopruneError naming
-    the ``kind`` of module (``"model"``, ``"data"``) and the config ``field``.
+    The working folder is searched first, as ``python -m`` and uvicorn-style tools do, so a module beside the study
+    is found without ``PYTHONPATH``. A module found nowhere is an AutopruneError saying where it was looked for;
+    any error the module raises on import, or a missing or non-callable attribute, is one AutopruneError naming the
+    ``kind`` of module (``"model"``, ``"data"``) and the config ``field``.
 
     Example:
         >>> import_callable("math:sqrt", "model")(4.0)
         2.0
     """
     module_name, _, attr = path.partition(":")
+    _working_folder_first()
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - ImportError, or any error the module raises on import
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise AutopruneError(f"cannot import {kind} module {module_name!r}: {first_line(exc)}", field=field) from None
+        raise AutopruneError(f"cannot import {kind} module {module_name!r}: no module {exc.name!r} in the working "
+                             f"folder ({os.getcwd()}) or on the import path; run from the folder that holds "
+                             f"{exc.name.replace('.', '/')}.py, add its folder to PYTHONPATH, or install it",
+                             field=field) from None
+    except Exception as exc:  # noqa: BLE001 - any error the module raises on import
         raise AutopruneError(f"cannot import {kind} module {module_name!r}: {first_line(exc)}", field=field) from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise AutopruneError(f"{module_name!r} has no callable {attr!r}", field=field)
     return factory
+
+
+def _working_folder_first() -> None:
+    """Put the working folder at the front of ``sys.path`` (once; a console script's path starts with its own bin
+    folder, not the working folder)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+        importlib.invalidate_caches()

@@ -100,8 +100,8 @@ def small_cnn(num_classes: int = 2, width: int = 8):
 
 
 def test_your_own_model_and_data_factories_with_the_installed_command(tmp_path):
-    """``model.name`` and ``data.name`` as ``package.module:factory``, the module beside the study, on PYTHONPATH as
-    the docs say; the ``autoprune`` command itself in a fresh folder."""
+    """``model.name`` and ``data.name`` as ``package.module:factory``, the module beside the study in the working
+    folder, no PYTHONPATH (as the docs say); the ``autoprune`` command itself in a fresh folder."""
     (tmp_path / "mine.py").write_text(FACTORIES)
     study = dict(TINY_STUDY, budget={"n_trials": 2}, search_space="space.yaml")
     study["model"] = {"name": "mine:small_cnn", "base_training": {"epochs": 2, "lr": 0.05, "batch_size": 32}}
@@ -109,7 +109,7 @@ def test_your_own_model_and_data_factories_with_the_installed_command(tmp_path):
     study["recovery"] = {"bn_recalibration_batches": 2, "steps": 4, "batch_size": 32}
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(TINY_SPACE))
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
-    env = dict(os.environ, PYTHONPATH=str(tmp_path), AUTOPRUNE_HUGE_PAGES="0")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"AUTOPRUNE_HUGE_PAGES": "0"}
     exe = Path(sys.executable).parent / "autoprune"
     for args in (["search", "study.yaml"], ["pareto", "study.yaml", "--json"]):
         done = subprocess.run([str(exe), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

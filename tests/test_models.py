@@ -3,6 +3,8 @@ MACs and still runs; pruned at 0 it is an unchanged, independent copy."""
 
 from __future__ import annotations
 
+import re
+import sys
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -114,6 +116,27 @@ def test_module_factory_with_unknown_module_or_attribute_raises_autoprune_error(
         create_model("no_such_module_for_autoprune_tests:factory", num_classes=10)
     with pytest.raises(AutopruneError, match="no callable"):
         create_model("torchvision.models:no_such_factory", num_classes=10)
+
+
+def test_a_module_in_the_working_folder_is_found_without_pythonpath(tmp_path, monkeypatch) -> None:
+    """As uvicorn-style tools do: the folder autoprune runs in is searched first (the console script's own path
+    does not hold it)."""
+    (tmp_path / "mine_for_autoprune_tests.py").write_text("import torch\ndef net(num_classes=3):\n"
+                                                          "    return torch.nn.Linear(4, num_classes)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert create_model("mine_for_autoprune_tests:net", num_classes=5).out_features == 5
+
+
+def test_a_missing_module_says_where_it_was_looked_for_and_what_to_do(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(AutopruneError, match=r"no module 'nowhere_for_autoprune' in the working folder "
+                                             rf"\({re.escape(str(tmp_path))}\).*holds nowhere_for_autoprune\.py"):
+        create_model("nowhere_for_autoprune:net", num_classes=10)
+    # a module that is found but imports something missing: that import is named, not the module
+    (tmp_path / "broken_for_autoprune_tests.py").write_text("import not_installed_for_autoprune\n")
+    with pytest.raises(AutopruneError, match="No module named 'not_installed_for_autoprune'"):
+        create_model("broken_for_autoprune_tests:net", num_classes=10)
 
 
 def test_unknown_model_name_raises_autoprune_error_listing_valid_names() -> None:
