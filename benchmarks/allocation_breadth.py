@@ -24,7 +24,7 @@ from pathlib import Path
 
 import optuna
 
-from autoprune.search.record import TrialRecord, heads
+from autoprune.engine.record import TrialRecord, heads
 
 
 def spread(ratios: dict[str, float]) -> float:
@@ -109,8 +109,8 @@ def surrogate_holdout(study: optuna.Study, start: int = 12) -> dict[str, float |
     import numpy as np
     from scipy.stats import kendalltau
 
-    from autoprune.search.allocation_sampler import observations
-    from autoprune.search.surrogate import features, fit_scores
+    from autoprune.engine.allocation_sampler import observations
+    from autoprune.engine.surrogate import features, fit_scores
 
     trials = study.get_trials(deepcopy=False)
     groups = sorted(k[len("alloc."):] for k in trials[0].params if k.startswith("alloc."))

@@ -34,10 +34,10 @@ sys.path.insert(0, str(ROOT))
 
 from autoprune.config import RecoveryConfig, load_study  # noqa: E402
 from autoprune.device import to_device  # noqa: E402
+from autoprune.engine.context import prepare  # noqa: E402
+from autoprune.engine.record import TrialRecord  # noqa: E402
+from autoprune.engine.storage import load_optuna_study  # noqa: E402
 from autoprune.pruning.structural import prune_with_plan  # noqa: E402
-from autoprune.search.context import prepare  # noqa: E402
-from autoprune.search.record import TrialRecord  # noqa: E402
-from autoprune.search.storage import load_optuna_study  # noqa: E402
 from autoprune.train.distill import autocast_dtype, finetune, kd_loss  # noqa: E402
 from autoprune.train.teacher_stream import build_stream  # noqa: E402
 

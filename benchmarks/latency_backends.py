@@ -47,11 +47,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autoprune.config import load_study
+from autoprune.engine.context import StudyContext, prepare
+from autoprune.engine.warm_start import global_at, global_prune
 from autoprune.metrics.costs import count_macs
 from autoprune.metrics.latency import LATENCY_BACKENDS, deploy, paired_latency
 from autoprune.pruning.structural import prune_with_plan
-from autoprune.search.context import StudyContext, prepare
-from autoprune.search.warm_start import global_at, global_prune
 
 STUDY = ROOT / "studies" / "cifar10_resnet20_targets.yaml"  # the shipped targets study; model.name is overridden
 MODELS = ("resnet20", "resnet56")

@@ -38,11 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autoprune.config import load_study  # noqa: E402
+from autoprune.engine.ask_tell import records  # noqa: E402
+from autoprune.engine.backends.optuna_backend import run_search  # noqa: E402
+from autoprune.engine.context import prepare  # noqa: E402
 from autoprune.metrics.latency import paired_latency  # noqa: E402
 from autoprune.pruning.saving import load_pruned  # noqa: E402
-from autoprune.search.ask_tell import records  # noqa: E402
-from autoprune.search.backends.optuna_backend import run_search  # noqa: E402
-from autoprune.search.context import prepare  # noqa: E402
 
 WITHIN = 0.30
 

@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autoprune.config import load_study  # noqa: E402
+from autoprune.engine.context import prepare  # noqa: E402
 from autoprune.metrics.costs import count_macs  # noqa: E402
 from autoprune.metrics.latency import paired_latency  # noqa: E402
 from autoprune.pruning.structural import prune_with_plan  # noqa: E402
-from autoprune.search.context import prepare  # noqa: E402
 
 STUDY = ROOT / "studies" / "cifar10_resnet20_targets.yaml"
 

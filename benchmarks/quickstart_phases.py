@@ -18,10 +18,10 @@ import time
 import torch
 
 from autoprune.config import load_study
-from autoprune.search.ask_tell import records
-from autoprune.search.backends.optuna_backend import run_search
-from autoprune.search.context import prepare
-from autoprune.search.storage import front
+from autoprune.engine.ask_tell import records
+from autoprune.engine.backends.optuna_backend import run_search
+from autoprune.engine.context import prepare
+from autoprune.engine.storage import front
 
 
 def one_run(study_file: str) -> dict[str, float]:

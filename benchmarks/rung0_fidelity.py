@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autoprune.config import load_study  # noqa: E402
+from autoprune.engine.context import prepare  # noqa: E402
 from autoprune.metrics.costs import accuracy  # noqa: E402
 from autoprune.pruning.structural import prune_with_plan  # noqa: E402
-from autoprune.search.context import prepare  # noqa: E402
 from autoprune.train.distill import recalibrate_bn  # noqa: E402
 
 BATCH = 128

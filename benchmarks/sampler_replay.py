@@ -29,12 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autoprune.config import SamplerConfig  # noqa: E402
-from autoprune.search.allocation import place  # noqa: E402
-from autoprune.search.allocation_sampler import Placing
-from autoprune.search.ask_tell import ask, enqueued_attrs  # noqa: E402
-from autoprune.search.record import Fidelity, Metrics, PlanRecord, TrialRecord  # noqa: E402
-from autoprune.search.samplers import make_sampler  # noqa: E402
-from autoprune.search.surrogate import coefficient_of_variation  # noqa: E402
+from autoprune.engine.allocation import place  # noqa: E402
+from autoprune.engine.allocation_sampler import Placing
+from autoprune.engine.ask_tell import ask, enqueued_attrs  # noqa: E402
+from autoprune.engine.record import Fidelity, Metrics, PlanRecord, TrialRecord  # noqa: E402
+from autoprune.engine.samplers import make_sampler  # noqa: E402
+from autoprune.engine.surrogate import coefficient_of_variation  # noqa: E402
 
 GROUPS = [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3)]
 SHARE = np.full(9, 0.9 / 9)  # each block's inner convolutions: 10 % of the MACs, the stem and shortcuts the rest

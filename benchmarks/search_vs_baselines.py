@@ -55,22 +55,22 @@ sys.path.insert(0, str(ROOT))
 
 from autoprune.config import RecoveryConfig, SensitivityConfig, load_study  # noqa: E402
 from autoprune.deliver.vs_uniform import compare_at, uniform_baseline  # noqa: E402
+from autoprune.engine.allocation import TOLERANCE  # noqa: E402
+from autoprune.engine.ask_tell import records  # noqa: E402
+from autoprune.engine.backends.optuna_backend import run_search  # noqa: E402
+from autoprune.engine.context import StudyContext, prepare  # noqa: E402
+from autoprune.engine.knapsack import sensitivity_allocation  # noqa: E402
+from autoprune.engine.rebuild import rebuild  # noqa: E402
+from autoprune.engine.record import TrialRecord, heads  # noqa: E402
+from autoprune.engine.sensitivity import scan  # noqa: E402
+from autoprune.engine.storage import front, get_record  # noqa: E402
+from autoprune.engine.warm_start import global_at, global_prune  # noqa: E402
 from autoprune.metrics.costs import accuracy, correct, count_macs  # noqa: E402
 from autoprune.metrics.latency import paired_latency  # noqa: E402
 from autoprune.metrics.mcnemar import decode_hits, encode_hits, paired  # noqa: E402
 from autoprune.pareto import accuracy_at, hypervolume_2d  # noqa: E402
 from autoprune.pruning.saving import load_pruned  # noqa: E402
 from autoprune.pruning.structural import prune_with_plan  # noqa: E402
-from autoprune.search.allocation import TOLERANCE  # noqa: E402
-from autoprune.search.ask_tell import records  # noqa: E402
-from autoprune.search.backends.optuna_backend import run_search  # noqa: E402
-from autoprune.search.context import StudyContext, prepare  # noqa: E402
-from autoprune.search.knapsack import sensitivity_allocation  # noqa: E402
-from autoprune.search.rebuild import rebuild  # noqa: E402
-from autoprune.search.record import TrialRecord, heads  # noqa: E402
-from autoprune.search.sensitivity import scan  # noqa: E402
-from autoprune.search.storage import front, get_record  # noqa: E402
-from autoprune.search.warm_start import global_at, global_prune  # noqa: E402
 from autoprune.train.distill import finetune, recalibrate_bn  # noqa: E402
 from autoprune.train.teacher_stream import build_stream  # noqa: E402
 
@@ -117,7 +117,7 @@ def search_until(ctx: StudyContext, budget: float, chunk: int, name: str) -> tup
 # ------------------------------------------------------------------------------------------------------ methods
 def autoprune_picks(ctx: StudyContext) -> dict[float, TrialRecord]:
     """What ``autoprune select`` offers: each target's best candidate on the default front (one rung)."""
-    from autoprune.search.storage import load_optuna_study
+    from autoprune.engine.storage import load_optuna_study
 
     ost = load_optuna_study(ctx.study)
     return {float(get_record(ost, e["trial"]).plan.target): get_record(ost, e["trial"]) for e in front(ost)}
@@ -471,7 +471,7 @@ def run_methods(args, ctx: StudyContext, rctx: StudyContext, budget: float) -> t
 
 
 def _study_summary(recs: list[TrialRecord], used: float, failed: int) -> dict:
-    from autoprune.search.status import cost_summary
+    from autoprune.engine.status import cost_summary
 
     rungs = sorted({s for r in recs for s in r.fidelity.scores})
     return {"trials": len(recs), "candidates": len(heads(recs)), "failed": failed, "units": round(used),

@@ -47,8 +47,8 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from autoprune.engine.record import TrialRecord
 from autoprune.pareto import non_dominated
-from autoprune.search.record import TrialRecord
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.ERROR)

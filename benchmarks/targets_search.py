@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 from autoprune.config import load_study  # noqa: E402
 from autoprune.deliver.vs_uniform import compare_at  # noqa: E402
-from autoprune.search.ask_tell import records  # noqa: E402
-from autoprune.search.backends.optuna_backend import run_search  # noqa: E402
-from autoprune.search.context import prepare  # noqa: E402
-from autoprune.search.record import heads  # noqa: E402
+from autoprune.engine.ask_tell import records  # noqa: E402
+from autoprune.engine.backends.optuna_backend import run_search  # noqa: E402
+from autoprune.engine.context import prepare  # noqa: E402
+from autoprune.engine.record import heads  # noqa: E402
 
 
 def per_target(recs: list, target: float) -> dict:

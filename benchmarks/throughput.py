@@ -23,7 +23,7 @@ from pathlib import Path
 
 import optuna
 
-from autoprune.search.record import TrialRecord
+from autoprune.engine.record import TrialRecord
 
 CONFIGS = {
     "optuna, 1 worker x 1 thread": ["--workers", "1"],

@@ -9,7 +9,7 @@ import optuna
 import pytest
 from optuna.distributions import FloatDistribution
 
-from autoprune.search.record import Fidelity, Metrics, PlanRecord, TrialRecord
+from autoprune.engine.record import Fidelity, Metrics, PlanRecord, TrialRecord
 from tests.conftest import load_benchmark
 
 

@@ -11,11 +11,11 @@ import pytest
 from optuna.distributions import FloatDistribution
 
 from autoprune.config import SamplerConfig
-from autoprune.search.allocation_sampler import AllocationSampler, Placing, is_model_trial, observations
-from autoprune.search.ask_tell import ask, enqueued_attrs
-from autoprune.search.record import Fidelity, Metrics, PlanRecord, TrialRecord
-from autoprune.search.samplers import make_sampler
-from autoprune.search.surrogate import (
+from autoprune.engine.allocation_sampler import AllocationSampler, Placing, is_model_trial, observations
+from autoprune.engine.ask_tell import ask, enqueued_attrs
+from autoprune.engine.record import Fidelity, Metrics, PlanRecord, TrialRecord
+from autoprune.engine.samplers import make_sampler
+from autoprune.engine.surrogate import (
     coefficient_of_variation,
     crossovers,
     expected_improvement,
@@ -187,7 +187,7 @@ def _check_screen_and_targets(ost: optuna.Study, ctx_groups: list[str], base_mac
     """Each target's first two model candidates are its Sobol points 0 and 1 (whatever process asked for them),
     no point is asked twice, later ones are the surrogate's (with parallel workers, a target whose screen is still
     running takes further Sobol points meanwhile), and every candidate lands within 1 % of its target."""
-    from autoprune.search.allocation import TOLERANCE
+    from autoprune.engine.allocation import TOLERANCE
 
     targets = sorted({float(t) for t in (1.5, 2.0)})
     for t in ost.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
@@ -208,9 +208,9 @@ def _check_screen_and_targets(ost: optuna.Study, ctx_groups: list[str], base_mac
 @pytest.mark.slow
 def test_a_tiny_search_screens_then_proposes_on_its_targets_and_resumes_the_screen(write_study, tmp_path):
     from autoprune.config import load_study
-    from autoprune.search.backends.optuna_backend import run_search
-    from autoprune.search.context import prepare
-    from autoprune.search.warm_start import intensity
+    from autoprune.engine.backends.optuna_backend import run_search
+    from autoprune.engine.context import prepare
+    from autoprune.engine.warm_start import intensity
 
     study = load_study(write_study({"targets": {"macs_reduction": [2, 1.5]}, "model": WIDE, "sampler": ALLOCATION},
                                    {"warm_start": {"anchors": [1.0]}}))
@@ -239,7 +239,7 @@ def test_two_workers_share_one_screen_and_the_ray_backend_asks_the_same_sampler(
     path = write_study({"targets": {"macs_reduction": [2, 1.5]}, "model": WIDE, "sampler": ALLOCATION,
                         "budget": {"n_trials": 12}})
     from autoprune.config import load_study
-    from autoprune.search.context import prepare
+    from autoprune.engine.context import prepare
 
     groups = prepare(load_study(path), measure_reference=False).groups  # the sampler's order of the groups
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
@@ -273,7 +273,7 @@ def test_the_surrogate_mean_is_closer_to_a_candidates_true_score_than_its_noisy_
 
 
 def test_promotion_ranks_the_first_rung_on_the_denoised_scores_where_given():
-    from autoprune.search.fidelity import due
+    from autoprune.engine.fidelity import due
 
     recs = [TrialRecord(Metrics(s, 100, 10, 1.0), PlanRecord("l1", {"g": 0.5}, target=3.0), Fidelity({0: s}, {0: 1000}),
                         number=n, state="COMPLETE") for n, s in enumerate([0.50, 0.62, 0.55, 0.40])]
@@ -284,7 +284,7 @@ def test_promotion_ranks_the_first_rung_on_the_denoised_scores_where_given():
 
 
 def test_a_rungs_places_go_to_a_diverse_set_with_min_distance():
-    from autoprune.search.fidelity import due
+    from autoprune.engine.fidelity import due
 
     near, far = {"a": 0.5, "b": 0.5}, {"a": 0.2, "b": 0.8}
     ratios = [near, {"a": 0.51, "b": 0.5}, far, near]

@@ -11,8 +11,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autoprune.search.backends import BACKENDS
-from autoprune.search.record import TrialRecord
+from autoprune.engine.backends import BACKENDS
+from autoprune.engine.record import TrialRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 # A Ray backend whose trials errored exits 1 after telling them (README: "Errored Ray trials ... make the command

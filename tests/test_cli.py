@@ -132,7 +132,7 @@ def test_status_counts_the_trials_whose_latency_is_unreliable(searched, tmp_path
     import dataclasses
     import sqlite3
 
-    from autoprune.search.record import TrialRecord
+    from autoprune.engine.record import TrialRecord
 
     path, _ = searched
     src, dst = sqlite3.connect(path.parent / "run" / "study.db"), sqlite3.connect(tmp_path / "copy.db")

@@ -117,7 +117,7 @@ def test_unknown_sampler_names_the_field_and_lists_the_registered_ones(write_stu
 
 
 def test_every_registered_sampler_validates(write_study):
-    from autoprune.search.samplers import SAMPLERS
+    from autoprune.engine.samplers import SAMPLERS
 
     for name in SAMPLERS:
         targets = {"targets": {"macs_reduction": [2]}} if name == "allocation" else {}
@@ -131,7 +131,7 @@ def test_the_allocation_sampler_without_targets_is_refused_at_load(write_study):
 
 def test_the_config_wing_knows_exactly_the_registered_sampler_names():
     from autoprune.config import SAMPLER_NAMES
-    from autoprune.search.samplers import SAMPLERS
+    from autoprune.engine.samplers import SAMPLERS
 
     assert sorted(SAMPLER_NAMES) == SAMPLERS.names()
 

@@ -8,11 +8,11 @@ import random
 import pytest
 import torch
 
+from autoprune.engine.allocation import TOLERANCE, place, ratios_at
 from autoprune.metrics.costs import count_macs
 from autoprune.models.factory import create_model, resolve_model
 from autoprune.pruning.macs_model import build_cost_model, kept_channels
 from autoprune.pruning.structural import build_layout, prune_with_plan
-from autoprune.search.allocation import TOLERANCE, place, ratios_at
 
 CASES = [("resnet20", (1, 3, 32, 32), "dependency", 1e-9), ("resnet20", (1, 3, 32, 32), "stage", 1e-9),
          ("quickstart_cnn", (1, 1, 8, 8), "dependency", 5e-3), ("mobilenet_v2", (1, 3, 32, 32), "dependency", 5e-3),

@@ -57,7 +57,7 @@ def test_dropped_and_pruned_model_saves_and_reloads_exactly(resnet20, tmp_path):
 
 # ------------------------------------------------------------------------------------------ sensitivity scan
 def test_narrowed_highs_keep_the_largest_ratio_within_the_drop():
-    from autoprune.search.sensitivity import narrowed_highs
+    from autoprune.engine.sensitivity import narrowed_highs
 
     scores = {"robust": {0.25: 0.91, 0.5: 0.9, 0.75: 0.84}, "fragile": {0.25: 0.7, 0.5: 0.3, 0.75: 0.1},
               "middle": {0.25: 0.88, 0.5: 0.83, 0.75: 0.2}}
@@ -67,7 +67,7 @@ def test_narrowed_highs_keep_the_largest_ratio_within_the_drop():
 
 def test_sensitivity_scan_narrows_the_search_space_and_is_cached(write_study, tmp_path):
     from autoprune.config import load_study
-    from autoprune.search.context import prepare
+    from autoprune.engine.context import prepare
 
     space = {"sensitivity": {"ratios": [0.3, 0.6], "max_drop": 0.02, "eval_images": 200}}
     study = load_study(write_study(space_overrides=space))

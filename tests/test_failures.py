@@ -20,10 +20,10 @@ from optuna.trial import TrialState
 from autoprune import files
 from autoprune.cli import main
 from autoprune.config import load_study
+from autoprune.engine.backends.optuna_backend import run_search
+from autoprune.engine.context import prepare
+from autoprune.engine.storage import create_or_load
 from autoprune.errors import SearchFailedError
-from autoprune.search.backends.optuna_backend import run_search
-from autoprune.search.context import prepare
-from autoprune.search.storage import create_or_load
 from tests.conftest import TINY_SPACE, TINY_STUDY
 from tests.test_distributed import start, trials, wait_for
 

@@ -13,13 +13,13 @@ import yaml
 from optuna.distributions import FloatDistribution
 
 from autoprune.config import RecoveryConfig, load_study
+from autoprune.engine.ask_tell import records
+from autoprune.engine.backends.optuna_backend import run_search
+from autoprune.engine.context import prepare, stream_steps
+from autoprune.engine.record import TrialRecord
+from autoprune.engine.status import cost_summary
+from autoprune.engine.warm_start import global_prune, global_ratios, snap, warm_start_params
 from autoprune.pareto import nondominated_ranks
-from autoprune.search.ask_tell import records
-from autoprune.search.backends.optuna_backend import run_search
-from autoprune.search.context import prepare, stream_steps
-from autoprune.search.record import TrialRecord
-from autoprune.search.status import cost_summary
-from autoprune.search.warm_start import global_prune, global_ratios, snap, warm_start_params
 from autoprune.train.distill import finetune, train_step
 from autoprune.train.teacher_stream import build_stream, load_or_build_stream, sample_stream_indices
 from tests.conftest import TINY_SPACE, TINY_STUDY
@@ -141,7 +141,7 @@ def test_a_continuation_from_the_saved_model_equals_rebuilding_the_candidate(tmp
     import os
     from dataclasses import replace
 
-    from autoprune.search.trial import continue_trial, run_trial
+    from autoprune.engine.trial import continue_trial, run_trial
 
     study = _study(tmp_path, study={"fidelity": {"promote_steps": 6, "bn_rung": True}})
     c = prepare(study)
@@ -214,7 +214,7 @@ def test_warm_start_enqueues_the_baselines_first(ctx):
 
 # ------------------------------------------------------------------------------------------ rungs and targets
 def _rec(number: int, scores: dict, target: float | None = None, macs: int = 100):
-    from autoprune.search.record import Fidelity, Metrics, PlanRecord
+    from autoprune.engine.record import Fidelity, Metrics, PlanRecord
 
     top = max(scores)
     return TrialRecord(Metrics(scores[top], macs, 10, 0.1), PlanRecord("l1", {"g": 0.3}, target=target),
@@ -222,7 +222,7 @@ def _rec(number: int, scores: dict, target: float | None = None, macs: int = 100
 
 
 def test_due_takes_each_rungs_best_within_one_target_whenever_they_arrive():
-    from autoprune.search.fidelity import due
+    from autoprune.engine.fidelity import due
 
     ladder = [0, 20, 220]
 
@@ -249,7 +249,7 @@ def test_due_takes_each_rungs_best_within_one_target_whenever_they_arrive():
 
 
 def test_at_a_target_a_less_accurate_candidate_never_goes_up_past_a_better_one_by_being_slightly_cheaper():
-    from autoprune.search.fidelity import due
+    from autoprune.engine.fidelity import due
 
     # the uniform warm start (0) is dominated by 2 (more accurate and cheaper); 1 is less accurate but the
     # cheapest, so it is non-dominated on (accuracy, MACs); all three are within 1 % of the target's MACs
@@ -270,7 +270,7 @@ def test_at_a_target_a_less_accurate_candidate_never_goes_up_past_a_better_one_b
 def test_a_front_never_mixes_rungs(tmp_path):
     """A promoted trial's longer-recovery accuracy never competes with others' short scores: the default front
     compares every trial at the rung all reached, and --rung N compares only the trials that reached N."""
-    from autoprune.search.storage import front
+    from autoprune.engine.storage import front
 
     study = _study(tmp_path, study={"fidelity": {"promote_steps": 6, "eta": 2}, "budget": {"n_trials": 6}})
     ost = run_search(prepare(study), n_trials=6).study
@@ -315,8 +315,8 @@ def _assert_picks_never_below_their_warm_starts(ost, recs):
     """Each target's pick scores at least as well as every warm start of its target, at the highest rung both
     reached, on the same validation images."""
     from autoprune.deliver.vs_uniform import compare_at
-    from autoprune.search.record import heads
-    from autoprune.search.storage import front
+    from autoprune.engine.record import heads
+    from autoprune.engine.storage import front
 
     by_number = {r.number: r for r in recs}
     for e in front(ost):

@@ -19,10 +19,10 @@ from click.testing import CliRunner
 from autoprune.cli import main
 from autoprune.config import load_study
 from autoprune.deliver.retrain import retrain
+from autoprune.engine.context import prepare
+from autoprune.engine.storage import get_record, load_optuna_study
 from autoprune.models.factory import create_model
 from autoprune.pruning.saving import load_pruned
-from autoprune.search.context import prepare
-from autoprune.search.storage import get_record, load_optuna_study
 from tests.conftest import TINY_SPACE, TINY_STUDY
 
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from autoprune.config import SamplerConfig
+from autoprune.engine.samplers import SAMPLERS, make_sampler
 from autoprune.errors import AutopruneError, first_line
 from autoprune.models.factory import QuickstartCNN
 from autoprune.optional import require
 from autoprune.pruning import structural as pruning
-from autoprune.search.samplers import SAMPLERS, make_sampler
 
 
 # ------------------------------------------------------------------------------------------------- first_line

@@ -17,8 +17,8 @@ from autoprune.config import load_study
 from autoprune.data.splits import Split
 from autoprune.deliver.export import export_onnx, export_onnx_int8_static, onnx_accuracy
 from autoprune.deliver.finalize import CALIBRATION_IMAGES, calibration_batches, static_int8
+from autoprune.engine.context import prepare
 from autoprune.metrics.costs import accuracy
-from autoprune.search.context import prepare
 from tests.conftest import TINY_SPACE, TINY_STUDY
 
 

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from autoprune.search.knapsack import drop_at, sensitivity_allocation
+from autoprune.engine.knapsack import drop_at, sensitivity_allocation
 
 BOUNDS = {g: (0.0, 0.9) for g in "abc"}
 

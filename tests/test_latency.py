@@ -19,6 +19,7 @@ from torch import nn
 
 from autoprune.cli.display import metrics_table
 from autoprune.config import MeasureConfig, load_study
+from autoprune.engine.record import Metrics, PlanRecord, TrialRecord
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.metrics import latency
 from autoprune.metrics.device_lock import NoLock
@@ -37,7 +38,6 @@ from autoprune.metrics.latency import (
 )
 from autoprune.models.cifar_resnet import cifar_resnet
 from autoprune.models.factory import QuickstartCNN
-from autoprune.search.record import Metrics, PlanRecord, TrialRecord
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
@@ -238,7 +238,7 @@ def test_a_noisy_measurement_is_repeated_with_more_pairs_then_flagged() -> None:
 
 # ------------------------------------------------------------------------------------- trials and tables
 def test_a_trial_records_the_paired_latency_and_the_backend() -> None:
-    from autoprune.search.trial import _measure
+    from autoprune.engine.trial import _measure
 
     x = torch.randn(1, 1, 8, 8)
     base = QuickstartCNN(width=16)
@@ -292,8 +292,8 @@ def test_the_table_shows_the_paired_speed_up_the_backend_and_unreliable_latencie
 
 
 def test_a_study_on_torchscript_records_the_backend_in_its_reference_and_every_trial(write_study, tmp_path) -> None:
-    from autoprune.search.context import prepare
-    from autoprune.search.trial import run_trial
+    from autoprune.engine.context import prepare
+    from autoprune.engine.trial import run_trial
 
     torch.manual_seed(0)
     checkpoint = tmp_path / "base.pt"
@@ -314,7 +314,7 @@ def test_a_study_on_torchscript_records_the_backend_in_its_reference_and_every_t
 def test_a_resumed_study_must_measure_latency_as_its_reference_was(write_study, tmp_path) -> None:
     import optuna
 
-    from autoprune.search.storage import create_or_load
+    from autoprune.engine.storage import create_or_load
 
     url, sampler = f"sqlite:///{tmp_path / 'lat.db'}", optuna.samplers.RandomSampler()
     study = lambda **m: load_study(write_study({"measure": m}))  # noqa: E731

@@ -8,14 +8,14 @@ import optuna
 import pytest
 
 from autoprune.config import load_study
+from autoprune.engine import fidelity
+from autoprune.engine.allocation import TOLERANCE
+from autoprune.engine.backends.optuna_backend import run_search
+from autoprune.engine.context import prepare
+from autoprune.engine.record import TrialRecord
 from autoprune.errors import ConfigError
 from autoprune.pruning import latency_model
 from autoprune.pruning.latency_model import LatencyCostModel
-from autoprune.search import fidelity
-from autoprune.search.allocation import TOLERANCE
-from autoprune.search.backends.optuna_backend import run_search
-from autoprune.search.context import prepare
-from autoprune.search.record import TrialRecord
 
 
 def test_the_module_examples_hold() -> None:

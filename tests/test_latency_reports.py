@@ -14,11 +14,11 @@ import torch
 from autoprune.cli import display
 from autoprune.config import MeasureConfig
 from autoprune.deliver import finalize
+from autoprune.engine.record import Metrics, TrialRecord
+from autoprune.engine.status import latency_unreliable
 from autoprune.metrics.device_lock import NoLock
 from autoprune.metrics.latency import LatencyResult
 from autoprune.models.factory import QuickstartCNN
-from autoprune.search.record import Metrics, TrialRecord
-from autoprune.search.status import latency_unreliable
 
 measure = importlib.import_module("autoprune.metrics.costs")  # the package re-exports the function measure() as its name
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")

@@ -75,7 +75,7 @@ def test_select_knee_and_nothing_meets():
 def test_progress_front_count_skips_infeasible_trials():
     import optuna
 
-    from autoprune.search.storage import feasible as _feasible
+    from autoprune.engine.storage import feasible as _feasible
 
     ok = optuna.trial.create_trial(values=[0.9, 1.0], system_attrs={"constraints:max_macs": -5.0})
     bad = optuna.trial.create_trial(values=[0.9, 1.0], system_attrs={"constraints": [1.0, -1.0]})

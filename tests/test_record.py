@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from autoprune.cli import main
 from autoprune.config import ConstraintsConfig, RecoveryConfig
-from autoprune.search.record import Failure, Fidelity, Metrics, PlanRecord, TrialRecord
-from autoprune.search.storage import StudyAttrs
+from autoprune.engine.record import Failure, Fidelity, Metrics, PlanRecord, TrialRecord
+from autoprune.engine.storage import StudyAttrs
 
 LEGACY = Path(__file__).parent / "data" / "legacy_study"
 

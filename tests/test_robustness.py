@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from autoprune.cli import main
 from autoprune.config import load_study
+from autoprune.engine.context import prepare
+from autoprune.engine.storage import create_or_load
 from autoprune.models.factory import MODELS, QuickstartCNN
-from autoprune.search.context import prepare
-from autoprune.search.storage import create_or_load
 from tests.conftest import TINY_SPACE, TINY_STUDY
 from tests.test_distributed import postgres  # noqa: F401  (fixture: PostgreSQL, or skip)
 

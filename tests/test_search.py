@@ -3,11 +3,11 @@ from __future__ import annotations
 import pytest
 
 from autoprune.config import load_study
+from autoprune.engine.backends.optuna_backend import run_search
+from autoprune.engine.context import prepare
+from autoprune.engine.storage import front
+from autoprune.engine.trial import run_trial
 from autoprune.errors import AutopruneError
-from autoprune.search.backends.optuna_backend import run_search
-from autoprune.search.context import prepare
-from autoprune.search.storage import front
-from autoprune.search.trial import run_trial
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_constraint_keeps_infeasible_trials_off_the_front(ctx, tmp_path):
 
 
 def test_search_stops_when_every_trial_fails(ctx, tmp_path, monkeypatch):
-    import autoprune.search.backends.optuna_backend as backend
+    import autoprune.engine.backends.optuna_backend as backend
 
     def boom(*args, **kwargs):
         raise FloatingPointError("non-finite loss nan at fine-tune step 0")

@@ -45,7 +45,7 @@ def test_a_search_with_workers_keeps_the_password_out_of_banner_logs_and_argv(wr
         seen.append((list(args), dict(kwargs.get("env") or {})))
         return real_popen(args, **kwargs)
 
-    import autoprune.search.backends.workers as workers
+    import autoprune.engine.backends.workers as workers
 
     monkeypatch.setattr(workers.subprocess, "Popen", recording_popen)
     path = write_study({"budget": {"n_trials": 2}})

@@ -3,7 +3,7 @@ from __future__ import annotations
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from autoprune.config import RecoveryConfig, parse_search_space
-from autoprune.search.space import decode, distributions
+from autoprune.engine.space import decode, distributions
 
 
 def test_distributions_name_every_group_and_searchable_recovery():

@@ -6,12 +6,12 @@ import optuna
 import pytest
 
 from autoprune.config import RecoveryConfig, SearchSpaceConfig, load_study
+from autoprune.engine.allocation import TOLERANCE
+from autoprune.engine.backends.optuna_backend import run_search
+from autoprune.engine.context import prepare
+from autoprune.engine.record import TrialRecord
+from autoprune.engine.space import decode, distributions
 from autoprune.errors import ConfigError
-from autoprune.search.allocation import TOLERANCE
-from autoprune.search.backends.optuna_backend import run_search
-from autoprune.search.context import prepare
-from autoprune.search.record import TrialRecord
-from autoprune.search.space import decode, distributions
 
 TARGETS = {"macs_reduction": [2, 1.5]}
 
@@ -28,7 +28,7 @@ def test_shares_give_a_target_more_turns_spread_over_each_round(write_study):
     from optuna.distributions import FloatDistribution
 
     from autoprune.config import TargetsConfig
-    from autoprune.search.ask_tell import ask
+    from autoprune.engine.ask_tell import ask
 
     cfg = TargetsConfig(macs_reduction=[3, 1.5, 2], shares=[1, 1, 2])  # in increasing order of the targets
     assert cfg.turns == [3.0, 1.5, 2.0, 3.0] and TargetsConfig(macs_reduction=[2, 1.5]).turns == [1.5, 2.0]
@@ -55,7 +55,7 @@ def test_ask_gives_a_trial_its_parameters_target_seed_and_the_candidate_it_conti
     enqueued trial keeps the target and candidate it was enqueued with, and the seed is the run's plus the number."""
     from optuna.distributions import FloatDistribution
 
-    from autoprune.search.ask_tell import ask
+    from autoprune.engine.ask_tell import ask
 
     ost = optuna.create_study()
     dists = {"alloc.g": FloatDistribution(0.05, 1.0)}
@@ -108,7 +108,7 @@ def test_every_candidate_lands_on_its_target_and_the_baselines_come_first(target
 
 @pytest.mark.slow
 def test_with_targets_the_front_is_each_targets_best_candidate(targeted):
-    from autoprune.search.storage import front, load_optuna_study
+    from autoprune.engine.storage import front, load_optuna_study
 
     path, _, records = targeted
     entries = front(load_optuna_study(load_study(path)))
@@ -217,8 +217,8 @@ def test_with_targets_and_rungs_the_front_compares_each_target_at_one_common_run
     continuation completed counts once (at the continuation's scores)."""
     from optuna.distributions import FloatDistribution
 
-    from autoprune.search.record import Fidelity, Metrics, PlanRecord
-    from autoprune.search.storage import front
+    from autoprune.engine.record import Fidelity, Metrics, PlanRecord
+    from autoprune.engine.storage import front
 
     ost = optuna.create_study(directions=["maximize", "minimize"])
     ost.set_user_attr("objectives", ["accuracy", "macs"])

@@ -30,9 +30,9 @@ def retrain(study_file, storage, study_name, checkpoint, data_root, sets, trial,
     from autoprune.cli.display import console, latency_mark, retrain_summary, steps_progress
     from autoprune.deliver.finalize import finalize
     from autoprune.deliver.retrain import retrain as run_retrain
+    from autoprune.engine.context import prepare
+    from autoprune.engine.storage import get_record, load_optuna_study
     from autoprune.optional import require
-    from autoprune.search.context import prepare
-    from autoprune.search.storage import get_record, load_optuna_study
 
     sigterm_as_interrupt()
     study = load_study_from_flags(study_file, checkpoint, data_root, storage, sets, study_name)
@@ -91,7 +91,7 @@ def report(study_file, storage, study_name, checkpoint, data_root, sets, out_dir
 
     from autoprune.cli.display import console
     from autoprune.deliver.report import study_report
-    from autoprune.search.storage import get_record, load_optuna_study
+    from autoprune.engine.storage import get_record, load_optuna_study
 
     study = load_study_from_flags(study_file, checkpoint, data_root, storage, sets, study_name)
     ost = load_optuna_study(study)
@@ -109,8 +109,8 @@ def report(study_file, storage, study_name, checkpoint, data_root, sets, out_dir
 def dashboard(study_file, storage, study_name, checkpoint, data_root, sets, host, port) -> None:
     """optuna-dashboard on the study's storage."""
     from autoprune.cli.display import console
+    from autoprune.engine.storage import display_url, open_storage
     from autoprune.optional import require
-    from autoprune.search.storage import display_url, open_storage
 
     run_server = require("optuna_dashboard", "report", "the dashboard").run_server
     study = load_study_from_flags(study_file, checkpoint, data_root, storage, sets, study_name)

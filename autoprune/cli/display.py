@@ -8,8 +8,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from autoprune.engine.record import TrialRecord
 from autoprune.metrics.latency import NOISY_DISPERSION, RETRY_FACTOR
-from autoprune.search.record import TrialRecord
 
 console = Console(stderr=True)  # human output goes to stderr so --json stdout stays clean
 
@@ -138,7 +138,7 @@ def metrics_table(title: str, base: dict[str, Any], rows: Iterable[dict[str, Any
 
 
 def cost_table(cost: dict[str, Any]) -> Table:
-    """Where the study's time went (see :func:`autoprune.search.status.cost_summary`)."""
+    """Where the study's time went (see :func:`autoprune.engine.status.cost_summary`)."""
     table = Table(title=f"time over {cost['trials']} trials", caption=(
         f"fine-tune budget: {cost['finetune_steps']:,} steps, {cost['finetune_images']:,} images; "
         f"everything but the fine-tune: {cost['overhead_share'] * 100:.1f} % of trial time"
@@ -180,8 +180,8 @@ class SearchMonitor:
     def refresh(self, ost, force: bool = False) -> None:
         import time
 
+        from autoprune.engine.storage import feasible
         from autoprune.pareto import non_dominated
-        from autoprune.search.storage import feasible
 
         now = time.monotonic()
         if not force and now - self._last_refresh < self.min_interval:

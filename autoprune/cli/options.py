@@ -90,6 +90,6 @@ def sigterm_as_interrupt() -> None:
 
 def resume_hint() -> str:
     """The command line that resumes, with any storage password masked."""
-    from autoprune.search.storage import display_url
+    from autoprune.engine.storage import display_url
 
     return "autoprune " + " ".join(shlex.quote(display_url(a) if "://" in a else a) for a in sys.argv[1:] if a)

@@ -19,7 +19,7 @@ from autoprune.cli.options import (
 
 
 def _backend_names() -> list[str]:
-    from autoprune.search.backends import BACKENDS
+    from autoprune.engine.backends import BACKENDS
 
     return BACKENDS.names()
 
@@ -43,8 +43,8 @@ def search(study_file, storage, study_name, checkpoint, data_root, sets, n_trial
            backend, ray_address, cpus_per_trial, gpus_per_trial, worker_index) -> None:
     """Search per-group pruning ratios and scorers; print the Pareto front. Running it again resumes."""
     from autoprune.cli.display import SearchMonitor, search_progress
-    from autoprune.search.backends import BACKENDS, SearchOptions
-    from autoprune.search.storage import preflight
+    from autoprune.engine.backends import BACKENDS, SearchOptions
+    from autoprune.engine.storage import preflight
 
     sigterm_as_interrupt()
     study = load_study_from_flags(study_file, checkpoint, data_root, storage, sets, study_name)
@@ -87,9 +87,9 @@ def _worker_args(study_file, study_name, checkpoint, data_root, sets, n_trials, 
 def _search_worker(study, options, index: int) -> None:
     """The loop of one ``--workers`` process: trials until the shared budget is reached; exits."""
     from autoprune.device import resolve_device
-    from autoprune.search.backends.optuna_backend import run_search
-    from autoprune.search.context import prepare
-    from autoprune.search.record import TrialRecord
+    from autoprune.engine.backends.optuna_backend import run_search
+    from autoprune.engine.context import prepare
+    from autoprune.engine.record import TrialRecord
 
     ctx = prepare(study, resolve_device(options.device, index), measure_reference=False)  # worker i: GPU i mod count
     ctx.share_device()
@@ -108,9 +108,9 @@ def _search_worker(study, options, index: int) -> None:
 def _prepare_for_search(study, study_file, device):
     """Prepare the study (a progress bar while a base model trains) and print the banner and the base."""
     from autoprune.cli.display import UNRELIABLE_NOTE, console, latency_mark, steps_progress
+    from autoprune.engine.context import prepare
+    from autoprune.engine.storage import display_url
     from autoprune.models.factory import resolve_model
-    from autoprune.search.context import prepare
-    from autoprune.search.storage import display_url
 
     # The header waits until prepare has checked the model and the checkpoint (or starts training): bad input
     # stays the single error line.
@@ -152,7 +152,7 @@ def _prepare_for_search(study, study_file, device):
 def _search_summary(outcome, reference: dict, options, backend: str, seconds: float) -> None:
     """The front, the counts, and how the run ended (exit 130 when interrupted, 1 when Ray trials errored)."""
     from autoprune.cli.display import console, metrics_table
-    from autoprune.search.storage import counts, front
+    from autoprune.engine.storage import counts, front
 
     ost = outcome.study
     c = counts(ost)

@@ -23,8 +23,8 @@ def status(study_file, storage, study_name, checkpoint, data_root, sets, as_json
     from optuna.trial import TrialState
 
     from autoprune.cli.display import console, cost_table
-    from autoprune.search.status import cost_summary, latency_unreliable
-    from autoprune.search.storage import counts, load_optuna_study, records
+    from autoprune.engine.status import cost_summary, latency_unreliable
+    from autoprune.engine.storage import counts, load_optuna_study, records
 
     study = load_study_from_flags(study_file, checkpoint, data_root, storage, sets, study_name)
     ost = load_optuna_study(study)
@@ -59,7 +59,7 @@ def pareto(study_file, storage, study_name, checkpoint, data_root, sets, as_json
     """The non-dominated completed trials, compared at one rung."""
     from autoprune.cli.display import console, metrics_table
     from autoprune.config import DIRECTIONS
-    from autoprune.search.storage import StudyAttrs, front, load_optuna_study
+    from autoprune.engine.storage import StudyAttrs, front, load_optuna_study
 
     study = load_study_from_flags(study_file, checkpoint, data_root, storage, sets, study_name)
     ost = load_optuna_study(study)
@@ -93,8 +93,8 @@ def select_cmd(study_file, storage, study_name, checkpoint, data_root, sets, min
                knee, as_json, rung) -> None:
     """Pick one trial of the Pareto front and say why."""
     from autoprune.cli.display import console, metrics_table
+    from autoprune.engine.storage import StudyAttrs, front, load_optuna_study
     from autoprune.pareto import select
-    from autoprune.search.storage import StudyAttrs, front, load_optuna_study
 
     study = load_study_from_flags(study_file, checkpoint, data_root, storage, sets, study_name)
     ost = load_optuna_study(study)
@@ -124,8 +124,8 @@ def _versus_uniform(study, ost, number: int) -> dict | None:
     if study.config.targets is None:
         return None
     from autoprune.deliver.vs_uniform import versus_uniform
-    from autoprune.search.context import prepare
-    from autoprune.search.storage import get_record, records
+    from autoprune.engine.context import prepare
+    from autoprune.engine.storage import get_record, records
 
     # the data and the base model are loaded only for trials that recorded no per-image results (older ones)
     return versus_uniform(lambda: prepare(study, measure_reference=False, recovery_stream=False),
@@ -146,10 +146,10 @@ def evaluate(study_file, storage, study_name, checkpoint, data_root, sets, use_b
     The latency is timed paired with the base on the study's ``measure.latency_backend``: ms, the speed-up over the
     base, the dispersion and whether it is reliable (``--base``: the base paired with itself)."""
     from autoprune.cli.display import UNRELIABLE_NOTE, console, paired_latency_text
+    from autoprune.engine.context import prepare
+    from autoprune.engine.storage import get_record, load_optuna_study
     from autoprune.metrics.costs import accuracy, count_macs, count_params
     from autoprune.pruning.saving import load_pruned
-    from autoprune.search.context import prepare
-    from autoprune.search.storage import get_record, load_optuna_study
 
     if use_base == (trial is not None):
         raise AutopruneError("give exactly one of --base or --trial N", field="evaluate")

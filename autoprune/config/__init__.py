@@ -2,7 +2,7 @@
 
 Every model forbids unknown keys; a failed validation is one :class:`~autoprune.errors.ConfigError` naming the file
 and the dotted field. Depends on the ground floor and, to check names a user writes, on the registries of the
-models, data, metrics and pruning wings below it; never on the search wing or above.
+models, data, metrics and pruning wings below it; never on the engine wing or above.
 """
 
 from __future__ import annotations

@@ -194,11 +194,7 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
                 raise ConfigError(f"cannot set {dotted!r}: {key!r} is not a mapping", source=str(path), field=dotted)
             node = node[key]
         node[leaf] = value
-    try:
-        config = StudyConfig.model_validate(data)
-    except ValidationError as err:
-        field, msg = _format_validation(err)
-        raise ConfigError(msg, source=str(path), field=field) from None
+    config = _validate(data, str(path))
     space_path = Path(config.search_space)
     if not space_path.is_absolute():
         candidate = path.parent / space_path
@@ -206,8 +202,33 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     if not space_path.is_file():
         raise ConfigError(f"search space file {config.search_space!r} not found", source=str(path), field="search_space")
     space = load_search_space(space_path)
+    _check_combination(config, space, str(space_path))
+    return Study(config, space, path, space_path)
+
+
+PYTHON_SOURCE = "autoprune.search"  # where a study built in Python says its mistakes are
+
+
+def study_from_settings(data: dict[str, Any], space: dict[str, Any] | SearchSpaceConfig | None) -> Study:
+    """A study built from Python settings (``autoprune.search``): the study file's models and messages, with
+    ``given:`` names accepted for the objects handed over, and the search space a dict (or a validated one)."""
+    config = _validate(data, PYTHON_SOURCE, given=True)
+    if not isinstance(space, SearchSpaceConfig):
+        space = parse_search_space(space or {}, source=f"{PYTHON_SOURCE}(space=...)")
+    _check_combination(config, space, f"{PYTHON_SOURCE}(space=...)")
+    return Study(config, space, None, None)
+
+
+def _validate(data: dict[str, Any], source: str, given: bool = False) -> StudyConfig:
+    try:
+        return StudyConfig.model_validate(data, context={"given": given})
+    except ValidationError as err:
+        field, msg = _format_validation(err)
+        raise ConfigError(msg, source=source, field=field) from None
+
+
+def _check_combination(config: StudyConfig, space: SearchSpaceConfig, source: str) -> None:
     if config.targets and space.depth is not None:
         raise ConfigError("cost targets cannot be combined with depth pruning yet (the cost model is of the model "
-                          "without dropped blocks); remove 'depth' or the study's 'targets'", source=str(space_path),
+                          "without dropped blocks); remove 'depth' or the study's 'targets'", source=source,
                           field="depth")
-    return Study(config, space, path, space_path)

@@ -89,7 +89,7 @@ class SensitivityConfig(_Strict):
 class AllocationConfig(_Strict):
     """Exact-cost candidates (used when the study lists ``targets``): the search samples one weight per group
     in ``[low, high]`` (how the pruning is shared), and the weights are scaled onto the trial's target
-    (:mod:`autoprune.search.allocation`). Equal weights are uniform pruning."""
+    (:mod:`autoprune.engine.allocation`). Equal weights are uniform pruning."""
 
     low: float = Field(0.05, ge=0)
     high: float = Field(1.0, gt=0)

@@ -4,9 +4,24 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from autoprune.config.base import DEFAULT_OBJECTIVES, _known, _Strict
+
+GIVEN = "given:"  # model.name / data.name of objects handed to autoprune.search, accepted only from Python
+
+
+def _given(info: ValidationInfo, name: str) -> bool:
+    """Whether ``name`` names an object handed over from Python (``autoprune.search`` validates with the context
+    ``{"given": True}``; a study file cannot)."""
+    return name.startswith(GIVEN) and bool(info.context and info.context.get("given"))
 
 
 class BaseTrainingConfig(_Strict):
@@ -27,9 +42,11 @@ class ModelConfig(_Strict):
 
     @field_validator("name")
     @classmethod
-    def _known_model(cls, v: str) -> str:
+    def _known_model(cls, v: str, info: ValidationInfo) -> str:
         from autoprune.models.factory import resolve_model
 
+        if _given(info, v):
+            return v
         return _known(resolve_model, v)
 
 
@@ -57,9 +74,11 @@ class DataConfig(_Strict):
 
     @field_validator("name")
     @classmethod
-    def _known_data_set(cls, v: str) -> str:
+    def _known_data_set(cls, v: str, info: ValidationInfo) -> str:
         from autoprune.data.splits import resolve_data
 
+        if _given(info, v):
+            return v
         return _known(resolve_data, v)
 
     @model_validator(mode="after")
@@ -90,7 +109,7 @@ class DataConfig(_Strict):
 
 class RecoveryConfig(_Strict):
     """Fixed recovery settings; the search space may make lr, temperature and alpha searchable (``steps`` is the
-    first rung of the fine-tune ladder, :func:`autoprune.search.fidelity.rung_ladder`, set here only)."""
+    first rung of the fine-tune ladder, :func:`autoprune.engine.fidelity.rung_ladder`, set here only)."""
 
     bn_recalibration_batches: int = Field(10, ge=0)
     steps: int = Field(50, ge=0)
@@ -108,7 +127,7 @@ class RecoveryConfig(_Strict):
 class FidelityConfig(_Strict):
     """Multi-fidelity search: rungs of BN re-calibration only (``bn_rung``), ``recovery.steps`` and
     ``promote_steps`` more (0: off); a candidate in the best 1/eta of its target's candidates at its rung by
-    non-dominated rank is continued one rung further by a later trial (:func:`autoprune.search.fidelity.due`)."""
+    non-dominated rank is continued one rung further by a later trial (:func:`autoprune.engine.fidelity.due`)."""
 
     promote_steps: int = Field(0, ge=0)
     eta: float = Field(3.0, gt=1)
@@ -215,7 +234,7 @@ class StorageConfig(_Strict):
     max_retry: int = Field(2, ge=0)  # times a stale trial's parameters are retried
 
 
-# The names autoprune.search.samplers.SAMPLERS registers (the search wing sits above this one, so the names are
+# The names autoprune.engine.samplers.SAMPLERS registers (the engine wing sits above this one, so the names are
 # spelled here; tests/test_config.py checks that both lists agree).
 SAMPLER_NAMES = ("allocation", "gp", "nsga2", "random", "tpe")
 

@@ -19,14 +19,14 @@ from autoprune.deliver.export import (
     onnx_accuracy,
 )
 from autoprune.deliver.retrain import RetrainResult
+from autoprune.engine.context import StudyContext
+from autoprune.engine.record import TrialRecord
+from autoprune.engine.storage import StudyAttrs, entries_at
+from autoprune.engine.storage import front as study_front
 from autoprune.files import atomic_write_text
 from autoprune.metrics.costs import accuracy, count_macs, count_params
 from autoprune.metrics.latency import LatencyResult, deploy_onnx, paired_latency
 from autoprune.pruning.saving import save_pruned
-from autoprune.search.context import StudyContext
-from autoprune.search.record import TrialRecord
-from autoprune.search.storage import StudyAttrs, entries_at
-from autoprune.search.storage import front as study_front
 
 
 def _measure(model, ctx: StudyContext, split_name: str) -> dict[str, Any]:

@@ -108,7 +108,7 @@ def study_report(ost, out_dir: Path, chosen: dict | None = None) -> dict[str, st
     """Front plots (PNG + HTML), the table of trials and parameter importances for a study."""
     import optuna
 
-    from autoprune.search.storage import StudyAttrs, entries_at, front
+    from autoprune.engine.storage import StudyAttrs, entries_at, front
 
     out_dir.mkdir(parents=True, exist_ok=True)
     attrs = StudyAttrs.from_study(ost)

@@ -4,7 +4,7 @@ The pruned structure is rebuilt deterministically: the trial's recorded torch-pr
 copy of the base model (or, where the trial's saved file is gone, its recorded plan is applied again), and the
 rebuilt structure is checked against the trial's. Recovery is the search's own fine-tune
 (:func:`autoprune.train.distill.run_steps`) driven by the trial's recorded recovery settings
-(:meth:`autoprune.search.record.PlanRecord.recovery_settings`), longer: a cosine
+(:meth:`autoprune.engine.record.PlanRecord.recovery_settings`), longer: a cosine
 schedule over all epochs on the full training data with the data's augmentation, one checkpoint per epoch so an
 interrupted retrain resumes.
 An optional progressive schedule prunes the same total ratios in k steps with fine-tuning between.
@@ -23,12 +23,12 @@ from torch import nn
 from autoprune.config import RecoveryConfig
 from autoprune.data.splits import Images, join
 from autoprune.device import to_device
+from autoprune.engine.context import StudyContext
+from autoprune.engine.rebuild import base_copy, rebuild, trial_blob
+from autoprune.engine.record import TrialRecord
 from autoprune.errors import AutopruneError
 from autoprune.files import atomic_save
 from autoprune.pruning.structural import prune_with_plan, replay, structure
-from autoprune.search.context import StudyContext
-from autoprune.search.rebuild import base_copy, rebuild, trial_blob
-from autoprune.search.record import TrialRecord
 from autoprune.train.distill import make_optimizer, recalibrate_bn, run_steps
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+from autoprune.engine.context import StudyContext
+from autoprune.engine.record import TrialRecord
 from autoprune.metrics.costs import correct
 from autoprune.metrics.mcnemar import decode_hits, paired
 from autoprune.pruning.saving import load_pruned
-from autoprune.search.context import StudyContext
-from autoprune.search.record import TrialRecord
 
 
 def uniform_baseline(records: Sequence[TrialRecord], target: float | None) -> TrialRecord | None:

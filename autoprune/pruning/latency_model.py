@@ -3,7 +3,7 @@
 For a study with latency targets (``targets: {latency_reduction: [1.5, 2]}``), every group is pruned alone at a
 few ratios and timed paired with the base on the study's backend and batch size (:func:`scan`); the fraction of
 the base's time each saves is interpolated between the scanned ratios, and a candidate's predicted latency is the
-base's less the groups' savings added up (:class:`LatencyCostModel`). :func:`autoprune.search.allocation.place` places an
+base's less the groups' savings added up (:class:`LatencyCostModel`). :func:`autoprune.engine.allocation.place` places an
 allocation on a latency target with it as it places one on a MACs target with :class:`autoprune.pruning.macs_model.CostModel`,
 so the search aims at a speed-up directly: on a runtime where some layers' channels cost more time per MAC than
 others, the cheap-in-MACs but slow layers are the ones worth pruning. The scan is cached in the study folder,

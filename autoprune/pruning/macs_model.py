@@ -5,7 +5,7 @@ pruning keeps; torch-pruning's dependency graph says which root layer's ratio pr
 which layer's inputs (a BatchNorm follows its convolution's outputs). :func:`build_cost_model` reads that once per
 study from the base model (fvcore's per-layer MACs and the graph); :meth:`CostModel.macs` then predicts the MACs of
 any plan in microseconds, which is what lets the search place a candidate exactly on a cost target
-(:mod:`autoprune.search.allocation`). Layers no group touches keep their cost. The kept channel counts follow
+(:mod:`autoprune.engine.allocation`). Layers no group touches keep their cost. The kept channel counts follow
 torch-pruning's own arithmetic (:func:`kept_channels`), so the prediction matches the pruned model's fvcore count
 (checked against real pruning in the tests).
 """
@@ -81,7 +81,7 @@ class CostModel:
 
     def channel_steps(self) -> dict[str, float]:
         """Group -> the ratio of one channel (``round_to`` channels) of its widest root: the finest move of that
-        group's ratio that changes its cost (for :func:`autoprune.search.allocation.place`'s ``nudge``)."""
+        group's ratio that changes its cost (for :func:`autoprune.engine.allocation.place`'s ``nudge``)."""
         out: dict[str, float] = {}
         for root, ch in self.channels.items():
             g = self.root_group[root]

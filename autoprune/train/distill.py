@@ -47,11 +47,19 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
             temperature: float = 4.0, alpha: float = 0.9) -> torch.Tensor:
     """``alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, labels)``.
 
-    The KL term is averaged over the batch (``batchmean``), as in Hinton et al. (2015).
+    The KL term is averaged over the batch (``batchmean``), as in Hinton et al. (2015); for dense logits
+    ``[N, classes, ...]`` (a segmentation network's) over every position, as the cross-entropy is.
+
+    Example:
+        >>> s, t = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+        >>> pixels = kd_loss(s.permute(0, 2, 3, 1).reshape(-1, 3), t.permute(0, 2, 3, 1).reshape(-1, 3),
+        ...                  torch.zeros(32, dtype=torch.long))
+        >>> bool(torch.isclose(kd_loss(s, t, torch.zeros(2, 4, 4, dtype=torch.long)), pixels))
+        True
     """
     t = temperature
     kl = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
-                  reduction="batchmean", log_target=True)
+                  reduction="sum", log_target=True) / (student_logits.numel() // student_logits.shape[1])
     return alpha * t * t * kl + (1.0 - alpha) * F.cross_entropy(student_logits, labels)
 
 

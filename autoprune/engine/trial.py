@@ -15,6 +15,11 @@ from torch import nn
 
 from autoprune.config import RecoveryConfig
 from autoprune.device import to_device
+from autoprune.engine.context import StudyContext
+from autoprune.engine.fidelity import next_rung, rung_ladder
+from autoprune.engine.rebuild import rebuild
+from autoprune.engine.record import Fidelity, Metrics, PlanRecord, TrialRecord
+from autoprune.engine.space import TrialPlan
 from autoprune.errors import AutopruneError
 from autoprune.metrics.costs import correct, count_macs, count_params
 from autoprune.metrics.latency import deploy, paired_latency
@@ -22,11 +27,6 @@ from autoprune.metrics.mcnemar import encode_hits
 from autoprune.pruning.depth import drop_blocks
 from autoprune.pruning.saving import save_pruned
 from autoprune.pruning.structural import PrunePlan, prune_with_plan
-from autoprune.search.context import StudyContext
-from autoprune.search.fidelity import next_rung, rung_ladder
-from autoprune.search.rebuild import rebuild
-from autoprune.search.record import Fidelity, Metrics, PlanRecord, TrialRecord
-from autoprune.search.space import TrialPlan
 from autoprune.train.distill import finetune, recalibrate_bn
 
 
@@ -50,10 +50,10 @@ class _Clock:
 
 
 def run_trial(ctx: StudyContext, params: Mapping[str, Any], seed: int = 0, save_dir: Path | None = None) -> TrialRecord:
-    """Run one trial with sampled ``params`` (see :mod:`autoprune.search.space`) and return its record.
+    """Run one trial with sampled ``params`` (see :mod:`autoprune.engine.space`) and return its record.
 
     The candidate is pruned, BN re-calibrated and scored at the first rung of the study's ladder
-    (:func:`autoprune.search.fidelity.rung_ladder`): BN re-calibration only with ``fidelity.bn_rung``, else the short
+    (:func:`autoprune.engine.fidelity.rung_ladder`): BN re-calibration only with ``fidelity.bn_rung``, else the short
     recovery. Higher rungs are later trials that continue it (:func:`continue_trial`). Raises FloatingPointError
     on a non-finite fine-tune loss and AutopruneError where the plan cannot apply; backends record either (and
     any exception from a user model) as a failed trial.
@@ -72,7 +72,7 @@ def run_trial(ctx: StudyContext, params: Mapping[str, Any], seed: int = 0, save_
     score, images, hits = _evaluate(ctx, model, clock, ladder, ladder[0])
     with clock.phase("measure"):
         metrics = _measure(ctx, model, score)
-    fidelity = Fidelity({ladder[0]: score}, {ladder[0]: images}, {ladder[0]: hits})
+    fidelity = Fidelity({ladder[0]: score}, {ladder[0]: images}, {ladder[0]: hits} if hits else {})
     model_file = _save(ctx, model, pplan.to_dict()["history"], pplan.ratios, pplan.scorer, plan.dropped, save_dir)
     recorded = PlanRecord(pplan.scorer, pplan.ratios, pplan.round_to, tuple(plan.dropped), rec.model_dump(),
                           fidelity.steps, fidelity.steps * rec.batch_size, seed, ctx.latency_method,
@@ -105,7 +105,8 @@ def continue_trial(ctx: StudyContext, parent: TrialRecord, save_dir: Path | None
     _recover(ctx, model, clock, gen, rung - done, done, rec)
     score, images, hits = _evaluate(ctx, model, clock, ladder, rung)
     old = parent.fidelity
-    fidelity = Fidelity({**old.scores, rung: score}, {**old.images, rung: images}, {**old.hits, rung: hits})
+    fidelity = Fidelity({**old.scores, rung: score}, {**old.images, rung: images},
+                        {**old.hits, rung: hits} if hits else old.hits)
     plan = replace(parent.plan, finetune_steps=rung, finetune_images=rung * rec.batch_size)
     model_file = _save(ctx, model, history, plan.ratios, plan.scorer, plan.dropped, save_dir)
     return TrialRecord(replace(parent.metrics, accuracy=score), plan, fidelity, clock.done(), model_file,
@@ -128,7 +129,11 @@ def _evaluate(ctx: StudyContext, model: nn.Module, clock: _Clock, ladder: list[i
     """Accuracy at ``rung`` (the seeded subset at the first rung of a ladder, the whole validation split at every
     later rung: the fine-tune rungs decide promotion and the pick, where a score on 1,000 images is too coarse),
     the images it used and which of them were right (kept, so that two trials can be compared image by image at a
-    rung both reached, without their models)."""
+    rung both reached, without their models). A study's own score function (``ctx.score``) is called on every rung
+    instead, and leaves no image-by-image record."""
+    if ctx.score is not None:
+        with clock.phase("evaluate"), ctx.lock.shared():
+            return ctx.score(model), len(ctx.data.val), ""
     split = ctx.data.val if len(ladder) > 1 and rung != ladder[0] else ctx.short_val
     with clock.phase("evaluate"), ctx.lock.shared():
         right = correct(model, split, ctx.study.config.data.batch_size)

@@ -9,7 +9,7 @@ the Ray backend see one sampler. For a trial at target ``t``:
 2. *Exploit*: otherwise many cheap proposals (mutations of ``t``'s leaders in log-weight space, crossovers of
    them, the leaders of the other targets, fresh uniform points) are each placed exactly on ``t``, and the one
    with the largest expected improvement under a Gaussian process fitted on every target's first-rung scores
-   (:mod:`autoprune.search.surrogate`) is asked; running candidates count at their predicted mean.
+   (:mod:`autoprune.engine.surrogate`) is asked; running candidates count at their predicted mean.
 
 *Model candidates* are the trials the sampler proposed itself: the warm starts (uniform, global, anchors) and the
 continuations of promoted candidates stay candidates at every target, but never enter the screen count, the
@@ -28,9 +28,9 @@ import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from autoprune.search.record import TrialRecord
-from autoprune.search.space import trial_target
-from autoprune.search.surrogate import (
+from autoprune.engine.record import TrialRecord
+from autoprune.engine.space import trial_target
+from autoprune.engine.surrogate import (
     Surrogate,
     crossovers,
     expected_improvement,

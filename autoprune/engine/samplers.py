@@ -1,9 +1,9 @@
 """The Optuna samplers a study may name (``sampler.name``), each a factory of (sampler config, seed, placing).
 
 Every sampler here handles multi-objective studies (accuracy against cost); the backends build theirs through
-:func:`make_sampler`. ``allocation`` is autoprune's own (:mod:`autoprune.search.allocation_sampler`): it needs
+:func:`make_sampler`. ``allocation`` is autoprune's own (:mod:`autoprune.engine.allocation_sampler`): it needs
 the study's cost targets and a way to place an allocation on one (a
-:class:`~autoprune.search.allocation_sampler.Placing`).
+:class:`~autoprune.engine.allocation_sampler.Placing`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Callable, Protocol
 
 import optuna
 
+from autoprune.engine.allocation_sampler import AllocationSampler, Placing
 from autoprune.errors import AutopruneError
 from autoprune.registry import Registry
-from autoprune.search.allocation_sampler import AllocationSampler, Placing
 
 
 class SamplerSettings(Protocol):

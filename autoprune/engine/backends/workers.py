@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from autoprune.engine.ask_tell import study_sampler
+from autoprune.engine.backends.base import SearchOptions, SearchOutcome
+from autoprune.engine.context import StudyContext
+from autoprune.engine.record import TrialRecord
+from autoprune.engine.storage import create_or_load, register_host
+from autoprune.engine.warm_start import enqueue_warm_start
 from autoprune.errors import AutopruneError, SearchFailedError
-from autoprune.search.ask_tell import study_sampler
-from autoprune.search.backends.base import SearchOptions, SearchOutcome
-from autoprune.search.context import StudyContext
-from autoprune.search.record import TrialRecord
-from autoprune.search.storage import create_or_load, register_host
-from autoprune.search.warm_start import enqueue_warm_start
 
 
 @dataclass

@@ -4,7 +4,7 @@ Parameter names: ``ratio.<group>`` for each pruning group (or, with cost targets
 the trial's ``target`` is given, not sampled), ``scorer``, ``round_to`` (when the space lists several),
 ``recovery.<name>`` for searchable recovery settings (lr, temperature, alpha; never steps, which the rung ladder
 decides), ``drop.<block>`` (true/false) for each residual block depth pruning may drop. The same dict of
-distributions serves both backends' ``ask`` (:func:`autoprune.search.ask_tell.ask`).
+distributions serves both backends' ``ask`` (:func:`autoprune.engine.ask_tell.ask`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ Placer = Callable[[Mapping[str, float], float, int | None], Mapping[str, float]]
 
 def trial_target(number: int, user_attrs: Mapping[str, Any], targets: Sequence[float]) -> float:
     """The cost target of trial ``number``: the one it was given (a warm start or continuation is enqueued with
-    its own, and :func:`autoprune.search.ask_tell.ask` stores every trial's as the user attribute ``target``), else
+    its own, and :func:`autoprune.engine.ask_tell.ask` stores every trial's as the user attribute ``target``), else
     ``targets`` in turn by trial number (the study's ``targets.turns``, a target repeated for its share), so each
     target gets its share of the trials whatever a sampler prefers.
 
@@ -58,7 +58,7 @@ def distributions(space: SearchSpaceConfig, groups: list[str], droppable: Sequen
     """Optuna distributions for every searchable parameter (fixed values are not parameters); a ``drop.<block>``
     choice for each block depth pruning may drop. ``highs``: per-group upper ratios from a sensitivity scan.
     With cost ``targets``, each group gets an allocation weight ``alloc.<group>`` instead of a ratio; the
-    target is not sampled but given to each trial in turn (:func:`autoprune.search.ask_tell.ask`), so every
+    target is not sampled but given to each trial in turn (:func:`autoprune.engine.ask_tell.ask`), so every
     target gets its share of the trials."""
     out: dict[str, BaseDistribution] = {}
     for g in groups:

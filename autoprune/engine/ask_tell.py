@@ -1,10 +1,10 @@
 """One way to tell: what every backend does around a trial, in one place.
 
-Both backends (:mod:`autoprune.search.backends.optuna_backend` and :mod:`autoprune.search.backends.ray_backend`) build their
+Both backends (:mod:`autoprune.engine.backends.optuna_backend` and :mod:`autoprune.engine.backends.ray_backend`) build their
 sampler here, learn what a trial is to run (parameters, cost target, seed) with :func:`ask`, store a trial's
-:class:`~autoprune.search.record.TrialRecord` with :func:`tell_result` or its failure with :func:`tell_failure`, promote
+:class:`~autoprune.engine.record.TrialRecord` with :func:`tell_result` or its failure with :func:`tell_failure`, promote
 with :func:`enqueue_due`, and fail a trial a dead process left RUNNING with :func:`fail_running`; :func:`records`
-(from :mod:`autoprune.search.storage`) reads a study's trials back as records. Only Optuna's public API is used.
+(from :mod:`autoprune.engine.storage`) reads a study's trials back as records. Only Optuna's public API is used.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from autoprune.config import Study
-from autoprune.search.allocation_sampler import Placing
-from autoprune.search.fidelity import due, rung_ladder
-from autoprune.search.record import Failure, TrialRecord
-from autoprune.search.samplers import make_sampler
-from autoprune.search.space import trial_target
-from autoprune.search.storage import records
+from autoprune.engine.allocation_sampler import Placing
+from autoprune.engine.fidelity import due, rung_ladder
+from autoprune.engine.record import Failure, TrialRecord
+from autoprune.engine.samplers import make_sampler
+from autoprune.engine.space import trial_target
+from autoprune.engine.storage import records
 
 if TYPE_CHECKING:
-    from autoprune.search.context import StudyContext
+    from autoprune.engine.context import StudyContext
 
 _SEED_STRIDE = 7919  # a prime: worker w of a study draws from seed + stride * w + (trials so far)
 
@@ -53,7 +53,7 @@ class Asked:
     """What a backend runs for one Optuna trial.
 
     ``params``: the sampled parameters, with the trial's cost target as ``target`` in a study with targets (the
-    form :func:`autoprune.search.trial.run_trial` takes); ``seed``: the trial's seed; ``continues``: the trial number of
+    form :func:`autoprune.engine.trial.run_trial` takes); ``seed``: the trial's seed; ``continues``: the trial number of
     the candidate this trial takes one rung further (a deferred promotion), None for a new candidate.
     """
 
@@ -100,7 +100,7 @@ def _suggest_all(trial: optuna.Trial, dists: dict[str, BaseDistribution]) -> dic
 
 
 def _trial_target(trial: optuna.Trial, targets: Sequence[float] | None) -> float | None:
-    """The cost target of ``trial`` (:func:`autoprune.search.space.trial_target`: a sampler told accuracy and MACs
+    """The cost target of ``trial`` (:func:`autoprune.engine.space.trial_target`: a sampler told accuracy and MACs
     would otherwise crowd the cheapest target), stored on the trial as ``target``."""
     if not targets:
         return None
@@ -128,7 +128,7 @@ def tell_failure(trial: optuna.Trial, failure: Failure) -> None:
 
 
 def enqueue_due(ost: optuna.Study, study: Study) -> list[int]:
-    """Enqueue a continuation trial for every candidate now due one rung further (:func:`autoprune.search.fidelity.due`),
+    """Enqueue a continuation trial for every candidate now due one rung further (:func:`autoprune.engine.fidelity.due`),
     per cost target; returns the candidates' trial numbers. Called after each trial by both backends. A
     continuation has its candidate's parameters and user attributes ``continues`` (the candidate's trial number),
     ``target`` and ``warm_start`` (:func:`enqueued_attrs`); Optuna hands waiting trials out before sampling new
@@ -160,7 +160,7 @@ def enqueue_due(ost: optuna.Study, study: Study) -> list[int]:
 def enqueued_attrs(target: float | None, warm_start: str | None, continues: int | None = None) -> dict[str, Any]:
     """The user attributes a trial is enqueued with, so that :func:`ask` gives them back: its cost target, and
     the baseline it is and the candidate it continues, as its record will store them (a continuation's record
-    carries ``continues`` itself, :func:`autoprune.search.trial.continue_trial`).
+    carries ``continues`` itself, :func:`autoprune.engine.trial.continue_trial`).
 
     >>> enqueued_attrs(2.0, "uniform", continues=4)
     {'warm_start': 'uniform', 'continues': 4, 'target': 2.0}

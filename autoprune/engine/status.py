@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from autoprune.search.fidelity import rank_correlation
-from autoprune.search.record import TrialRecord, heads
+from autoprune.engine.fidelity import rank_correlation
+from autoprune.engine.record import TrialRecord, heads
 
 PHASES = ("prune", "bn_calibration", "finetune", "evaluate", "measure")
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from autoprune.engine.context import StudyContext
+from autoprune.engine.record import TrialRecord
 from autoprune.errors import AutopruneError
 from autoprune.pruning.depth import drop_blocks
 from autoprune.pruning.structural import prune_with_plan, replay, structure
-from autoprune.search.context import StudyContext
-from autoprune.search.record import TrialRecord
 
 
 def trial_blob(record: TrialRecord) -> dict | None:

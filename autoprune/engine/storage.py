@@ -14,8 +14,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.config import DEFAULT_OBJECTIVES, Study
+from autoprune.engine.record import TrialRecord
 from autoprune.errors import AutopruneError, first_line
-from autoprune.search.record import TrialRecord
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)  # autoprune reports failed trials itself
 
@@ -266,7 +266,7 @@ def counts(ost: optuna.Study) -> dict[str, int]:
 
 
 def trial_entry(t: FrozenTrial) -> dict[str, Any]:
-    """A completed trial as a front entry (see :meth:`autoprune.search.record.TrialRecord.entry`)."""
+    """A completed trial as a front entry (see :meth:`autoprune.engine.record.TrialRecord.entry`)."""
     return TrialRecord.from_frozen(t).entry()
 
 
@@ -278,7 +278,7 @@ def records(ost: optuna.Study, states: Iterable[TrialState] = (TrialState.COMPLE
 def entries_at(ost: optuna.Study, rung: int | None) -> list[dict[str, Any]]:
     """Every completed trial that reached the rung of ``rung`` fine-tune steps, as an entry scored there (all of
     them, with their reported accuracy, for None): what a plot beside :func:`front` shows."""
-    from autoprune.search.record import heads
+    from autoprune.engine.record import heads
 
     return [r.entry(rung) for r in heads(records(ost)) if r.accuracy_at(rung) is not None]
 
@@ -296,7 +296,7 @@ def feasible(trial: FrozenTrial) -> bool:
 def front(ost: optuna.Study, rung: int | None = None) -> list[dict[str, Any]]:
     """The non-dominated feasible completed candidates, compared at one rung, sorted by MACs.
 
-    Each candidate counts once (its lineage's latest trial, :func:`autoprune.search.record.heads`). ``rung`` (fine-tune
+    Each candidate counts once (its lineage's latest trial, :func:`autoprune.engine.record.heads`). ``rung`` (fine-tune
     steps): compare the candidates that reached it, by their accuracy there. None: without cost targets, the
     highest rung every candidate reached; with cost targets, the highest rung that every target's best-trained
     candidate reached, so each target's candidates that climbed that far are compared there (the ones that did
@@ -304,8 +304,8 @@ def front(ost: optuna.Study, rung: int | None = None) -> list[dict[str, Any]]:
     With cost targets the front is made of each target's best candidate (candidates of one target differ in MACs
     only within the placement tolerance, which is no trade-off).
     """
+    from autoprune.engine.record import common_rung, heads
     from autoprune.pareto import non_dominated
-    from autoprune.search.record import common_rung, heads
 
     done = [TrialRecord.from_frozen(t) for t in ost.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if feasible(t)]  # the frozen trial is needed for its constraint values

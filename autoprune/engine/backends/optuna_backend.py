@@ -4,7 +4,7 @@ Several processes (``--workers N``, or the same command on other machines agains
 same loop against one study. Optuna gives each trial a distinct number, heartbeats mark a killed worker's trial
 FAIL and re-enqueue its parameters, and the budget is shared: a trial runs only while the COMPLETE trials plus
 the RUNNING trials numbered before it are fewer than the budget, so the study ends with exactly the budget.
-Sampling, recording and promotion go through :mod:`autoprune.search.ask_tell`, as in the Ray backend.
+Sampling, recording and promotion go through :mod:`autoprune.engine.ask_tell`, as in the Ray backend.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
+from autoprune.engine.ask_tell import ask, enqueue_due, study_sampler, tell_failure, tell_result
+from autoprune.engine.backends.base import SearchOutcome
+from autoprune.engine.context import StudyContext
+from autoprune.engine.record import Failure
+from autoprune.engine.storage import create_or_load, get_record, heartbeat_settings, open_storage, register_host
+from autoprune.engine.trial import continue_trial, run_trial
+from autoprune.engine.warm_start import enqueue_warm_start
 from autoprune.errors import SearchFailedError
-from autoprune.search.ask_tell import ask, enqueue_due, study_sampler, tell_failure, tell_result
-from autoprune.search.backends.base import SearchOutcome
-from autoprune.search.context import StudyContext
-from autoprune.search.record import Failure
-from autoprune.search.storage import create_or_load, get_record, heartbeat_settings, open_storage, register_host
-from autoprune.search.trial import continue_trial, run_trial
-from autoprune.search.warm_start import enqueue_warm_start
 
 # Anything a trial raises (a NaN loss, CUDA out of memory, a plan torch-pruning cannot apply, an exception in a
 # user model) fails that trial only; KeyboardInterrupt and SystemExit are not Exceptions and stop the search.

@@ -1,5 +1,5 @@
-"""Search backends: they ask for parameters, call :func:`autoprune.search.trial.run_trial`, and tell the results through
-:mod:`autoprune.search.ask_tell`.
+"""Search backends: they ask for parameters, call :func:`autoprune.engine.trial.run_trial`, and tell the results through
+:mod:`autoprune.engine.ask_tell`.
 
 ``BACKENDS`` names them for ``autoprune search --backend``; each entry runs the rest of a study's budget and
 returns a :class:`SearchOutcome`. The modules behind them are imported only when a backend is used (Ray is an
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
+from autoprune.engine.backends.base import SearchOptions, SearchOutcome
 from autoprune.registry import Registry
-from autoprune.search.backends.base import SearchOptions, SearchOutcome
 
 if TYPE_CHECKING:
-    from autoprune.search.context import StudyContext
+    from autoprune.engine.context import StudyContext
 
 
 Backend = Callable[["StudyContext", SearchOptions, Callable[..., None], Callable[[str], None]], SearchOutcome]
@@ -24,10 +24,10 @@ def _optuna(ctx: StudyContext, options: SearchOptions, on_trial: Callable[..., N
             log: Callable[[str], None]) -> SearchOutcome:
     """Optuna's ``study.optimize`` in this process, or in ``options.workers`` local worker processes."""
     if options.workers > 1:
-        from autoprune.search.backends.workers import run_local_workers
+        from autoprune.engine.backends.workers import run_local_workers
 
         return run_local_workers(ctx, options, on_trial)
-    from autoprune.search.backends.optuna_backend import run_search
+    from autoprune.engine.backends.optuna_backend import run_search
 
     return run_search(ctx, n_trials=options.n_trials, timeout=options.timeout, seed=options.seed, on_trial=on_trial,
                       log=log)
@@ -37,7 +37,7 @@ def _ray(ctx: StudyContext, options: SearchOptions, on_trial: Callable[..., None
          log: Callable[[str], None]) -> SearchOutcome:
     """Ray Tune trials on a local Ray instance or an existing cluster; a restored experiment that ends short of a
     larger budget is followed by a fresh one for the rest."""
-    from autoprune.search.backends.ray_backend import run_ray_search
+    from autoprune.engine.backends.ray_backend import run_ray_search
 
     def run() -> SearchOutcome:
         return run_ray_search(ctx, n_trials=options.n_trials, address=options.ray_address, workers=options.workers,

@@ -1,7 +1,7 @@
 """The trial record: what one trial did and measured, as one typed object.
 
-A trial (:func:`autoprune.search.trial.run_trial`) returns a :class:`TrialRecord`; the backends store it on the Optuna
-trial with :meth:`TrialRecord.to_user_attrs` (:mod:`autoprune.search.ask_tell`), and every reader (``status``,
+A trial (:func:`autoprune.engine.trial.run_trial`) returns a :class:`TrialRecord`; the backends store it on the Optuna
+trial with :meth:`TrialRecord.to_user_attrs` (:mod:`autoprune.engine.ask_tell`), and every reader (``status``,
 ``pareto``, ``select``, ``retrain``, the reports, promotion) reads it back with :meth:`TrialRecord.from_frozen`.
 Nothing else parses Optuna's user attributes. The stored layout (keys ``metrics``, ``plan``, ``fidelity``,
 ``timings``, ``model_file``, ``fail_reason``, ``traceback``, ``ray``) is the one studies have used since the first

@@ -1,6 +1,6 @@
 """The math of the allocation sampler: a quasi-random screen, cheap proposals, a Gaussian-process surrogate and
 its acquisition. Pure functions over numpy arrays, tested directly; the sampler that reads a study and calls them
-is :mod:`autoprune.search.allocation_sampler`.
+is :mod:`autoprune.engine.allocation_sampler`.
 
 Inputs of the surrogate are *placed* candidates: the per-group ratios an allocation reaches on its target, plus
 the log of the target, so that one model learns from every target's scores. Scores are standardised per target

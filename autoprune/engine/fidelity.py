@@ -4,9 +4,9 @@ Every new candidate is scored at the first rung of the study's ladder (:func:`ru
 do not support multi-objective studies, so the promotion rule is autoprune's: asynchronous successive halving on
 non-dominated rank, within each cost target and rung, with deferred promotion (:func:`due`). After each trial the
 backends ask which candidates are due and enqueue a *continuation* trial for each
-(:func:`autoprune.search.ask_tell.enqueue_due`); the next free worker takes it before sampling anything new, loads the
-candidate's saved model and fine-tunes it to the next rung (:func:`autoprune.search.trial.continue_trial`). Each trial
-records its fidelity (:class:`autoprune.search.record.Fidelity`), so the rank correlation of the cheap score with the
+(:func:`autoprune.engine.ask_tell.enqueue_due`); the next free worker takes it before sampling anything new, loads the
+candidate's saved model and fine-tunes it to the next rung (:func:`autoprune.engine.trial.continue_trial`). Each trial
+records its fidelity (:class:`autoprune.engine.record.Fidelity`), so the rank correlation of the cheap score with the
 longer-recovery accuracy can be read back (:func:`rank_correlation`). Works on trial records only.
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
+from autoprune.engine.record import TrialRecord, heads
 from autoprune.pareto import Direction, nondominated_ranks
-from autoprune.search.record import TrialRecord, heads
 
 if TYPE_CHECKING:
     from autoprune.config import StudyConfig
@@ -48,14 +48,14 @@ def due(records: Sequence[TrialRecord], ladder: Sequence[int], objectives: Seque
     deferred promotion, as ASHA: a rung's best go up whenever a worker asks, not only when they arrive).
 
     From the highest rung down: among the candidates of ``target`` that reached rung ``r`` (each lineage once,
-    :func:`autoprune.search.record.heads`), the best ``floor(n / eta)`` by non-dominated rank (accuracy at ``r``, then
+    :func:`autoprune.engine.record.heads`), the best ``floor(n / eta)`` by non-dominated rank (accuracy at ``r``, then
     trial number) are due; the first of them that is still at ``r`` and not ``claimed`` (a continuation of it is
     already waiting or running) is returned. So early arrivals do not use up a rung's places: as candidates
     accumulate, every one that is ever in its rung's best ``1/eta`` goes up. At a cost target the objective the
     targets pin (``pinned``: ``macs``, or ``latency_ms`` for latency targets) is left out of the rank
     (:func:`ranked_objectives`), so a candidate that goes up is never below one left at its rung (the warm
     starts, which arrive first, included). ``denoised``: trial number -> a de-noised first-rung accuracy (the
-    allocation sampler's surrogate mean, :meth:`~autoprune.search.allocation_sampler.AllocationSampler.denoised`),
+    allocation sampler's surrogate mean, :meth:`~autoprune.engine.allocation_sampler.AllocationSampler.denoised`),
     ranked in place of the raw first-rung score where given (the warm starts, outside the model, keep theirs).
     ``min_distance``: a rung's places go to a diverse set (:func:`diverse`): a candidate whose ratios lie closer
     than this to a better-ranked one already given a place is passed over.

@@ -6,6 +6,7 @@ the study's folder keyed by its config), the group layout, and the base model's 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -20,13 +21,18 @@ import torch
 from torch import nn
 
 from autoprune.config import RecoveryConfig, Study
+from autoprune.config.study import GIVEN
 from autoprune.data.splits import DataSplits, Images, load_splits
 from autoprune.device import memory_format, resolve_device, to_device
+from autoprune.engine.allocation import Placement, Placer
+from autoprune.engine.fidelity import rung_ladder
+from autoprune.engine.space import TrialPlan, decode, distributions
 from autoprune.errors import AutopruneError
 from autoprune.files import checksum_ok, save_checksummed
 from autoprune.metrics.costs import accuracy, count_macs, count_params
 from autoprune.metrics.device_lock import DeviceLock, NoLock
 from autoprune.metrics.latency import Deployed, deploy, paired_latency
+from autoprune.metrics.scoring import Score
 from autoprune.models.factory import create_model, load_checkpoint, resolve_model
 from autoprune.models.fit_check import check_model_fits
 from autoprune.pruning.depth import droppable_blocks
@@ -35,11 +41,21 @@ from autoprune.pruning.latency_model import LatencyCostModel
 from autoprune.pruning.macs_model import CostModel, build_cost_model
 from autoprune.pruning.prunability import check_prunable
 from autoprune.pruning.structural import GroupLayout, build_layout
-from autoprune.search.allocation import Placement, Placer
-from autoprune.search.fidelity import rung_ladder
-from autoprune.search.space import TrialPlan, decode, distributions
 from autoprune.train.distill import finetune
 from autoprune.train.teacher_stream import RecoveryStream, load_or_build_stream, weights_digest
+
+GIVEN_STREAM = ("teacher run in every fine-tune step (data given from Python: its transforms may draw anew on every "
+                "read, so no logits are cached)")
+
+
+@dataclass
+class Given:
+    """What a search from Python (``autoprune.search``) hands over instead of names in a study file: the trained
+    model, the data as splits (:func:`autoprune.data.given.given_splits`) and, optionally, its own score."""
+
+    model: nn.Module
+    data: DataSplits
+    score: Score | None = None
 
 
 @dataclass
@@ -61,6 +77,7 @@ class StudyContext:
     cost: CostModel | None = None  # the per-group MACs model, for a study with cost targets
     _costs: dict = field(default_factory=dict, repr=False)  # round_to -> the cost model with that rounding
     latency_cost: LatencyCostModel | None = None  # the per-group latency model, for a study with latency targets
+    given: Given | None = None  # the objects a search from Python handed over (None: the study file's names)
 
     def share_device(self) -> None:
         """Serialise latency measurements with the other workers on this machine (see :mod:`autoprune.metrics.device_lock`)."""
@@ -72,6 +89,15 @@ class StudyContext:
         """The base model as ``measure.latency_backend`` deploys it, prepared once: every trial's latency is
         measured paired with it (:func:`autoprune.metrics.latency.paired_latency`)."""
         return deploy(self.base, self.latency_input, self.study.config.measure.latency_backend)
+
+    @property
+    def score(self) -> Score | None:
+        """The user's score function (None: top-1 accuracy on the validation split, image by image)."""
+        return self.given.score if self.given else None
+
+    @property
+    def score_name(self) -> str:
+        return self.score.name if self.score else "accuracy"
 
     @property
     def groups(self) -> list[str]:
@@ -101,7 +127,7 @@ class StudyContext:
         return t.turns if t else None
 
     def distributions(self) -> dict:
-        """The Optuna distributions of this study's searchable parameters (see :mod:`autoprune.search.space`)."""
+        """The Optuna distributions of this study's searchable parameters (see :mod:`autoprune.engine.space`)."""
         return distributions(self.study.space, self.groups, self.droppable, self.ratio_highs, self.targets)
 
     @functools.cached_property
@@ -111,7 +137,7 @@ class StudyContext:
         return {g: (r.low, max(r.low, min(r.high, self.ratio_highs.get(g, r.high)))) for g in self.groups}
 
     def place(self, weights: Mapping[str, float], target: float, round_to: int | None = None) -> Placement:
-        """An allocation placed on a cost target (see :func:`autoprune.search.allocation.place`), channel counts rounded
+        """An allocation placed on a cost target (see :func:`autoprune.engine.allocation.place`), channel counts rounded
         to ``round_to`` (None: the search space's fixed one)."""
         return self.placer(round_to)(weights, target)
 
@@ -145,6 +171,9 @@ class StudyContext:
                       lambda w, t, rt: self.place(w, t, rt).ratios)
 
     def fresh_model(self) -> nn.Module:
+        """An unpruned model of the study's architecture (a pruned model's history is replayed on it)."""
+        if self.given is not None:
+            return copy.deepcopy(self.given.model)
         cfg = self.study.config.model
         return create_model(cfg.name, num_classes=self.data.num_classes, **cfg.kwargs)
 
@@ -208,7 +237,8 @@ def _reference(ctx: StudyContext, source: str, trained_here: bool, stream_source
     # the base paired with itself: its time on the study's backend, and how noisy the machine is right now
     lat = paired_latency(ctx.latency_base, ctx.latency_base, ctx.latency_input, m.latency_repeats, m.latency_warmup,
                          m.latency_backend)
-    ref = {"accuracy": accuracy(model, ctx.data.val, cfg.data.batch_size), "macs": count_macs(model, ctx.example),
+    ref = {"accuracy": ctx.score(model) if ctx.score else accuracy(model, ctx.data.val, cfg.data.batch_size),
+           "score_name": ctx.score_name, "macs": count_macs(model, ctx.example),
            "params": count_params(model), "latency_ms": lat.base_ms, "latency_backend": lat.backend,
            "latency_batch_size": m.latency_batch_size,
            "latency_dispersion": lat.dispersion, "latency_reliable": lat.reliable, "source": source,
@@ -220,10 +250,26 @@ def _reference(ctx: StudyContext, source: str, trained_here: bool, stream_source
     return ref
 
 
-def _data_and_model(study: Study, device: torch.device) -> tuple[DataSplits, nn.Module, GroupLayout]:
-    """The data on ``device``, a fresh model and its group layout, checked prunable: the groups and whether
-    torch-pruning can prune them do not depend on the weights, so this runs before any training or storage
-    write and a model that cannot be pruned costs nothing."""
+def _data_and_model(study: Study, device: torch.device, given: Given | None = None
+                    ) -> tuple[DataSplits, nn.Module, GroupLayout]:
+    """The data on ``device``, a fresh model (or a copy of the given one) and its group layout, checked prunable:
+    the groups and whether torch-pruning can prune them do not depend on the weights, so this runs before any
+    training or storage write and a model that cannot be pruned costs nothing."""
+    if given is not None:
+        data, model = given.data, copy.deepcopy(given.model)
+    else:
+        data, model = _registered(study)
+    example = data.val.example(1).cpu()
+    if given is None:
+        check_model_fits(model, example, data.num_classes, study.config.model.name, source=str(study.path))
+    layout = build_layout(model, example, by=study.space.groups.by, named=_named_groups(study),
+                          prunable=_prunable(study), ignore=study.space.ignore)
+    check_prunable(model, example, layout, source=str(study.space_path))
+    return data.to(device), model, layout
+
+
+def _registered(study: Study) -> tuple[DataSplits, nn.Module]:
+    """The study file's data set and a fresh model by their registered names."""
     cfg = study.config
     resolve_model(cfg.model.name)  # fail on an unknown model before loading data
     data = load_splits(cfg.data)
@@ -232,40 +278,42 @@ def _data_and_model(study: Study, device: torch.device) -> tuple[DataSplits, nn.
         raise AutopruneError(f"the data has {data.num_classes} classes but the model outputs {num_classes} (set "
                              f"model.num_classes: {data.num_classes}, or leave it out)", source=str(study.path),
                              field="model.num_classes")
-    data = data.to(device)
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model.name, num_classes=num_classes, **cfg.model.kwargs)
-    example = data.val.example(1).cpu()
-    check_model_fits(model, example, data.num_classes, cfg.model.name, source=str(study.path))
-    layout = build_layout(model, example, by=study.space.groups.by, named=_named_groups(study),
-                          prunable=_prunable(study), ignore=study.space.ignore)
-    check_prunable(model, example, layout, source=str(study.space_path))
-    return data, model, layout
+    return data, create_model(cfg.model.name, num_classes=num_classes, **cfg.model.kwargs)
 
 
 def prepare(study: Study, device: str | torch.device = "cpu", *, measure_reference: bool = True,
             on_base_step: Callable[[int, int], None] | None = None, log: Callable[[str], None] = lambda s: None,
-            on_stream_step: Callable[[int, int], None] | None = None, recovery_stream: bool = True) -> StudyContext:
+            on_stream_step: Callable[[int, int], None] | None = None, recovery_stream: bool = True,
+            given: Given | None = None) -> StudyContext:
     """Load data and the base model, build the group layout and measure the reference (once per worker).
 
-    ``recovery_stream=False`` skips the cached teacher-logit stream (commands that run no trial)."""
+    ``recovery_stream=False`` skips the cached teacher-logit stream (commands that run no trial). ``given``: the
+    model and data a search from Python hands over, instead of the study file's names."""
     cfg = study.config
     device = resolve_device(device) if isinstance(device, str) else device
     threads = cfg.measure.threads or int(os.environ.get("AUTOPRUNE_THREADS", "0") or 0)
     if threads:
         torch.set_num_threads(threads)
-    data, model, layout = _data_and_model(study, device)
-    model, source, trained_here = _base_weights(study, model, data, device, data.num_classes, on_base_step, log)
+    data, model, layout = _data_and_model(study, device, given)
+    if given is not None:
+        model, source, trained_here = to_device(model, device).eval(), "the model given to autoprune.search", False
+    else:
+        model, source, trained_here = _base_weights(study, model, data, device, data.num_classes, on_base_step, log)
     example = data.val.example(1)
     gen = torch.Generator().manual_seed(cfg.seed)
     calib = [b for _, b in zip(range(2), data.train.batches(min(64, len(data.train)), shuffle=True, generator=gen))]
     lat_x = example.expand(cfg.measure.latency_batch_size, *example.shape[1:]).contiguous(memory_format=memory_format(device))
     highs = _sensitivity(study, model, example, layout, data, log) if study.space.sensitivity else {}
-    stream, stream_source = (_recovery_stream(study, model, data, log, on_stream_step) if recovery_stream
-                             else (None, "not prepared: this command runs no trial"))
+    if given is not None:
+        stream, stream_source = None, GIVEN_STREAM
+    elif recovery_stream:
+        stream, stream_source = _recovery_stream(study, model, data, log, on_stream_step)
+    else:
+        stream, stream_source = None, "not prepared: this command runs no trial"
     cost = build_cost_model(model, example, layout, study.space.fixed_round_to) if cfg.targets else None
     ctx = StudyContext(study, device, data, model, layout, example, lat_x, calibration=calib, stream=stream,
-                       droppable=_droppable(study, model, example), ratio_highs=highs, cost=cost)
+                       droppable=_droppable(study, model, example), ratio_highs=highs, cost=cost, given=given)
     if cfg.targets and cfg.targets.objective == "latency_ms":
         ctx.latency_cost = _latency_model(ctx, log)
     if measure_reference:
@@ -309,7 +357,7 @@ def _recovery_stream(study: Study, teacher: nn.Module, data: DataSplits, log: Ca
 def _sensitivity(study: Study, model: nn.Module, example: torch.Tensor, layout: GroupLayout, data: DataSplits,
                  log: Callable[[str], None]) -> dict[str, float]:
     """Per-group upper ratios from the search space's sensitivity scan (cached in the study folder)."""
-    from autoprune.search.sensitivity import cache_key, load_or_scan, narrowed_highs, scan
+    from autoprune.engine.sensitivity import cache_key, load_or_scan, narrowed_highs, scan
 
     cfg, space = study.config, study.space
     rec = cfg.recovery
@@ -332,7 +380,7 @@ def _named_groups(study: Study) -> dict[str, list[str]] | None:
     if g.by == "named":
         return g.named
     if g.by == "stage":
-        stages = resolve_model(study.config.model.name).stages
+        stages = None if study.config.model.name.startswith(GIVEN) else resolve_model(study.config.model.name).stages
         if not stages:
             raise AutopruneError(f"model {study.config.model.name!r} defines no stages; use groups.by: dependency "
                                  "or named", source=str(study.space_path), field="groups.by")
@@ -341,6 +389,6 @@ def _named_groups(study: Study) -> dict[str, list[str]] | None:
 
 
 def _prunable(study: Study) -> list[str] | None:
-    if study.space.prunable is not None:
+    if study.space.prunable is not None or study.config.model.name.startswith(GIVEN):
         return study.space.prunable
     return resolve_model(study.config.model.name).prunable

@@ -1,6 +1,6 @@
 """Sensitivity under a budget: the allocation a per-group sensitivity scan predicts to lose least at a cost target.
 
-The scan (:func:`autoprune.search.sensitivity.scan`) prunes each group alone at a few ratios and scores it after
+The scan (:func:`autoprune.engine.sensitivity.scan`) prunes each group alone at a few ratios and scores it after
 BatchNorm re-calibration. Assuming the groups' accuracy drops add up, the allocation with the smallest predicted
 drop that reaches a cost target is a knapsack; :func:`sensitivity_allocation` solves it greedily, as AIMET's
 greedy compression-ratio selection and ModelOpt's FastNAS do: from the unpruned model, repeatedly prune one group

@@ -17,12 +17,12 @@ import torch_pruning as tp
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from torch import nn
 
+from autoprune.engine.ask_tell import enqueued_attrs
+from autoprune.engine.context import StudyContext
+from autoprune.engine.storage import StudyAttrs
 from autoprune.metrics.costs import count_params
 from autoprune.pruning.graph_hints import after_pruning, pruner_kwargs
 from autoprune.pruning.structural import out_width, prune_with_plan
-from autoprune.search.ask_tell import enqueued_attrs
-from autoprune.search.context import StudyContext
-from autoprune.search.storage import StudyAttrs
 
 
 def snap(value: float, dist: FloatDistribution) -> float:

@@ -1,9 +1,9 @@
 """The Ray backend: Ray Tune runs the trials; a thin searcher asks and tells the study's own Optuna study (its
-sampler and storage) through :mod:`autoprune.search.ask_tell`, as the Optuna backend does.
+sampler and storage) through :mod:`autoprune.engine.ask_tell`, as the Optuna backend does.
 
 Only the driver touches the Optuna storage (ask/tell in ``AutopruneSearcher``), so ``status``, ``pareto``,
 ``evaluate`` and resume behave as with the Optuna backend. Each Ray worker prepares the study once (data, base
-model) and calls the same :func:`autoprune.search.trial.run_trial`. Trials a dead driver left RUNNING are failed and
+model) and calls the same :func:`autoprune.engine.trial.run_trial`. Trials a dead driver left RUNNING are failed and
 their parameters retried on the next run; errored Ray trials are reported, never hidden.
 """
 
@@ -21,14 +21,14 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
+from autoprune.engine.ask_tell import ask, enqueue_due, fail_running, study_sampler, tell_failure, tell_result
+from autoprune.engine.backends.base import SearchOutcome
+from autoprune.engine.context import StudyContext
+from autoprune.engine.record import Failure, TrialRecord
+from autoprune.engine.storage import counts, create_or_load, get_record, open_storage
+from autoprune.engine.warm_start import enqueue_warm_start
 from autoprune.errors import AutopruneError, first_line
 from autoprune.optional import require
-from autoprune.search.ask_tell import ask, enqueue_due, fail_running, study_sampler, tell_failure, tell_result
-from autoprune.search.backends.base import SearchOutcome
-from autoprune.search.context import StudyContext
-from autoprune.search.record import Failure, TrialRecord
-from autoprune.search.storage import counts, create_or_load, get_record, open_storage
-from autoprune.search.warm_start import enqueue_warm_start
 
 _WORKER_CTX: dict[str, StudyContext] = {}
 
@@ -45,7 +45,7 @@ def _require_ray():
 def _worker_context(spec: dict[str, Any]) -> StudyContext:
     """The study prepared once per Ray worker process (actors are reused)."""
     from autoprune.config import SearchSpaceConfig, Study, StudyConfig
-    from autoprune.search.context import prepare
+    from autoprune.engine.context import prepare
 
     key = json.dumps(spec, sort_keys=True)
     if key not in _WORKER_CTX:
@@ -64,7 +64,7 @@ def trainable(config: dict[str, Any], spec: dict[str, Any]) -> None:
     import ray
     from ray import tune
 
-    from autoprune.search.trial import continue_trial, run_trial
+    from autoprune.engine.trial import continue_trial, run_trial
 
     ctx = _worker_context(spec)
     params = {k: v for k, v in config.items() if not k.startswith("_")}
@@ -92,7 +92,7 @@ def trainable(config: dict[str, Any], spec: dict[str, Any]) -> None:
 def _searcher_class(Searcher):
     class AutopruneSearcher(Searcher):
         """Ray Tune's searcher for an autoprune study: a thin ask/tell adapter over ``ost`` (the study's own Optuna
-        study, storage and sampler), through :mod:`autoprune.search.ask_tell` as the Optuna backend. Its state is its own
+        study, storage and sampler), through :mod:`autoprune.engine.ask_tell` as the Optuna backend. Its state is its own
         map from Ray trial id to the Optuna trial asked for it (saved with the experiment, so a restored one tells
         the trials the interrupted one asked)."""
 

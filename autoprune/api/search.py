@@ -1,0 +1,192 @@
+"""``autoprune.search``: a search over the objects a user already has (a model, data loaders or data sets, a score),
+run by the same preparation, backends and trials as ``autoprune search study.yaml``.
+
+Every setting of a study file is a keyword argument (``recovery={"steps": 40}``, ``fidelity=...``, ``sampler=...``),
+validated by the same models with the same messages; ``space=`` is the search space. The model and data are checked
+against each other (a batch through the model, the default score and loss on it, the user's score on the base)
+before anything is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from autoprune.api.result import SearchResult
+from autoprune.config import SearchSpaceConfig, Study
+from autoprune.config.loading import study_from_settings
+from autoprune.config.study import GIVEN
+from autoprune.data.given import BatchAdapter, given_splits, item_split
+from autoprune.errors import AutopruneError, first_line
+from autoprune.metrics.scoring import Score, score_name
+from autoprune.train.distill import kd_loss
+
+RESERVED = ("name", "model", "data", "search_space")  # set from the objects and arguments, not as settings
+
+
+def search(model: nn.Module, example_inputs: torch.Tensor | None = None, *, train_data: Any, val_data: Any,
+           test_data: Any | None = None, targets: list[float] | dict[str, Any] | None = None,
+           score: Callable[[nn.Module], Any] | None = None, batch: BatchAdapter | None = None,
+           n_trials: int | None = None, storage: str | None = None, study_name: str | None = None,
+           backend: str = "optuna", device: str | None = None, seed: int = 0,
+           space: dict[str, Any] | SearchSpaceConfig | None = None, progress: bool = True,
+           **settings: Any) -> SearchResult:
+    """Search per-group pruning allocations of ``model`` and return the Pareto front of score against cost.
+
+    Args:
+        model: the trained model (it is copied, never changed).
+        example_inputs: one batch of inputs, checked against the data (optional: the data gives one).
+        train_data, val_data: DataLoaders or map-style Datasets; the candidates recover on ``train_data`` and are
+            scored on ``val_data``. Shuffling is autoprune's own, seeded; a loader gives its data set, collate
+            function and workers. ``test_data``: what a final evaluation reports (default: ``val_data``).
+        targets: cost targets, ``[1.5, 2, 3]`` (fewer MACs) or ``{"latency_reduction": [2]}``; None: candidates
+            anywhere on the cost axis.
+        score: ``score(model) -> float``, higher is better, replacing top-1 accuracy everywhere (named after the
+            function in every table).
+        batch: ``batch(what the loader yields) -> (inputs, targets)``; default: a pair, or a dict by its usual keys.
+        n_trials, storage, study_name: the budget, an Optuna storage URL (default: SQLite in ``runs/<name>``)
+            and the study's name; calling again with the same storage and name resumes the study.
+        backend: ``"optuna"`` (this process).
+        device: ``"cpu"`` or ``"cuda"`` (default: CUDA where there is one).
+        seed: the study's seed (data order, sampler, trials).
+        space: the search space, as the search-space file's mapping (default: its defaults).
+        progress: a progress bar (it renders in a notebook too).
+        **settings: any other field of a study file, e.g. ``recovery={"steps": 40}``.
+
+    Raises:
+        AutopruneError: bad input (a ConfigError for a setting), before anything is written.
+    """
+    from autoprune.engine.backends import BACKENDS, SearchOptions
+    from autoprune.engine.context import Given, prepare
+    from autoprune.engine.storage import preflight
+
+    if backend != "optuna":
+        raise AutopruneError(f"backend {backend!r} takes a study file for now (autoprune search study.yaml "
+                             "--backend ray); a search from Python runs in this process (backend='optuna')",
+                             field="backend")
+    splits = given_splits(train_data, val_data, test_data, _num_classes(model, val_data, batch), batch)
+    scorer = Score(score, score_name(score)) if score is not None else None
+    check_fits(model, splits, example_inputs, scorer)
+    study = build_study(model, splits, targets=targets, n_trials=n_trials, storage=storage, study_name=study_name,
+                        seed=seed, space=space, settings=settings)
+    preflight(study)
+    ctx = prepare(study, device or ("cuda" if torch.cuda.is_available() else "cpu"),
+                  given=Given(model, splits, scorer))
+    options = SearchOptions(study.config.budget.n_trials, study.config.budget.timeout, None, ctx.device.type)
+    with _progress(progress, options.n_trials, ctx.score_name) as (on_trial, log):
+        outcome = BACKENDS.get(backend)(ctx, options, on_trial, log)
+    return SearchResult.of(outcome.study, ctx.fresh_model, interrupted=outcome.interrupted)
+
+
+def build_study(model: nn.Module, splits: Any, *, targets: Any, n_trials: int | None, storage: str | None,
+                study_name: str | None, seed: int, space: Any, settings: dict[str, Any]) -> Study:
+    """The study a search from Python runs: its settings validated as a study file's, the model and data named
+    ``given:<class>`` (so a resumed study must be given objects of the same classes and sizes)."""
+    reserved = sorted(set(settings) & set(RESERVED))
+    if reserved:
+        raise AutopruneError(f"{', '.join(reserved)} cannot be set here: the model and data are the objects given "
+                             "and the study's name is study_name=", field=reserved[0])
+    train = splits.train.fetch.dataset
+    data: dict[str, Any] = {
+        "name": study_name or "autoprune", "seed": seed, "search_space": "(space=...)", **settings,
+        "model": {"name": f"{GIVEN}{_qualname(model)}"},
+        "data": {"name": f"{GIVEN}{_qualname(train)}",
+                 "kwargs": {"sizes": [len(splits.train), len(splits.val), len(splits.test)]}},
+    }
+    if n_trials is not None:
+        data["budget"] = {**data.get("budget", {}), "n_trials": n_trials}
+    if storage is not None:
+        data["storage"] = {**data.get("storage", {}), "url": storage}
+    if targets is not None:
+        data["targets"] = {"macs_reduction": list(targets)} if isinstance(targets, (list, tuple)) else targets
+    return study_from_settings(data, space)
+
+
+def _qualname(obj: Any) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _num_classes(model: nn.Module, val_data: Any, adapter: BatchAdapter | None) -> int:
+    """The width of the model's output (classes, or channels of a dense output) on one batch of ``val_data``."""
+    x, _ = item_split(val_data, "val_data", adapter).read(torch.arange(1))
+    out = _forward(model, x, "val_data")
+    return int(out.shape[1]) if out.ndim >= 2 else 1
+
+
+def _forward(model: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
+    """The model's output on ``x`` (eval mode, no gradients); an error naming the data when it does not fit."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:  # noqa: BLE001 - the user's model: any error is a mismatch to report
+        raise AutopruneError(f"the model fails on a batch of {name} (inputs {list(x.shape)} {x.dtype}): "
+                             f"{first_line(exc, 300)}", field=name) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise AutopruneError(f"the model returns a {type(out).__name__} on a batch of {name}; expected one tensor "
+                             "(logits)", field=name)
+    return out
+
+
+def check_fits(model: nn.Module, splits: Any, example_inputs: torch.Tensor | None, scorer: Score | None) -> None:
+    """The model, the data and the score checked against each other before anything is written: a batch of each
+    split through the model, the recovery loss on a training batch, the default score's needs (logits and class
+    labels) or the user's score on the unpruned model."""
+    if example_inputs is not None and tuple(example_inputs.shape[1:]) != splits.val.shape:
+        raise AutopruneError(f"example_inputs are {list(example_inputs.shape)} but val_data's inputs are "
+                             f"[N, {', '.join(map(str, splits.val.shape))}]", field="example_inputs")
+    rows = torch.arange(min(2, len(splits.train)))
+    x, y = splits.train.read(rows)
+    out = _forward(model, x, "train_data")
+    try:
+        kd_loss(out.float(), out.float(), y)
+    except Exception as exc:  # noqa: BLE001 - a target the loss cannot take
+        raise AutopruneError(f"the recovery loss (distillation + cross-entropy) fails on train_data's batch (outputs "
+                             f"{list(out.shape)}, targets {_describe(y)}): {first_line(exc, 200)}",
+                             field="train_data") from None
+    vx, vy = splits.val.read(torch.arange(min(2, len(splits.val))))
+    vout = _forward(model, vx, "val_data")
+    if scorer is not None:
+        scorer(model)
+    elif not (vout.ndim == 2 and isinstance(vy, torch.Tensor) and vy.ndim == 1 and not vy.is_floating_point()):
+        raise AutopruneError(f"the default score is top-1 accuracy, over [N, classes] outputs and integer labels; the "
+                             f"model returns {list(vout.shape)} and val_data's targets are {_describe(vy)}: pass "
+                             "score=a function of the model (higher is better)", field="score")
+
+
+def _describe(y: Any) -> str:
+    return f"a {list(y.shape)} {y.dtype} tensor" if isinstance(y, torch.Tensor) else f"a {type(y).__name__}"
+
+
+@contextlib.contextmanager
+def _progress(show: bool, total: int, name: str) -> Iterator[tuple[Callable[..., None], Callable[[str], None]]]:
+    """(on_trial, log) for a backend: a progress bar over the study's COMPLETE trials with the best score so far
+    (rich: a live bar in a terminal, an updating output in a notebook), or nothing."""
+    if not show:
+        yield (lambda ost, frozen=None: None), (lambda msg: None)
+        return
+    from optuna.trial import TrialState
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as bar:
+        task = bar.add_task("search", total=total)
+
+        def on_trial(ost, frozen=None) -> None:  # noqa: ARG001
+            done = ost.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            at = list(ost.user_attrs.get("objectives") or ["accuracy"]).index("accuracy")
+            best = max((t.values[at] for t in done if t.values), default=None)
+            said = f"search, best {name} {best:.4f}" if best is not None else "search"
+            bar.update(task, completed=min(len(done), total), description=said)
+
+        yield on_trial, lambda msg: console.print(msg, markup=False, highlight=False)
+
