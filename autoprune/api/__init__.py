@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from autoprune.api.result import Candidate, SearchResult
+from autoprune.api.result import Candidate, Final, SearchResult, load_result
 from autoprune.api.search import search
 
-__all__ = ["Candidate", "SearchResult", "search"]
+__all__ = ["Candidate", "Final", "SearchResult", "load_result", "search"]

@@ -78,7 +78,7 @@ def search(model: nn.Module, example_inputs: torch.Tensor | None = None, *, trai
     options = SearchOptions(study.config.budget.n_trials, study.config.budget.timeout, None, ctx.device.type)
     with _progress(progress, options.n_trials, ctx.score_name) as (on_trial, log):
         outcome = BACKENDS.get(backend)(ctx, options, on_trial, log)
-    return SearchResult.of(outcome.study, ctx.fresh_model, interrupted=outcome.interrupted)
+    return SearchResult.of(outcome.study, ctx.fresh_model, interrupted=outcome.interrupted, context=ctx)
 
 
 def build_study(model: nn.Module, splits: Any, *, targets: Any, n_trials: int | None, storage: str | None,
@@ -93,7 +93,8 @@ def build_study(model: nn.Module, splits: Any, *, targets: Any, n_trials: int | 
     data: dict[str, Any] = {
         "name": study_name or "autoprune", "seed": seed, "search_space": "(space=...)", **settings,
         "model": {"name": f"{GIVEN}{_qualname(model)}"},
-        "data": {"name": f"{GIVEN}{_qualname(train)}",
+        # val_source "test": validation is not carved from the training data (a retrain trains on train_data alone)
+        "data": {"name": f"{GIVEN}{_qualname(train)}", "val_source": "test",
                  "kwargs": {"sizes": [len(splits.train), len(splits.val), len(splits.test)]}},
     }
     if n_trials is not None:

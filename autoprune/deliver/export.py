@@ -163,3 +163,17 @@ def onnx_accuracy(path: Path, split: Images, batch_size: int = 256) -> float:
         logits = session.run(None, {name: x.detach().cpu().numpy()})[0]
         correct += int((logits.argmax(1) == y.cpu().numpy()).sum())
     return correct / max(1, len(split))
+
+
+class OnnxModule(nn.Module):
+    """An ONNX file run by onnxruntime, called as a torch module (so a study's own score function can score an
+    export as it scores the model)."""
+
+    def __init__(self, path: Path | str) -> None:
+        super().__init__()
+        self.session = onnx_session(Path(path), "scoring an ONNX model")
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {self.input_name: x.detach().cpu().numpy()})[0])
+

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from autoprune.deliver.export import (
+    OnnxModule,
     export_onnx,
     export_onnx_int8_static,
     export_torchscript,
@@ -30,8 +31,12 @@ from autoprune.pruning.saving import save_pruned
 
 
 def _measure(model, ctx: StudyContext, split_name: str) -> dict[str, Any]:
+    """Test accuracy (or the study's own score, under the same key), MACs and parameters."""
     split = ctx.data.get(split_name)
     full = ctx.data.test_full
+    if ctx.score is not None:
+        return {"test_accuracy": ctx.score(model), "test_full_accuracy": None, "macs": count_macs(model, ctx.example),
+                "params": count_params(model)}
     return {
         "test_accuracy": accuracy(model, split, ctx.study.config.data.batch_size),
         # the whole official test split, for comparing with published numbers (it includes the validation
@@ -88,10 +93,15 @@ def static_int8(ctx: StudyContext, onnx_export: dict[str, Any], out_dir: Path) -
     q = export_onnx_int8_static(Path(onnx_export["file"]), calibration_batches(ctx), out_dir / "model.int8.onnx")
     if q["file"] is None:
         return q
-    test, batch = ctx.data.test, ctx.study.config.data.batch_size
-    return {**q, "test_accuracy": onnx_accuracy(q["file"], test, batch),
-            "float_test_accuracy": onnx_accuracy(onnx_export["file"], test, batch),
+    return {**q, "test_accuracy": _onnx_score(ctx, q["file"]), "float_test_accuracy": _onnx_score(ctx, onnx_export["file"]),
             **_onnx_latency(q["file"], onnx_export["file"], ctx), "note": _int8_note(q)}
+
+
+def _onnx_score(ctx: StudyContext, file: str) -> float:
+    """An ONNX file's test accuracy run by onnxruntime, or the study's own score of it."""
+    if ctx.score is not None:
+        return ctx.score(OnnxModule(file))
+    return onnx_accuracy(file, ctx.data.test, ctx.study.config.data.batch_size)
 
 
 def _int8_note(q: dict[str, Any]) -> str:
@@ -160,9 +170,14 @@ def _html_sections(ctx: StudyContext, ost, record: TrialRecord, result: RetrainR
             {"": "ratio base / final", "macs": speed["macs_reduction"], "params": speed["params_reduction"],
              "latency_ms_b1": speed["latency_speedup_b1"], big: speed[f"latency_speedup_b{large_batch}"]}]
     cols = ["", "test_accuracy", "test_full_accuracy", "macs", "params", "latency_ms_b1", big, "file_bytes"]
+    scored = (f"Test accuracy on the held-out test split ({ctx.data.info['sizes']['test']} images; "
+              f"{ctx.data.info['note']})")
+    if ctx.score is not None:  # the study's own score, named as the user named it
+        rows = [{**r, ctx.score_name: r.get("test_accuracy")} for r in rows]
+        cols = ["", ctx.score_name, *cols[3:]]
+        scored = f"{ctx.score_name}: the study's own score function, on the data it reads"
     sections = [
-        (f"<p class='note'>Test accuracy on the held-out test split ({ctx.data.info['sizes']['test']} images; "
-         f"{ctx.data.info['note']}). Fine-tune: {result.epochs} epochs, {result.images_seen:,} images, "
+        (f"<p class='note'>{scored}. Fine-tune: {result.epochs} epochs, {result.images_seen:,} images, "
          f"{result.seconds:.0f} s on {ctx.device}.</p>"),
         "<h2>Base vs retrained</h2>", html_table(rows, cols), _latency_note(report.get("latency") or {}),
         "<h2>Exports</h2>", html_table([{"export": k, **{kk: vv for kk, vv in v.items() if kk != "note"}}
@@ -202,7 +217,7 @@ def finalize(ctx: StudyContext, ost, record: TrialRecord, result: RetrainResult,
     base_m["file_bytes"], final_m["file_bytes"] = base_buf.getbuffer().nbytes, model_path.stat().st_size
     report = {
         "study": ctx.study.study_name, "trial": record.number, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "split": "test", "data": ctx.data.info, "device": str(ctx.device),
+        "split": "test", "data": ctx.data.info, "device": str(ctx.device), "score_name": ctx.score_name,
         "base": base_m, "final": final_m, "speedup": _speedups(base_m, final_m, paired),
         "latency": _latency_section(paired),
         "search": {"val_accuracy": record.metrics.accuracy, "plan": record.plan.to_dict()},

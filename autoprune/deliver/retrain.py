@@ -132,6 +132,9 @@ def retrain(
            "batch_size": settings.batch_size}
     st = _start(ctx, record, ckpt_path, key, progressive_steps)
     st.model = to_device(st.model, ctx.device)
+    if st.epoch == 0 and progressive_steps == 1:  # as a trial does: the pruned model's BatchNorm statistics first
+        recalibrate_bn(st.model, train, settings.bn_recalibration_batches, settings.batch_size,
+                       generator=torch.Generator().manual_seed(cfg.seed))
     for p in st.model.parameters():
         p.requires_grad_(True)
     opt, sched = make_optimizer(st.model, settings, total_steps)
