@@ -123,6 +123,31 @@ def test_default_accuracy_needs_class_labels_and_says_to_pass_a_score(tmp_path):
         _search(tmp_path, val_data=soft)
 
 
+def test_your_own_recovery_loss_replaces_distillation(tmp_path):
+    seen = []
+
+    def plain_ce(outputs, teacher_outputs, targets):
+        seen.append(teacher_outputs is not None)
+        return nn.functional.cross_entropy(outputs, targets)
+
+    result = _search(tmp_path, loss=plain_ce)
+    assert result.front and len(seen) > 4 * FAST["recovery"]["steps"] and all(seen)
+    assert result.base["recovery_loss"] == "plain_ce (your function)"
+
+
+def test_a_loss_that_does_not_give_a_scalar_tensor_is_one_error_naming_it(tmp_path):
+    with pytest.raises(AutopruneError, match="loss: loss function '_half' returned 0.5 on train_data's batch; expected "
+                                             "a finite scalar tensor"):
+        _search(tmp_path, loss=_half)
+    with pytest.raises(AutopruneError, match="loss: loss function 'loss' fails on train_data's batch.*ValueError: no"):
+        _search(tmp_path, loss=lambda out, teacher, y: (_ for _ in ()).throw(ValueError("no")))
+    assert not (tmp_path / "api.db").exists()
+
+
+def _half(out, teacher, y):
+    return 0.5
+
+
 class _Dicts(Dataset):
     def __init__(self, base: TensorDataset) -> None:
         self.base = base

@@ -22,14 +22,15 @@ from autoprune.config.study import GIVEN
 from autoprune.data.given import BatchAdapter, given_splits, item_split
 from autoprune.errors import AutopruneError, first_line
 from autoprune.metrics.scoring import Score, score_name
-from autoprune.train.distill import kd_loss
+from autoprune.train.distill import LossFn, kd_loss
 
 RESERVED = ("name", "model", "data", "search_space")  # set from the objects and arguments, not as settings
 
 
 def search(model: nn.Module, example_inputs: torch.Tensor | None = None, *, train_data: Any, val_data: Any,
            test_data: Any | None = None, targets: list[float] | dict[str, Any] | None = None,
-           score: Callable[[nn.Module], Any] | None = None, batch: BatchAdapter | None = None,
+           score: Callable[[nn.Module], Any] | None = None, loss: LossFn | None = None,
+           batch: BatchAdapter | None = None,
            n_trials: int | None = None, storage: str | None = None, study_name: str | None = None,
            backend: str = "optuna", device: str | None = None, seed: int = 0,
            space: dict[str, Any] | SearchSpaceConfig | None = None, progress: bool = True,
@@ -46,6 +47,8 @@ def search(model: nn.Module, example_inputs: torch.Tensor | None = None, *, trai
             anywhere on the cost axis.
         score: ``score(model) -> float``, higher is better, replacing top-1 accuracy everywhere (named after the
             function in every table).
+        loss: ``loss(outputs, teacher_outputs, targets) -> scalar tensor``, the recovery loss (default:
+            distillation from the unpruned model plus cross-entropy, for logits and dense logits alike).
         batch: ``batch(what the loader yields) -> (inputs, targets)``; default: a pair, or a dict by its usual keys.
         n_trials, storage, study_name: the budget, an Optuna storage URL (default: SQLite in ``runs/<name>``)
             and the study's name; calling again with the same storage and name resumes the study.
@@ -69,12 +72,12 @@ def search(model: nn.Module, example_inputs: torch.Tensor | None = None, *, trai
                              field="backend")
     splits = given_splits(train_data, val_data, test_data, _num_classes(model, val_data, batch), batch)
     scorer = Score(score, score_name(score)) if score is not None else None
-    check_fits(model, splits, example_inputs, scorer)
+    check_fits(model, splits, example_inputs, scorer, loss)
     study = build_study(model, splits, targets=targets, n_trials=n_trials, storage=storage, study_name=study_name,
                         seed=seed, space=space, settings=settings)
     preflight(study)
     ctx = prepare(study, device or ("cuda" if torch.cuda.is_available() else "cpu"),
-                  given=Given(model, splits, scorer))
+                  given=Given(model, splits, scorer, loss))
     options = SearchOptions(study.config.budget.n_trials, study.config.budget.timeout, None, ctx.device.type)
     with _progress(progress, options.n_trials, ctx.score_name) as (on_trial, log):
         outcome = BACKENDS.get(backend)(ctx, options, on_trial, log)
@@ -136,7 +139,8 @@ def _forward(model: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
     return out
 
 
-def check_fits(model: nn.Module, splits: Any, example_inputs: torch.Tensor | None, scorer: Score | None) -> None:
+def check_fits(model: nn.Module, splits: Any, example_inputs: torch.Tensor | None, scorer: Score | None,
+               loss: LossFn | None = None) -> None:
     """The model, the data and the score checked against each other before anything is written: a batch of each
     split through the model, the recovery loss on a training batch, the default score's needs (logits and class
     labels) or the user's score on the unpruned model."""
@@ -146,12 +150,7 @@ def check_fits(model: nn.Module, splits: Any, example_inputs: torch.Tensor | Non
     rows = torch.arange(min(2, len(splits.train)))
     x, y = splits.train.read(rows)
     out = _forward(model, x, "train_data")
-    try:
-        kd_loss(out.float(), out.float(), y)
-    except Exception as exc:  # noqa: BLE001 - a target the loss cannot take
-        raise AutopruneError(f"the recovery loss (distillation + cross-entropy) fails on train_data's batch (outputs "
-                             f"{list(out.shape)}, targets {_describe(y)}): {first_line(exc, 200)}",
-                             field="train_data") from None
+    _check_loss(loss, out, y)
     vx, vy = splits.val.read(torch.arange(min(2, len(splits.val))))
     vout = _forward(model, vx, "val_data")
     if scorer is not None:
@@ -160,6 +159,20 @@ def check_fits(model: nn.Module, splits: Any, example_inputs: torch.Tensor | Non
         raise AutopruneError(f"the default score is top-1 accuracy, over [N, classes] outputs and integer labels; the "
                              f"model returns {list(vout.shape)} and val_data's targets are {_describe(vy)}: pass "
                              "score=a function of the model (higher is better)", field="score")
+
+
+def _check_loss(loss: LossFn | None, out: torch.Tensor, y: Any) -> None:
+    """The recovery loss on a training batch (the model's outputs as the teacher's too): it must run and, for the
+    user's own loss, give a finite scalar tensor."""
+    name = "the recovery loss (distillation + cross-entropy)" if loss is None else f"loss function {score_name(loss, 'loss')!r}"
+    try:
+        value = kd_loss(out.float(), out.float(), y) if loss is None else loss(out, out, y)
+    except Exception as exc:  # noqa: BLE001 - the user's function, or a target the default loss cannot take
+        raise AutopruneError(f"{name} fails on train_data's batch (outputs {list(out.shape)}, targets {_describe(y)}): "
+                             f"{first_line(exc, 200)}", field="loss" if loss else "train_data") from None
+    if not (isinstance(value, torch.Tensor) and value.numel() == 1 and torch.isfinite(value).all()):
+        raise AutopruneError(f"{name} returned {_describe(value) if isinstance(value, torch.Tensor) else repr(value)} "
+                             "on train_data's batch; expected a finite scalar tensor to minimise", field="loss")
 
 
 def _describe(y: Any) -> str:

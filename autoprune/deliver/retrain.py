@@ -151,7 +151,8 @@ def retrain(
         batches = ((x, y, None) for x, y in train.batches(settings.batch_size, shuffle=True, augment=cfg.data.augment,
                                                           generator=gen, drop_last=True))
         losses = run_steps(st.model, batches, opt, sched, settings, ctx.base, where=f"retrain epoch {epoch + 1},",
-                           on_step=(lambda i, _v: on_step(i + 1, steps_per_epoch)) if on_step else None)
+                           on_step=(lambda i, _v: on_step(i + 1, steps_per_epoch)) if on_step else None,
+                           loss_fn=ctx.loss)
         st.losses.append(sum(losses) / max(1, len(losses)))
         st.epoch = epoch + 1
         _checkpoint(st, key, opt, sched, time.perf_counter() - t0, ckpt_path)

@@ -32,7 +32,7 @@ from autoprune.files import checksum_ok, save_checksummed
 from autoprune.metrics.costs import accuracy, count_macs, count_params
 from autoprune.metrics.device_lock import DeviceLock, NoLock
 from autoprune.metrics.latency import Deployed, deploy, paired_latency
-from autoprune.metrics.scoring import Score
+from autoprune.metrics.scoring import Score, score_name
 from autoprune.models.factory import create_model, load_checkpoint, resolve_model
 from autoprune.models.fit_check import check_model_fits
 from autoprune.pruning.depth import droppable_blocks
@@ -41,7 +41,7 @@ from autoprune.pruning.latency_model import LatencyCostModel
 from autoprune.pruning.macs_model import CostModel, build_cost_model
 from autoprune.pruning.prunability import check_prunable
 from autoprune.pruning.structural import GroupLayout, build_layout
-from autoprune.train.distill import finetune
+from autoprune.train.distill import LossFn, finetune
 from autoprune.train.teacher_stream import RecoveryStream, load_or_build_stream, weights_digest
 
 GIVEN_STREAM = ("teacher run in every fine-tune step (data given from Python: its transforms may draw anew on every "
@@ -56,6 +56,7 @@ class Given:
     model: nn.Module
     data: DataSplits
     score: Score | None = None
+    loss: LossFn | None = None  # the recovery loss (None: distillation from the base plus cross-entropy)
 
 
 @dataclass
@@ -94,6 +95,11 @@ class StudyContext:
     def score(self) -> Score | None:
         """The user's score function (None: top-1 accuracy on the validation split, image by image)."""
         return self.given.score if self.given else None
+
+    @property
+    def loss(self) -> LossFn | None:
+        """The user's recovery loss (None: distillation from the base plus cross-entropy)."""
+        return self.given.loss if self.given else None
 
     @property
     def score_name(self) -> str:
@@ -238,7 +244,7 @@ def _reference(ctx: StudyContext, source: str, trained_here: bool, stream_source
     lat = paired_latency(ctx.latency_base, ctx.latency_base, ctx.latency_input, m.latency_repeats, m.latency_warmup,
                          m.latency_backend)
     ref = {"accuracy": ctx.score(model) if ctx.score else accuracy(model, ctx.data.val, cfg.data.batch_size),
-           "score_name": ctx.score_name, "macs": count_macs(model, ctx.example),
+           "score_name": ctx.score_name, "recovery_loss": _loss_name(ctx.loss), "macs": count_macs(model, ctx.example),
            "params": count_params(model), "latency_ms": lat.base_ms, "latency_backend": lat.backend,
            "latency_batch_size": m.latency_batch_size,
            "latency_dispersion": lat.dispersion, "latency_reliable": lat.reliable, "source": source,
@@ -248,6 +254,12 @@ def _reference(ctx: StudyContext, source: str, trained_here: bool, stream_source
     if ctx.ratio_highs:
         ref["ratio_highs"] = ctx.ratio_highs
     return ref
+
+
+def _loss_name(loss: LossFn | None) -> str:
+    if loss is None:
+        return "distillation from the base + cross-entropy"
+    return f"{score_name(loss, 'loss')} (your function)"
 
 
 def _data_and_model(study: Study, device: torch.device, given: Given | None = None

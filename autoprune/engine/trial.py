@@ -122,7 +122,7 @@ def _recover(ctx: StudyContext, model: nn.Module, clock: _Clock, gen: torch.Gene
     with clock.phase("finetune"):
         finetune(model, ctx.data.train, steps=steps, settings=rec, teacher=ctx.base,
                  augment=ctx.study.config.data.augment, generator=gen, step_guard=ctx.lock.shared,
-                 stream=ctx.stream if rec.teacher_cache else None, stream_start=start)
+                 stream=ctx.stream if rec.teacher_cache else None, stream_start=start, loss_fn=ctx.loss)
 
 
 def _evaluate(ctx: StudyContext, model: nn.Module, clock: _Clock, ladder: list[int], rung: int) -> tuple[float, int, str]:

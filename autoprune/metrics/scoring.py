@@ -25,15 +25,15 @@ class ScoreError(AutopruneError):
     """The user's score function raised, or returned something other than a finite number."""
 
 
-def score_name(fn: Callable[..., object]) -> str:
-    """What a score function is called in the tables: its ``__name__`` (a lambda or a partial: ``score``).
+def score_name(fn: Callable[..., object], default: str = "score") -> str:
+    """What a score function is called in the tables: its ``__name__`` (a lambda or a partial: ``default``).
 
     >>> def mean_iou(model): ...
     >>> score_name(mean_iou), score_name(lambda m: 1.0)
     ('mean_iou', 'score')
     """
     name = getattr(fn, "__name__", "")
-    return name if name and name.isidentifier() and name != "<lambda>" else "score"
+    return name if name and name.isidentifier() and name != "<lambda>" else default
 
 
 def as_number(value: object, name: str) -> float:

@@ -28,6 +28,9 @@ class RecoverySettings(Protocol):
     precision: str  # "auto" (bf16 autocast on CUDA, fp32 elsewhere), "fp32" or "bf16"
 
 
+# a user's recovery loss: (student outputs, teacher outputs or None, targets) -> a scalar tensor
+LossFn = Callable[[torch.Tensor, "torch.Tensor | None", object], torch.Tensor]
+
 SYNC_EVERY = 50  # on CUDA the losses are read back (and checked) every this many steps: no per-step host sync
 
 
@@ -86,9 +89,10 @@ def recalibrate_bn(model: nn.Module, split: Images, batches: int, batch_size: in
 
 def train_step(student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor, opt, sched,
                temperature: float, alpha: float, where: str, teacher_logits: torch.Tensor | None = None,
-               dtype: torch.dtype | None = None, check: bool = True) -> torch.Tensor:
+               dtype: torch.dtype | None = None, check: bool = True, loss_fn: LossFn | None = None) -> torch.Tensor:
     """One SGD step: distillation from ``teacher`` (or from its cached ``teacher_logits`` on ``x``; plain
-    cross-entropy with neither), the forward under ``dtype`` autocast when given; returns the loss (detached).
+    cross-entropy with neither), or ``loss_fn(student outputs, teacher outputs, y)`` when given; the forward under
+    ``dtype`` autocast when given; returns the loss (detached).
 
     With ``check`` a non-finite loss raises FloatingPointError, naming ``where``, before the weights are touched
     (reading the loss waits for the device: on CUDA :func:`run_steps` checks every SYNC_EVERY steps instead).
@@ -98,7 +102,9 @@ def train_step(student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y
         if teacher_logits is None and teacher is not None:
             with torch.no_grad():
                 teacher_logits = teacher(x)
-        if teacher_logits is not None:
+        if loss_fn is not None:
+            loss = loss_fn(logits, teacher_logits, y)
+        elif teacher_logits is not None:
             loss = kd_loss(logits.float(), teacher_logits.float(), y, temperature, alpha)
         else:
             loss = F.cross_entropy(logits.float(), y)
@@ -143,7 +149,8 @@ def make_optimizer(model: nn.Module, settings: RecoverySettings, total_steps: in
 def run_steps(student: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
               opt, sched, settings: RecoverySettings, teacher: nn.Module | None = None, *, steps: int | None = None,
               where: str = "fine-tune", step_guard: Callable[[], ContextManager] = contextlib.nullcontext,
-              on_step: Callable[[int, float], None] | None = None, sync_every: int | None = None) -> list[float]:
+              on_step: Callable[[int, float], None] | None = None, sync_every: int | None = None,
+              loss_fn: LossFn | None = None) -> list[float]:
     """The one training loop of autoprune (a trial's recovery, the base model's training, the final retrain):
     ``train_step`` over ``(x, y, teacher_logits or None)`` batches, at most ``steps`` of them; returns the losses.
     ``step_guard`` is entered around every step (the device lock's shared side, when workers share a device).
@@ -171,7 +178,8 @@ def run_steps(student: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Te
         with step_guard():
             loss = train_step(student, teacher, x, y, opt, sched, settings.temperature, settings.alpha,
                               f"{where} step {step}", teacher_logits=t_logits,
-                              dtype=autocast_dtype(settings.precision, x.device.type), check=every == 1)
+                              dtype=autocast_dtype(settings.precision, x.device.type), check=every == 1,
+                              loss_fn=loss_fn)
         pending.append(loss)
         if len(pending) >= every:
             read_back()
@@ -193,6 +201,7 @@ def finetune(
     step_guard: Callable[[], ContextManager] = contextlib.nullcontext,
     stream: RecoveryStream | None = None,
     stream_start: int = 0,
+    loss_fn: LossFn | None = None,
 ) -> float:
     """``steps`` steps of :func:`run_steps` under ``settings`` (lr, momentum, weight decay, batch size,
     temperature, alpha: a :class:`~autoprune.config.RecoveryConfig`); distillation from ``teacher`` if given,
@@ -211,6 +220,6 @@ def finetune(
     else:
         batches = ((x, y, None) for x, y in _cycle(split, settings.batch_size, augment, generator))
     losses = run_steps(student, batches, opt, sched, settings, teacher, steps=steps, where="fine-tune",
-                       step_guard=step_guard, on_step=on_step)
+                       step_guard=step_guard, on_step=on_step, loss_fn=loss_fn)
     tail = losses[-max(1, steps // 10):]
     return sum(tail) / max(1, len(tail))
