@@ -79,7 +79,7 @@ os.environ.setdefault("AUTOPRUNE_HUGE_PAGES", "0")
 
 # The files that run whole searches in subprocesses, slowest first: collected first, so that pytest-xdist
 # (``-n auto --dist load``) hands their tests out before the many short ones and the workers finish together.
-SLOW_FILES = ("test_distributed.py", "test_examples.py", "test_ray.py", "test_backends.py",
+SLOW_FILES = ("test_distributed.py", "test_examples.py", "test_ray.py", "test_api_workers.py", "test_backends.py",
               "test_allocation_sampler.py", "test_journeys.py", "test_failures.py", "test_targets.py",
               "test_latency_model.py", "test_fidelity.py", "test_secrets.py", "test_cli.py", "test_finalize.py")
 

@@ -32,7 +32,8 @@ def search(model: nn.Module, example_inputs: torch.Tensor | None = None, *, trai
            score: Callable[[nn.Module], Any] | None = None, loss: LossFn | None = None,
            batch: BatchAdapter | None = None,
            n_trials: int | None = None, storage: str | None = None, study_name: str | None = None,
-           backend: str = "optuna", device: str | None = None, seed: int = 0,
+           workers: int = 1, backend: str = "optuna", ray_address: str | None = None, cpus_per_trial: float = 1.0,
+           gpus_per_trial: float = 0.0, device: str | None = None, seed: int = 0,
            space: dict[str, Any] | SearchSpaceConfig | None = None, progress: bool = True,
            **settings: Any) -> SearchResult:
     """Search per-group pruning allocations of ``model`` and return the Pareto front of score against cost.
@@ -52,7 +53,10 @@ def search(model: nn.Module, example_inputs: torch.Tensor | None = None, *, trai
         batch: ``batch(what the loader yields) -> (inputs, targets)``; default: a pair, or a dict by its usual keys.
         n_trials, storage, study_name: the budget, an Optuna storage URL (default: SQLite in ``runs/<name>``)
             and the study's name; calling again with the same storage and name resumes the study.
-        backend: ``"optuna"`` (this process).
+        workers, backend, ray_address, cpus_per_trial, gpus_per_trial: as ``autoprune search``'s options: with
+            ``workers > 1`` (local processes) or ``backend="ray"`` the model, data and functions travel to the
+            workers pickled by cloudpickle (by value where defined in a script or notebook, by import path where
+            importable); one that cannot travel is an error naming it before anything runs.
         device: ``"cpu"`` or ``"cuda"`` (default: CUDA where there is one).
         seed: the study's seed (data order, sampler, trials).
         space: the search space, as the search-space file's mapping (default: its defaults).
@@ -63,25 +67,39 @@ def search(model: nn.Module, example_inputs: torch.Tensor | None = None, *, trai
         AutopruneError: bad input (a ConfigError for a setting), before anything is written.
     """
     from autoprune.engine.backends import BACKENDS, SearchOptions
-    from autoprune.engine.context import Given, prepare
+    from autoprune.engine.context import prepare
     from autoprune.engine.storage import preflight
 
-    if backend != "optuna":
-        raise AutopruneError(f"backend {backend!r} takes a study file for now (autoprune search study.yaml "
-                             "--backend ray); a search from Python runs in this process (backend='optuna')",
-                             field="backend")
-    splits = given_splits(train_data, val_data, test_data, _num_classes(model, val_data, batch), batch)
-    scorer = Score(score, score_name(score)) if score is not None else None
-    check_fits(model, splits, example_inputs, scorer, loss)
-    study = build_study(model, splits, targets=targets, n_trials=n_trials, storage=storage, study_name=study_name,
+    if backend not in BACKENDS:
+        BACKENDS.get(backend)  # the registry's error, listing the backends
+    given = hand_over(model, example_inputs, (train_data, val_data, test_data), score, loss, batch,
+                      travels=workers > 1 or backend != "optuna")
+    study = build_study(model, given.data, targets=targets, n_trials=n_trials, storage=storage, study_name=study_name,
                         seed=seed, space=space, settings=settings)
     preflight(study)
-    ctx = prepare(study, device or ("cuda" if torch.cuda.is_available() else "cpu"),
-                  given=Given(model, splits, scorer, loss))
-    options = SearchOptions(study.config.budget.n_trials, study.config.budget.timeout, None, ctx.device.type)
+    ctx = prepare(study, device or ("cuda" if torch.cuda.is_available() else "cpu"), given=given)
+    options = SearchOptions(study.config.budget.n_trials, study.config.budget.timeout, None, ctx.device.type, workers,
+                            ray_address, cpus_per_trial, gpus_per_trial)
     with _progress(progress, options.n_trials, ctx.score_name) as (on_trial, log):
         outcome = BACKENDS.get(backend)(ctx, options, on_trial, log)
     return SearchResult.of(outcome.study, ctx.fresh_model, interrupted=outcome.interrupted, context=ctx)
+
+
+def hand_over(model: nn.Module, example_inputs: torch.Tensor | None, data: tuple[Any, Any, Any],
+              score: Callable[[nn.Module], Any] | None, loss: LossFn | None, batch: BatchAdapter | None,
+              travels: bool) -> Any:
+    """The objects as a search takes them (:class:`~autoprune.engine.context.Given`), checked against each other
+    (:func:`check_fits`) and, when they go to other processes (``travels``), checked to pickle."""
+    from autoprune.engine.context import Given
+    from autoprune.engine.travel import pack
+
+    splits = given_splits(*data, _num_classes(model, data[1], batch), batch)
+    scorer = Score(score, score_name(score)) if score is not None else None
+    check_fits(model, splits, example_inputs, scorer, loss)
+    given = Given(model, splits, scorer, loss)
+    if travels:
+        pack(given)  # every part must travel to the workers: checked before anything is written
+    return given
 
 
 def build_study(model: nn.Module, splits: Any, *, targets: Any, n_trials: int | None, storage: str | None,

@@ -35,4 +35,4 @@ class SearchOptions:
     ray_address: str | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
-    worker_args: list[str] = field(default_factory=list)  # the CLI arguments a local worker process repeats
+    worker_args: list[str] = field(default_factory=list)  # the `autoprune` arguments a local worker repeats

@@ -26,6 +26,7 @@ from autoprune.engine.backends.base import SearchOutcome
 from autoprune.engine.context import StudyContext
 from autoprune.engine.record import Failure, TrialRecord
 from autoprune.engine.storage import counts, create_or_load, get_record, open_storage
+from autoprune.engine.travel import pack, unpack
 from autoprune.engine.warm_start import enqueue_warm_start
 from autoprune.errors import AutopruneError, first_line
 from autoprune.optional import require
@@ -47,13 +48,14 @@ def _worker_context(spec: dict[str, Any]) -> StudyContext:
     from autoprune.config import SearchSpaceConfig, Study, StudyConfig
     from autoprune.engine.context import prepare
 
-    key = json.dumps(spec, sort_keys=True)
+    given = spec.get("given")  # a search from Python: its objects, pickled (autoprune.engine.travel)
+    key = json.dumps({k: v for k, v in spec.items() if k != "given"}, sort_keys=True) + str(hash(given))
     if key not in _WORKER_CTX:
         if spec.get("threads"):
             os.environ["AUTOPRUNE_THREADS"] = str(spec["threads"])
-        study = Study(StudyConfig.model_validate(spec["config"]), SearchSpaceConfig.model_validate(spec["space"]),
-                      None, None)
-        ctx = prepare(study, spec["device"], measure_reference=False)
+        study = Study(StudyConfig.model_validate(spec["config"], context={"given": given is not None}),
+                      SearchSpaceConfig.model_validate(spec["space"]), None, None)
+        ctx = prepare(study, spec["device"], measure_reference=False, given=unpack(given) if given else None)
         ctx.share_device()
         _WORKER_CTX[key] = ctx
     return _WORKER_CTX[key]
@@ -233,7 +235,8 @@ def _worker_spec(ctx: StudyContext, device: str, cpus_per_trial: float, workdir:
         config.model.checkpoint = str(Path(config.model.checkpoint).resolve())
     return {"config": config.model_dump(mode="json"), "space": study.space.model_dump(mode="json"), "device": device,
             "models_dir": str(workdir / "models"), "threads": max(1, int(cpus_per_trial)),
-            "storage_url": study.storage_url, "study_name": study.study_name}
+            "storage_url": study.storage_url, "study_name": study.study_name,
+            **({"given": pack(ctx.given)} if ctx.given is not None else {})}
 
 
 def _restorable(tune, results_dir: Path, marker: Path) -> Path | None:

@@ -18,6 +18,7 @@ from typing import Callable, Mapping, Sequence
 
 from autoprune.engine.ask_tell import study_sampler
 from autoprune.engine.backends.base import SearchOptions, SearchOutcome
+from autoprune.engine.backends.given_worker import write_spec
 from autoprune.engine.context import StudyContext
 from autoprune.engine.record import TrialRecord
 from autoprune.engine.storage import create_or_load, register_host
@@ -67,8 +68,9 @@ class WorkerPool:
 
 def start_workers(n: int, command: Sequence[str], log_dir: Path, threads: int,
                   env: Mapping[str, str] | None = None) -> WorkerPool:
-    """Start ``n`` worker processes running ``command + ["--worker-index", i]`` with ``threads`` torch threads each;
-    ``env`` is added to their environment (secrets such as the storage URL go there, never on the command line)."""
+    """Start ``n`` worker processes, ``python`` + ``command`` + ``["--worker-index", i]``, with ``threads`` torch
+    threads each; ``env`` is added to their environment (secrets such as the storage URL go there, never on the
+    command line)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     procs, logs = [], []
     env = dict(os.environ, **(env or {}), OMP_NUM_THREADS=str(threads), AUTOPRUNE_THREADS=str(threads),
@@ -76,7 +78,7 @@ def start_workers(n: int, command: Sequence[str], log_dir: Path, threads: int,
     for i in range(n):
         log = log_dir / f"worker-{i}.log"
         fh = open(log, "w")
-        procs.append(subprocess.Popen([sys.executable, "-m", "autoprune.cli", *command, "--worker-index", str(i)],
+        procs.append(subprocess.Popen([sys.executable, *command, "--worker-index", str(i)],
                                       stdout=fh, stderr=subprocess.STDOUT, env=env,
                                       start_new_session=True))  # signals reach workers only through the parent
         fh.close()
@@ -93,9 +95,15 @@ def run_local_workers(ctx: StudyContext, options: SearchOptions, on_trial: Calla
     enqueue_warm_start(ost, ctx, ctx.distributions())  # here, once: workers starting together would each enqueue them
     before = {t.number for t in ost.get_trials(deepcopy=False)}
     threads = study.config.measure.threads or max(1, (os.cpu_count() or 1) // options.workers)
-    pool = start_workers(options.workers, options.worker_args, study.workdir / "logs", threads,
+    # a study file's workers repeat the command; a search from Python's read its objects from a spec file
+    command = write_spec(ctx, options) if ctx.given is not None else ["-m", "autoprune.cli", *options.worker_args]
+    pool = start_workers(options.workers, command, study.workdir / "logs", threads,
                          {"AUTOPRUNE_STORAGE": study.storage_url})
-    codes = pool.wait(lambda: on_trial(ost))  # polls the storage about once a second
+    try:
+        codes = pool.wait(lambda: on_trial(ost))  # polls the storage about once a second
+    finally:
+        if ctx.given is not None:
+            Path(command[-1]).unlink(missing_ok=True)
     new = [TrialRecord.from_frozen(t) for t in ost.get_trials(deepcopy=False) if t.number not in before]
     ran = sum(1 for r in new if r.skipped is None and r.state in ("COMPLETE", "FAIL", "PRUNED"))
     failed = sum(1 for r in new if r.state == "FAIL")
