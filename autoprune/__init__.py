@@ -15,8 +15,8 @@ from autoprune.api import Candidate, Final, SearchResult, load_result, search
 from autoprune.config import load_study
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.metrics.costs import measure
+from autoprune.pruning.one_shot import prune
 from autoprune.pruning.saving import load_pruned
-from autoprune.pruning.structural import prune
 
 __all__ = ["AutopruneError", "Candidate", "ConfigError", "Final", "SearchResult", "load_pruned", "load_result", "load_study",
            "measure", "prune", "search"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 
+import optuna
 import pytest
 import torch
 import torchvision
@@ -18,11 +19,12 @@ import yaml
 from click.testing import CliRunner
 from torch import nn
 
+import autoprune
 from autoprune.cli import main
 from autoprune.errors import AutopruneError
 from autoprune.metrics.costs import count_macs
 from autoprune.pruning.graph_hints import failing_layer
-from autoprune.pruning.prunability import check_prunable
+from autoprune.pruning.prunability import freeze_unprunable
 from autoprune.pruning.structural import build_layout, prune_with_plan, replay, structure
 from tests import user_models
 from tests.conftest import TINY_SPACE, TINY_STUDY
@@ -71,26 +73,38 @@ def test_torchvision_models_prune_structurally(name, one_intra_op_thread):
 def test_user_model_with_concat_groups_and_custom_layers_prunes(factory):
     model = factory()
     x = torch.randn(2, 1, 8, 8)
-    check_prunable(model, x, build_layout(model, x))
+    assert freeze_unprunable(model, x, build_layout(model, x))[1] == {}
     pruned = _contract(model, x)
     assert pruned.fuse.out_channels < 32 and pruned.grouped[0].groups == 4
     assert pruned.grouped[0].out_channels % 4 == 0 and pruned.scale.weight.numel() == pruned.grouped[0].out_channels
 
 
-def test_model_torch_pruning_cannot_prune_is_refused_naming_the_group_the_layer_and_the_fix():
+def test_a_group_torch_pruning_cannot_prune_is_kept_whole_naming_the_group_the_layer_and_why():
     model = user_models.mixing()
     x = torch.randn(2, 1, 8, 8)
     layout = build_layout(model, x)
+    kept, frozen = freeze_unprunable(model, x, layout, source="space.yaml")
+    assert list(frozen) == ["project"] and kept.names == [g for g in layout.names if g != "project"]
+    line = frozen["project"]
+    assert line.startswith("group 'project' (layers project) kept whole: pruning it breaks the model: ")
+    assert "layer 'fc' fails on forward" in line and "\n" not in line
+    assert "project" in kept.ignored
+    with pytest.warns(UserWarning, match="autoprune.prune: group 'project'"):
+        pruned = autoprune.prune(model, x, ratios=0.5)
+    assert pruned.project.out_channels == model.project.out_channels and pruned(x).shape == (2, 10)
+
+
+def test_a_model_every_group_of_which_breaks_is_refused_naming_the_group_the_layer_and_the_fix():
+    model = user_models.mixing()
+    x = torch.randn(2, 1, 8, 8)
+    only = build_layout(model, x, prunable=["project"])
     with pytest.raises(AutopruneError) as err:
-        check_prunable(model, x, layout, source="space.yaml")
+        freeze_unprunable(model, x, only, source="space.yaml")
     msg = err.value.one_line()
-    assert msg.startswith("space.yaml: ignore: the model cannot be pruned: pruning group 'project'")
+    assert msg.startswith("space.yaml: ignore: the model cannot be pruned: every group breaks it; pruning group "
+                          "'project'")
     assert "layer 'fc' fails on forward" in msg and "mixer (ChannelMixer)" in msg
     assert "'ignore'" in msg and "customized_pruners" in msg and "\n" not in msg
-    # the advice works: keep the layer before the mixer whole
-    ok = build_layout(model, x, ignore=["project"])
-    check_prunable(model, x, ok)
-    assert "project" not in ok.roots
 
 
 def test_failing_layer_names_the_innermost_module_that_raised():
@@ -108,11 +122,14 @@ def _study(tmp_path, model_name: str, space_extra: dict | None = None):
     return tmp_path / "study.yaml"
 
 
-def test_search_refuses_an_unprunable_model_before_any_trial(tmp_path):
+def test_search_keeps_a_breaking_group_whole_and_says_so(tmp_path):
     study = _study(tmp_path, "tests.user_models:mixing")
-    result = CliRunner().invoke(main, ["search", str(study)])
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("autoprune: error:")]
-    assert len(lines) == 1 and "space.yaml: ignore: the model cannot be pruned" in lines[0], result.stderr[-2000:]
-    assert "mixer (ChannelMixer)" in lines[0]
-    assert not (tmp_path / "run" / "study.db").exists(), "nothing written to the storage"
+    result = CliRunner().invoke(main, ["search", str(study), "--n-trials", "2"])
+    assert result.exit_code == 0, result.output
+    said = [ln for ln in result.stderr.splitlines() if "kept whole" in ln]
+    assert len(said) == 1 and "group 'project'" in said[0], result.stderr[-2000:]
+    ost = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    assert list(ost.user_attrs["base"]["frozen"]) == ["project"]
+    assert all("ratio.project" not in t.params for t in ost.trials)
+
+

@@ -12,8 +12,9 @@ from torch import nn
 from autoprune.errors import AutopruneError
 from autoprune.metrics.costs import count_macs, count_params
 from autoprune.models.factory import MODELS, create_model, load_checkpoint
+from autoprune.pruning.one_shot import prune
 from autoprune.pruning.saving import load_pruned, save_pruned
-from autoprune.pruning.structural import build_layout, prune, prune_with_plan, replay, structure
+from autoprune.pruning.structural import build_layout, prune_with_plan, replay, structure
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESNET20_CKPT = REPO_ROOT.parent / "shared" / "weights" / "cifar10-resnet" / "resnet20.pt"

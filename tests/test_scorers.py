@@ -9,8 +9,9 @@ from torch import nn
 from autoprune.errors import AutopruneError
 from autoprune.metrics.costs import count_params
 from autoprune.models.factory import create_model
+from autoprune.pruning.one_shot import prune
 from autoprune.pruning.scorers import SCORERS, CombinedImportance, resolve_scorer
-from autoprune.pruning.structural import build_layout, prune, prune_with_plan
+from autoprune.pruning.structural import build_layout, prune_with_plan
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 

@@ -39,7 +39,7 @@ from autoprune.pruning.depth import droppable_blocks
 from autoprune.pruning.graph_hints import pruner_kwargs
 from autoprune.pruning.latency_model import LatencyCostModel
 from autoprune.pruning.macs_model import CostModel, build_cost_model
-from autoprune.pruning.prunability import check_prunable
+from autoprune.pruning.prunability import freeze_unprunable
 from autoprune.pruning.structural import GroupLayout, build_layout
 from autoprune.train.distill import LossFn, finetune
 from autoprune.train.teacher_stream import RecoveryStream, load_or_build_stream, weights_digest
@@ -79,6 +79,7 @@ class StudyContext:
     _costs: dict = field(default_factory=dict, repr=False)  # round_to -> the cost model with that rounding
     latency_cost: LatencyCostModel | None = None  # the per-group latency model, for a study with latency targets
     given: Given | None = None  # the objects a search from Python handed over (None: the study file's names)
+    frozen: dict[str, str] = field(default_factory=dict)  # groups kept whole because pruning them breaks the model
 
     def share_device(self) -> None:
         """Serialise latency measurements with the other workers on this machine (see :mod:`autoprune.metrics.device_lock`)."""
@@ -250,7 +251,7 @@ def _reference(ctx: StudyContext, source: str, trained_here: bool, stream_source
            "latency_dispersion": lat.dispersion, "latency_reliable": lat.reliable, "source": source,
            "trained_here": trained_here, "split": "val", "data": ctx.data.info,
            "groups": {g: {"roots": r, "channels": ctx.layout.channels.get(g, 0)} for g, r in ctx.layout.roots.items()},
-           "device": str(ctx.device), "teacher": stream_source}
+           "device": str(ctx.device), "teacher": stream_source, "frozen": dict(ctx.frozen)}
     if ctx.ratio_highs:
         ref["ratio_highs"] = ctx.ratio_highs
     return ref
@@ -263,10 +264,11 @@ def _loss_name(loss: LossFn | None) -> str:
 
 
 def _data_and_model(study: Study, device: torch.device, given: Given | None = None
-                    ) -> tuple[DataSplits, nn.Module, GroupLayout]:
-    """The data on ``device``, a fresh model (or a copy of the given one) and its group layout, checked prunable:
-    the groups and whether torch-pruning can prune them do not depend on the weights, so this runs before any
-    training or storage write and a model that cannot be pruned costs nothing."""
+                    ) -> tuple[DataSplits, nn.Module, GroupLayout, dict[str, str]]:
+    """The data on ``device``, a fresh model (or a copy of the given one), its group layout and the groups frozen
+    because pruning them breaks the model (with why): the groups and whether torch-pruning can prune them do not
+    depend on the weights, so this runs before any training or storage write and a model that cannot be pruned
+    costs nothing."""
     if given is not None:
         data, model = given.data, copy.deepcopy(given.model)
     else:
@@ -276,8 +278,8 @@ def _data_and_model(study: Study, device: torch.device, given: Given | None = No
         check_model_fits(model, example, data.num_classes, study.config.model.name, source=str(study.path))
     layout = build_layout(model, example, by=study.space.groups.by, named=_named_groups(study),
                           prunable=_prunable(study), ignore=study.space.ignore)
-    check_prunable(model, example, layout, source=str(study.space_path))
-    return data.to(device), model, layout
+    layout, frozen = freeze_unprunable(model, example, layout, source=str(study.space_path))
+    return data.to(device), model, layout, frozen
 
 
 def _registered(study: Study) -> tuple[DataSplits, nn.Module]:
@@ -307,7 +309,9 @@ def prepare(study: Study, device: str | torch.device = "cpu", *, measure_referen
     threads = cfg.measure.threads or int(os.environ.get("AUTOPRUNE_THREADS", "0") or 0)
     if threads:
         torch.set_num_threads(threads)
-    data, model, layout = _data_and_model(study, device, given)
+    data, model, layout, frozen = _data_and_model(study, device, given)
+    for line in frozen.values():
+        log(line)
     if given is not None:
         model, source, trained_here = to_device(model, device).eval(), "the model given to autoprune.search", False
     else:
@@ -325,7 +329,8 @@ def prepare(study: Study, device: str | torch.device = "cpu", *, measure_referen
         stream, stream_source = None, "not prepared: this command runs no trial"
     cost = build_cost_model(model, example, layout, study.space.fixed_round_to) if cfg.targets else None
     ctx = StudyContext(study, device, data, model, layout, example, lat_x, calibration=calib, stream=stream,
-                       droppable=_droppable(study, model, example), ratio_highs=highs, cost=cost, given=given)
+                       droppable=_droppable(study, model, example), ratio_highs=highs, cost=cost, given=given,
+                       frozen=frozen)
     if cfg.targets and cfg.targets.objective == "latency_ms":
         ctx.latency_cost = _latency_model(ctx, log)
     if measure_reference:

@@ -1,7 +1,11 @@
 """The prunability probe: before any training or storage write, prune a copy of the model in every group and run
-it; when that breaks, find the group that breaks it and the layer whose forward fails, and say what to do."""
+it. A group whose pruning breaks the model (torch-pruning cannot apply it, or the pruned copy fails on forward) is
+frozen, kept whole, with the reason; the search runs on the rest. Only when no group is left is it an error, naming
+the group and the layer that break and what to do."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from torch import nn
@@ -22,32 +26,67 @@ def unknown_layers(model: nn.Module) -> list[str]:
             and any(True for _ in m.parameters(recurse=False))]
 
 
-def check_prunable(model: nn.Module, example_inputs: torch.Tensor, layout: GroupLayout, *,
-                   ratio: float = PROBE_RATIO, source: str | None = None) -> None:
-    """Prune a copy of ``model`` at ``ratio`` in every group and run it; raise a one-line AutopruneError naming
-    the group and layer that break, and the fix, when it does not work. The model is left unchanged."""
-    def attempt(ratios: dict[str, float]) -> str | None:
-        try:
-            pruned, _ = prune_with_plan(model, example_inputs, ratios, "l1", layout=layout, check_forward=False)
-        except AutopruneError as exc:
-            return exc.message
-        broken = failing_layer(pruned, example_inputs)
-        return None if broken is None else f"layer {broken[0]!r} fails on forward ({broken[1]})"
+def _attempt(model: nn.Module, example_inputs: torch.Tensor, layout: GroupLayout, ratios: dict[str, float]
+             ) -> str | None:
+    """Why pruning ``model`` at ``ratios`` breaks it (torch-pruning's error, or the layer whose forward fails), or
+    None when the pruned copy runs."""
+    try:
+        pruned, _ = prune_with_plan(model, example_inputs, ratios, "l1", layout=layout, check_forward=False)
+    except AutopruneError as exc:
+        return exc.message
+    broken = failing_layer(pruned, example_inputs)
+    return None if broken is None else f"layer {broken[0]!r} fails on forward ({broken[1]})"
 
-    if attempt({g: ratio for g in layout.names}) is None:
-        return
-    why, culprit = "", layout.names[0]
-    for g in layout.names:  # which group breaks it, alone
-        why = attempt({h: (ratio if h == g else 0.0) for h in layout.names}) or ""
+
+def probe_groups(model: nn.Module, example_inputs: torch.Tensor, layout: GroupLayout, ratio: float = PROBE_RATIO
+                 ) -> dict[str, str]:
+    """The groups to freeze, each with why: all groups pruned at ``ratio`` together first (one attempt when the
+    model prunes); else each group alone, then the groups that work alone added one by one, so that groups that
+    break only together are found too. The model is left unchanged."""
+    if _attempt(model, example_inputs, layout, {g: ratio for g in layout.names}) is None:
+        return {}
+    frozen: dict[str, str] = {}
+    for g in layout.names:
+        why = _attempt(model, example_inputs, layout, {h: (ratio if h == g else 0.0) for h in layout.names})
         if why:
-            culprit = g
-            break
+            frozen[g] = why
+    kept: list[str] = []
+    for g in (g for g in layout.names if g not in frozen):
+        why = _attempt(model, example_inputs, layout, {h: (ratio if h in (*kept, g) else 0.0) for h in layout.names})
+        if why:
+            frozen[g] = f"breaks together with {', '.join(kept[-3:])}: {why}"
+        else:
+            kept.append(g)
+    return frozen
+
+
+def without(layout: GroupLayout, frozen: dict[str, str]) -> GroupLayout:
+    """``layout`` with the ``frozen`` groups kept whole (their roots among the ignored layers)."""
+    return dataclasses.replace(layout, roots={g: r for g, r in layout.roots.items() if g not in frozen},
+                               channels={g: c for g, c in layout.channels.items() if g not in frozen},
+                               ignored=[*layout.ignored, *(r for g in frozen for r in layout.roots.get(g, []))])
+
+
+def frozen_line(layout: GroupLayout, group: str, why: str) -> str:
+    """One line naming a frozen group, its layers and the reason."""
+    roots = ", ".join(layout.roots.get(group, [group])[:3])
+    return f"group {group!r} (layers {roots}) kept whole: pruning it breaks the model: {why}"
+
+
+def freeze_unprunable(model: nn.Module, example_inputs: torch.Tensor, layout: GroupLayout, *,
+                      ratio: float = PROBE_RATIO, source: str | None = None) -> tuple[GroupLayout, dict[str, str]]:
+    """The layout without the groups whose pruning breaks the model, and those groups, each with a line naming its
+    layers and the reason (:func:`probe_groups`). Raises a one-line AutopruneError naming the group, the layer and
+    the fix when every group breaks it."""
+    frozen = probe_groups(model, example_inputs, layout, ratio)
+    if len(frozen) < len(layout.names):
+        return without(layout, frozen), {g: frozen_line(layout, g, why) for g, why in frozen.items()}
+    culprit = layout.names[0]
     unknown = unknown_layers(model)
     layers = f"; torch-pruning has no pruner for {', '.join(unknown[:3])}" if unknown else ""
     roots = ", ".join(layout.roots.get(culprit, [culprit])[:3])
     raise AutopruneError(
-        f"the model cannot be pruned: pruning group {culprit!r} (layers {roots}) at {ratio} breaks it: "
-        f"{why or 'the groups fail only together'}{layers}. Add those layers to 'ignore' in the search space, or "
-        "give the model an autoprune_pruners = {LayerType: torch_pruning BasePruningFunc} attribute "
-        "(torch-pruning customized_pruners)", source=source, field="ignore")
-
+        f"the model cannot be pruned: every group breaks it; pruning group {culprit!r} (layers {roots}) at {ratio}: "
+        f"{frozen[culprit]}{layers}. Add those layers to 'ignore' in the search space, or give the model an "
+        "autoprune_pruners = {LayerType: torch_pruning BasePruningFunc} attribute (torch-pruning "
+        "customized_pruners)", source=source, field="ignore")

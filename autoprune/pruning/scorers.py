@@ -2,7 +2,7 @@
 
 Each scorer declares what it needs before it can score: nothing (weights only), ``gradients`` (a loss
 backward over calibration batches, e.g. Taylor) or ``activations`` (forward passes over calibration batches).
-:func:`autoprune.pruning.structural.prune` prepares those from the calibration batches it is given.
+:func:`autoprune.pruning.one_shot.prune` prepares those from the calibration batches it is given.
 """
 
 from __future__ import annotations

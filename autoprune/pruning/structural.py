@@ -285,43 +285,6 @@ def _check_forward(model: nn.Module, example_inputs: torch.Tensor) -> None:
             "some coupled channels; keep those layers whole with 'ignore' or narrow 'prunable'")
 
 
-def prune(
-    model: nn.Module,
-    example_inputs: torch.Tensor,
-    ratios: float | Mapping[str, float] = 0.3,
-    scorer="l1",
-    *,
-    groups: str = "dependency",
-    named: Mapping[str, Sequence[str]] | None = None,
-    prunable: Sequence[str] | None = None,
-    ignore: Sequence[str] = (),
-    round_to: int | None = None,
-    calibration: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
-) -> nn.Module:
-    """A structurally pruned copy of ``model`` (channels really removed; the output layer kept).
-
-    Args:
-        model: the model to prune (left unchanged).
-        example_inputs: a batch for tracing.
-        ratios: one ratio for every group, or a mapping group name -> ratio (groups not named keep 0).
-        scorer: a registered scorer name (see ``autoprune.pruning.scorers.SCORERS``) or a torch-pruning importance.
-        groups, named, prunable, ignore: how groups are formed (see :func:`build_layout`).
-        round_to: keep channel counts multiples of this.
-        calibration: ``[(x, y), ...]`` batches for scorers that need gradients or activations.
-
-    Example:
-        >>> import torch, autoprune
-        >>> from autoprune.models.factory import QuickstartCNN
-        >>> small = autoprune.prune(QuickstartCNN(), torch.randn(1, 1, 8, 8), ratios=0.5, scorer="l1")
-        >>> small.features[0].out_channels
-        16
-    """
-    layout = build_layout(model, example_inputs, by=groups, named=named, prunable=prunable, ignore=ignore)
-    pruned, _ = prune_with_plan(model, example_inputs, ratios, scorer, layout=layout, round_to=round_to,
-                                calibration=calibration)
-    return pruned
-
-
 def replay(model: nn.Module, example_inputs: torch.Tensor, history: Sequence) -> nn.Module:
     """Apply a recorded ``pruning_history`` to an unpruned model (in place) to rebuild the pruned structure."""
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False,
