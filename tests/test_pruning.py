@@ -299,3 +299,40 @@ def test_ratio_zero_everywhere_returns_an_unpruned_copy_with_empty_history() -> 
     assert pruned is not model
     assert plan.history == []
     assert structure(pruned) == structure(model)
+
+
+def test_a_dependency_graph_that_takes_too_long_is_a_clear_error():
+    import time
+
+    from autoprune.errors import AutopruneError
+    from autoprune.pruning.structural import dependency_graph
+
+    class Slow(torch.nn.Conv2d):
+        def forward(self, x):
+            time.sleep(1.0)
+            return super().forward(x)
+
+    with pytest.raises(AutopruneError, match=r"dependency graph of this model \(1 modules\) took longer than 0.2 s"):
+        dependency_graph(Slow(1, 2, 1), torch.randn(1, 1, 4, 4), seconds=0.2)
+
+
+def test_a_model_caching_derived_tensors_is_copied_and_pruned():
+    class Cached(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)
+            self.head = torch.nn.Linear(8, 4)
+            self.cache = {}
+
+        def forward(self, x):
+            self.cache["scale"] = self.bn.weight.abs() + 1  # derived from a parameter, kept between calls
+            h = torch.relu(self.bn(self.conv(x))) * self.cache["scale"].view(1, -1, 1, 1)
+            return self.head(h.mean((2, 3)))
+
+    model = Cached().eval()
+    x = torch.randn(2, 3, 8, 8)
+    model(x)
+    with pytest.raises(RuntimeError, match="deepcopy protocol"):
+        copy.deepcopy(model)
+    pruned = prune(model, x, ratios=0.5)
+    assert pruned.conv.out_channels == 4 and pruned(x).shape == (2, 4) and "scale" in model.cache

@@ -6,7 +6,6 @@ the study's folder keyed by its config), the group layout, and the base model's 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import hashlib
@@ -33,6 +32,7 @@ from autoprune.metrics.costs import accuracy, count_macs, count_params
 from autoprune.metrics.device_lock import DeviceLock, NoLock
 from autoprune.metrics.latency import Deployed, deploy, paired_latency
 from autoprune.metrics.scoring import Score, score_name
+from autoprune.models.copying import copy_model
 from autoprune.models.factory import create_model, load_checkpoint, resolve_model
 from autoprune.models.fit_check import check_model_fits
 from autoprune.pruning.depth import droppable_blocks
@@ -180,7 +180,7 @@ class StudyContext:
     def fresh_model(self) -> nn.Module:
         """An unpruned model of the study's architecture (a pruned model's history is replayed on it)."""
         if self.given is not None:
-            return copy.deepcopy(self.given.model)
+            return copy_model(self.given.model)
         cfg = self.study.config.model
         return create_model(cfg.name, num_classes=self.data.num_classes, **cfg.kwargs)
 
@@ -270,7 +270,7 @@ def _data_and_model(study: Study, device: torch.device, given: Given | None = No
     depend on the weights, so this runs before any training or storage write and a model that cannot be pruned
     costs nothing."""
     if given is not None:
-        data, model = given.data, copy.deepcopy(given.model)
+        data, model = given.data, copy_model(given.model)
     else:
         data, model = _registered(study)
     example = data.val.example(1).cpu()

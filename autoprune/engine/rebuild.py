@@ -4,7 +4,6 @@ the final retrain both start here."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
@@ -13,6 +12,7 @@ from torch import nn
 from autoprune.engine.context import StudyContext
 from autoprune.engine.record import TrialRecord
 from autoprune.errors import AutopruneError
+from autoprune.models.copying import copy_model
 from autoprune.pruning.depth import drop_blocks
 from autoprune.pruning.structural import prune_with_plan, replay, structure
 
@@ -26,7 +26,7 @@ def trial_blob(record: TrialRecord) -> dict | None:
 
 def base_copy(ctx: StudyContext, record: TrialRecord) -> nn.Module:
     """A copy of the base model without the residual blocks the trial dropped (depth pruning)."""
-    return drop_blocks(copy.deepcopy(ctx.base), list(record.plan.dropped))
+    return drop_blocks(copy_model(ctx.base), list(record.plan.dropped))
 
 
 def rebuild(ctx: StudyContext, record: TrialRecord, trained: bool = False) -> tuple[nn.Module, list, bool]:

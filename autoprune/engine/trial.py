@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 import uuid
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from autoprune.errors import AutopruneError
 from autoprune.metrics.costs import correct, count_macs, count_params
 from autoprune.metrics.latency import deploy, paired_latency
 from autoprune.metrics.mcnemar import encode_hits
+from autoprune.models.copying import copy_model
 from autoprune.pruning.depth import drop_blocks
 from autoprune.pruning.saving import save_pruned
 from autoprune.pruning.structural import PrunePlan, prune_with_plan
@@ -151,7 +151,7 @@ def _resume(ctx: StudyContext, parent: TrialRecord) -> tuple[nn.Module, list, bo
 
 def _prune(ctx: StudyContext, plan: TrialPlan) -> tuple[nn.Module, PrunePlan]:
     """A pruned copy of the base (the plan's dropped blocks replaced by the identity first), trainable."""
-    base = drop_blocks(copy.deepcopy(ctx.base), plan.dropped) if plan.dropped else ctx.base
+    base = drop_blocks(copy_model(ctx.base), plan.dropped) if plan.dropped else ctx.base
     model, pplan = prune_with_plan(base, ctx.example, plan.ratios, plan.scorer, layout=ctx.layout,
                                    round_to=plan.round_to, calibration=ctx.calibration,
                                    inplace=bool(plan.dropped))

@@ -9,7 +9,6 @@ proportional to a power of each group's MACs per parameter), are placed on every
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import optuna
@@ -21,6 +20,7 @@ from autoprune.engine.ask_tell import enqueued_attrs
 from autoprune.engine.context import StudyContext
 from autoprune.engine.storage import StudyAttrs
 from autoprune.metrics.costs import count_params
+from autoprune.models.copying import copy_model
 from autoprune.pruning.graph_hints import after_pruning, pruner_kwargs
 from autoprune.pruning.structural import out_width, prune_with_plan
 
@@ -41,7 +41,7 @@ def snap(value: float, dist: FloatDistribution) -> float:
 def global_prune(ctx: StudyContext, ratio: float) -> nn.Module:
     """A copy of the base pruned by torch-pruning's global pruning (Group-L1 ranked across all of the layout's
     groups at once) at ``ratio``; the layers the layout keeps whole stay whole."""
-    model = copy.deepcopy(ctx.base)
+    model = copy_model(ctx.base)
     modules = dict(model.named_modules())
     ignored = [modules[n] for n in ctx.layout.ignored if n in modules]
     pruner = tp.pruner.MetaPruner(model, ctx.example, importance=tp.importance.GroupMagnitudeImportance(p=1),

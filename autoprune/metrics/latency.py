@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import io
 import math
 import statistics
@@ -37,6 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from autoprune.models.copying import copy_model
 from autoprune.optional import require
 from autoprune.registry import Registry
 
@@ -141,7 +141,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     ``fuse``); a model torch.fx cannot trace is copied unfolded, with a warning."""
     from torch.fx.experimental.optimization import fuse
 
-    model = copy.deepcopy(model).eval()
+    model = copy_model(model).eval()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -8,9 +8,10 @@ The plan torch-pruning applied (``pruning_history()``) is recorded so the exact 
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import math
+import os
+import threading
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
@@ -20,6 +21,7 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import AutopruneError, first_line
+from autoprune.models.copying import copy_model
 from autoprune.pruning.graph_hints import after_pruning, customized_pruners, failing_layer, pruner_kwargs
 from autoprune.pruning.scorers import resolve_scorer
 
@@ -105,6 +107,36 @@ def _group_roots(dg, modules: Mapping[str, nn.Module], ignored: Sequence[str], b
     return roots, channels
 
 
+GRAPH_SECONDS = 600.0  # the longest torch-pruning may take to build a model's dependency graph (AUTOPRUNE_GRAPH_SECONDS)
+
+
+def dependency_graph(model: nn.Module, example_inputs: torch.Tensor, seconds: float | None = None) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph of ``model``, built within ``seconds`` (default ``GRAPH_SECONDS``, or the
+    environment's ``AUTOPRUNE_GRAPH_SECONDS``): a model it cannot trace, or one it takes longer over, is one
+    AutopruneError saying so (the build goes on in a background thread, which is left to finish)."""
+    limit = seconds or float(os.environ.get("AUTOPRUNE_GRAPH_SECONDS") or GRAPH_SECONDS)
+    done: dict[str, object] = {}
+
+    def build() -> None:
+        try:
+            done["graph"] = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False,
+                                                                  customized_pruners=customized_pruners(model))
+        except Exception as exc:  # noqa: BLE001 - reported below, in the caller's thread
+            done["error"] = exc
+
+    worker = threading.Thread(target=build, daemon=True, name="autoprune-dependency-graph")
+    worker.start()
+    worker.join(limit)
+    if worker.is_alive():
+        n = sum(1 for _ in model.modules())
+        raise AutopruneError(f"torch-pruning's dependency graph of this model ({n} modules) took longer than {limit:g} "
+                             "s to build; set AUTOPRUNE_GRAPH_SECONDS to wait longer, or prune part of the model "
+                             "('prunable' in the search space)")
+    if "error" in done:
+        raise AutopruneError(f"torch-pruning cannot trace the model: {first_line(done['error'])}") from None
+    return done["graph"]
+
+
 def build_layout(
     model: nn.Module,
     example_inputs: torch.Tensor,
@@ -132,11 +164,7 @@ def build_layout(
     modules = dict(model.named_modules())
     ignored = _ignored_layers(modules, output_layer, getattr(model, "autoprune_prunable", None)
                               if prunable is None else prunable, ignore)
-    try:
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False,
-                                                   customized_pruners=customized_pruners(model))
-    except Exception as exc:
-        raise AutopruneError(f"torch-pruning cannot trace the model: {first_line(exc)}") from None
+    dg = dependency_graph(model, example_inputs)
     roots, channels = _group_roots(dg, modules, ignored, by, named)
     if not roots:
         raise AutopruneError(
@@ -237,7 +265,7 @@ def prune_with_plan(
     layout = layout or build_layout(model, example_inputs)
     per_group = _expand_ratios(layout, ratios)
     importance, needs, scorer_name = resolve_scorer(scorer)
-    target = model if inplace else copy.deepcopy(model)
+    target = model if inplace else copy_model(model)
     plan = PrunePlan(scorer_name, per_group, round_to)
     if all(r == 0.0 for r in per_group.values()):
         return target, plan
