@@ -40,19 +40,29 @@ def _attempt(model: nn.Module, example_inputs: torch.Tensor, layout: GroupLayout
 
 def probe_groups(model: nn.Module, example_inputs: torch.Tensor, layout: GroupLayout, ratio: float = PROBE_RATIO
                  ) -> dict[str, str]:
-    """The groups to freeze, each with why: all groups pruned at ``ratio`` together first (one attempt when the
-    model prunes); else each group alone, then the groups that work alone added one by one, so that groups that
-    break only together are found too. The model is left unchanged."""
-    if _attempt(model, example_inputs, layout, {g: ratio for g in layout.names}) is None:
-        return {}
-    frozen: dict[str, str] = {}
-    for g in layout.names:
-        why = _attempt(model, example_inputs, layout, {h: (ratio if h == g else 0.0) for h in layout.names})
-        if why:
-            frozen[g] = why
+    """The groups to freeze, each with why. All groups pruned at ``ratio`` together first (one attempt when the
+    model prunes); where that breaks, the groups that break the model alone are found by halving the set (a set
+    that runs clears all its groups), then the rest are tried together and, only if they still break it, added one
+    by one, so that groups that break only together are found too. The model is left unchanged."""
+    def attempt(groups: list[str]) -> str | None:
+        return _attempt(model, example_inputs, layout, {g: (ratio if g in groups else 0.0) for g in layout.names})
+
+    def alone(groups: list[str], why: str | None) -> dict[str, str]:
+        if why is None:
+            return {}
+        if len(groups) == 1:
+            return {groups[0]: why}
+        half = len(groups) // 2
+        a, b = groups[:half], groups[half:]
+        return {**alone(a, attempt(a)), **alone(b, attempt(b))}
+
+    frozen = alone(layout.names, attempt(layout.names))
+    rest = [g for g in layout.names if g not in frozen]
+    if not frozen or not rest or attempt(rest) is None:
+        return frozen
     kept: list[str] = []
-    for g in (g for g in layout.names if g not in frozen):
-        why = _attempt(model, example_inputs, layout, {h: (ratio if h in (*kept, g) else 0.0) for h in layout.names})
+    for g in rest:
+        why = attempt([*kept, g])
         if why:
             frozen[g] = f"breaks together with {', '.join(kept[-3:])}: {why}"
         else:
