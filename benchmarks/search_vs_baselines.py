@@ -284,7 +284,7 @@ def sensitivity_scan(ctx: StudyContext) -> tuple[dict, float]:
 
 def knapsack_placed(ctx: StudyContext, scanned: dict, target: float) -> tuple[float, object]:
     """Sensitivity under a budget (AIMET's greedy selection, ModelOpt's FastNAS): the allocation with the least
-    predicted accuracy drop at ``target`` (search/knapsack.py), its shape then placed within TOLERANCE."""
+    predicted accuracy drop at ``target`` (engine/knapsack.py), its shape then placed within TOLERANCE."""
     ratios = sensitivity_allocation(scanned["scores"], scanned["base"], target, ctx.reduction, ctx.bounds)
     top = max(ratios.values()) or 1.0
     placed = ctx.place({g: max(r / top, 1e-3) for g, r in ratios.items()}, target).ratios
