@@ -10,7 +10,7 @@ before anything is written.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 from torch import nn
@@ -68,7 +68,6 @@ def search(model: nn.Module, example_inputs: torch.Tensor | None = None, *, trai
     """
     from autoprune.engine.backends import BACKENDS, SearchOptions
     from autoprune.engine.context import prepare
-    from autoprune.engine.storage import preflight
 
     if backend not in BACKENDS:
         BACKENDS.get(backend)  # the registry's error, listing the backends
@@ -76,13 +75,30 @@ def search(model: nn.Module, example_inputs: torch.Tensor | None = None, *, trai
                       travels=workers > 1 or backend != "optuna")
     study = build_study(model, given.data, targets=targets, n_trials=n_trials, storage=storage, study_name=study_name,
                         seed=seed, space=space, settings=settings)
-    preflight(study)
-    ctx = prepare(study, device or ("cuda" if torch.cuda.is_available() else "cpu"), given=given)
-    options = SearchOptions(study.config.budget.n_trials, study.config.budget.timeout, None, ctx.device.type, workers,
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    options = SearchOptions(study.config.budget.n_trials, study.config.budget.timeout, None, device, workers,
                             ray_address, cpus_per_trial, gpus_per_trial)
-    with _progress(progress, options.n_trials, ctx.score_name) as (on_trial, log):
-        outcome = BACKENDS.get(backend)(ctx, options, on_trial, log)
+    ctx, outcome = run_study(study, options, backend, lambda s: prepare(s, device, given=given),
+                             lambda ctx: _progress(progress, options.n_trials, ctx.score_name))
     return SearchResult.of(outcome.study, ctx.fresh_model, interrupted=outcome.interrupted, context=ctx)
+
+
+def run_study(study: Study, options: Any, backend: str, prepare: Callable[[Study], Any],
+              monitor: Callable[[Any], ContextManager[tuple[Callable[..., None], Callable[[str], None]]]]
+              ) -> tuple[Any, Any]:
+    """The one way a search runs, from Python and from ``autoprune search``: the study checked against its storage,
+    prepared (``prepare``: data, base model, groups, reference), then the rest of its budget run by ``backend``
+    while ``monitor(ctx)`` yields the ``(on_trial, log)`` callbacks (a progress bar, a table). Returns
+    ``(ctx, outcome)``."""
+    from autoprune.engine.backends import BACKENDS
+    from autoprune.engine.storage import preflight
+
+    preflight(study)
+    ctx = prepare(study)
+    with monitor(ctx) as (on_trial, log):
+        outcome = BACKENDS.get(backend)(ctx, options, on_trial, log)
+        on_trial(outcome.study)  # the end: the monitor shows the final state
+    return ctx, outcome
 
 
 def hand_over(model: nn.Module, example_inputs: torch.Tensor | None, data: tuple[Any, Any, Any],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from typing import Callable
@@ -42,26 +43,35 @@ def _backend_names() -> list[str]:
 def search(study_file, storage, study_name, checkpoint, data_root, sets, n_trials, timeout, device, seed, workers,
            backend, ray_address, cpus_per_trial, gpus_per_trial, worker_index) -> None:
     """Search per-group pruning ratios and scorers; print the Pareto front. Running it again resumes."""
-    from autoprune.cli.display import SearchMonitor, search_progress
-    from autoprune.engine.backends import BACKENDS, SearchOptions
+    from autoprune.api.search import run_study
+    from autoprune.engine.backends import SearchOptions
     from autoprune.engine.storage import preflight
 
     sigterm_as_interrupt()
     study = load_study_from_flags(study_file, checkpoint, data_root, storage, sets, study_name)
-    preflight(study)
     options = SearchOptions(n_trials or study.config.budget.n_trials, timeout or study.config.budget.timeout, seed,
                             device, workers, ray_address, cpus_per_trial, gpus_per_trial,
                             _worker_args(study_file, study_name, checkpoint, data_root, sets, n_trials, timeout,
                                          device, seed))
     if worker_index is not None:  # a worker started by --workers: plain log lines, no table
+        preflight(study)
         _search_worker(study, options, worker_index)
     t0 = time.perf_counter()
-    ctx = _prepare_for_search(study, study_file, device)
-    with search_progress() as bar:
-        monitor = SearchMonitor(bar, options.n_trials, ctx.reference["macs"], study.directions, list(study.config.objectives))
-        outcome = BACKENDS.get(backend)(ctx, options, lambda ost, frozen=None: monitor.refresh(ost), _console_log())
-        monitor.refresh(outcome.study, force=True)
+    ctx, outcome = run_study(study, options, backend, lambda s: _prepare_for_search(s, study_file, device),
+                             lambda ctx: _monitor(ctx, options.n_trials))
     _search_summary(outcome, ctx.reference, options, backend, time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def _monitor(ctx, n_trials: int):
+    """The live table of the search (the front so far, trials, promotions), refreshed as trials end; a call
+    without a trial (the backend's end, a poll of the workers) redraws it at once."""
+    from autoprune.cli.display import SearchMonitor, search_progress
+
+    study = ctx.study
+    with search_progress() as bar:
+        monitor = SearchMonitor(bar, n_trials, ctx.reference["macs"], study.directions, list(study.config.objectives))
+        yield (lambda ost, frozen=None: monitor.refresh(ost, force=frozen is None)), _console_log()
 
 
 def _console_log() -> Callable[[str], None]:
