@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import autoprune
 
 
-def digits(size: int = 16) -> tuple[TensorDataset, TensorDataset]:
+def digits(size: int = 12) -> tuple[TensorDataset, TensorDataset]:
     """The 1,797 digits as 3-channel ``size`` x ``size`` images, normalised, split 80/20 (seeded)."""
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
@@ -43,12 +43,19 @@ def trained_resnet18(train: TensorDataset, epochs: int) -> nn.Module:
     return model.eval()
 
 
+def settings(small: bool) -> dict:
+    """The study's settings beyond the defaults (examples/resume.py resumes with the same)."""
+    if small:
+        return {"recovery": {"steps": 6, "bn_recalibration_batches": 2}, "measure": {"latency_repeats": 3}}
+    return {"recovery": {"steps": 50}, "measure": {"latency_repeats": 5}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="the suite's budget")
     parser.add_argument("--out", default="runs/classifier", help="the study's folder")
     args = parser.parse_args()
-    epochs, trials, steps = (3, 5, 6) if args.small else (8, 30, 50)
+    epochs, trials = (3, 5) if args.small else (8, 30)
     train, val = digits()
     model = trained_resnet18(train, epochs)
     out = Path(args.out)
@@ -56,7 +63,7 @@ def main() -> None:
     torch.save(model.state_dict(), out / "base.pt")  # the unpruned model, for examples/resume.py
     result = autoprune.search(model, train_data=DataLoader(train, batch_size=64), val_data=val, targets=[1.5, 2],
                               n_trials=trials, storage=f"sqlite:///{out / 'study.db'}", study_name="classifier",
-                              workdir=str(out), recovery={"steps": steps}, measure={"latency_repeats": 3})
+                              workdir=str(out), **settings(args.small))
     print(result)
     pick = result.select(knee=True)
     print(f"picked trial {pick.trial}: {pick.reason}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 import torchvision
-from classifier import digits  # the example beside this one
+from classifier import digits, settings  # the example beside this one
 from torch.utils.data import DataLoader
 
 import autoprune
@@ -36,7 +36,7 @@ def main() -> None:
     more = len(stored.study.trials) + (2 if args.small else 10)
     resumed = autoprune.search(model, train_data=DataLoader(train, batch_size=64), val_data=val, targets=[1.5, 2],
                                n_trials=more, storage=storage, study_name="classifier", workdir=str(out),
-                               recovery={"steps": 6 if args.small else 50}, measure={"latency_repeats": 3})
+                               **settings(args.small))
     print(resumed)
 
 

@@ -109,9 +109,10 @@ def main() -> None:
         return class_iou(m, val_loader)
 
     out = Path(args.out)
+    recovery = {"steps": steps, "batch_size": 16, "bn_recalibration_batches": 2 if args.small else 10}
     result = autoprune.search(model, train_data=DataLoader(train_set, batch_size=16), val_data=val_set, score=mean_iou,
                               targets=[1.5, 2], n_trials=trials, storage=f"sqlite:///{out / 'study.db'}",
-                              study_name="segmentation", workdir=str(out), recovery={"steps": steps, "batch_size": 16},
+                              study_name="segmentation", workdir=str(out), recovery=recovery,
                               measure={"latency_repeats": 3})
     print(result)
     pick = result.select(knee=True)
