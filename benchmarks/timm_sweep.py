@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 import traceback
@@ -81,6 +82,21 @@ def sweep_one(name: str, kwargs: dict) -> dict:
     return row
 
 
+def _in_process(name: str, limit: float = 1200.0) -> dict:
+    """:func:`sweep_one` in a child process; a child past ``limit`` (the sweep's own bound, above autoprune's) is a
+    row that says so."""
+    t0 = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        return {"model": name, "status": "silent wait", "reason": f"no answer in {limit:g} s", "seconds": limit}
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode != 0 or not lines:
+        return {"model": name, "status": "raw exception", "reason": done.stderr.strip().splitlines()[-1][:300],
+                "seconds": round(time.perf_counter() - t0, 1)}
+    return json.loads(lines[-1])
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| model | result | groups | frozen | prunable MACs | MACs reduction at 0.3 | s |",
              "|---|---|---:|---:|---:|---:|---:|"]
@@ -97,13 +113,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/timm_sweep.json")
     parser.add_argument("--only", nargs="*", help="these models only")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.one:  # one model, in its own process: a torch-pruning thread left past the time bound dies with it
+        print(json.dumps(sweep_one(args.one, FAMILIES[args.one])))
+        return
     rows = []
-    for name, kwargs in FAMILIES.items():
+    for name in FAMILIES:
         if args.only and name not in args.only:
             continue
-        rows.append(sweep_one(name, kwargs))
+        rows.append(_in_process(name))
         r = rows[-1]
         print(f"{name}: {r['status']} {r.get('reason', '')} ({r['seconds']} s)", flush=True)
     searchable = [r for r in rows if r["status"].startswith("pruned") and r["prunable_macs"] >= 0.2]

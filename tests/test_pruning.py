@@ -305,15 +305,18 @@ def test_a_dependency_graph_that_takes_too_long_is_a_clear_error():
     import time
 
     from autoprune.errors import AutopruneError
-    from autoprune.pruning.structural import dependency_graph
 
-    class Slow(torch.nn.Conv2d):
+    class Slow(torch.nn.Sequential):
         def forward(self, x):
-            time.sleep(1.0)
+            time.sleep(0.5)
             return super().forward(x)
 
-    with pytest.raises(AutopruneError, match=r"dependency graph of this model \(1 modules\) took longer than 0.2 s"):
-        dependency_graph(Slow(1, 2, 1), torch.randn(1, 1, 4, 4), seconds=0.2)
+    said = []
+    model = Slow(torch.nn.Conv2d(1, 4, 1), torch.nn.Conv2d(4, 2, 1))
+    with pytest.raises(AutopruneError, match=r"torch-pruning took longer than 0.3 s over this model \(3 modules\), "
+                                             "tracing it; set AUTOPRUNE_GRAPH_SECONDS"):
+        build_layout(model, torch.randn(1, 1, 4, 4), seconds=0.3, log=said.append)
+    assert build_layout(model, torch.randn(1, 1, 4, 4), seconds=5).names == ["0"]
 
 
 def test_a_model_caching_derived_tensors_is_copied_and_pruned():

@@ -263,8 +263,8 @@ def _loss_name(loss: LossFn | None) -> str:
     return f"{score_name(loss, 'loss')} (your function)"
 
 
-def _data_and_model(study: Study, device: torch.device, given: Given | None = None
-                    ) -> tuple[DataSplits, nn.Module, GroupLayout, dict[str, str]]:
+def _data_and_model(study: Study, device: torch.device, given: Given | None = None,
+                    log: Callable[[str], None] | None = None) -> tuple[DataSplits, nn.Module, GroupLayout, dict[str, str]]:
     """The data on ``device``, a fresh model (or a copy of the given one), its group layout and the groups frozen
     because pruning them breaks the model (with why): the groups and whether torch-pruning can prune them do not
     depend on the weights, so this runs before any training or storage write and a model that cannot be pruned
@@ -277,7 +277,7 @@ def _data_and_model(study: Study, device: torch.device, given: Given | None = No
     if given is None:
         check_model_fits(model, example, data.num_classes, study.config.model.name, source=str(study.path))
     layout = build_layout(model, example, by=study.space.groups.by, named=_named_groups(study),
-                          prunable=_prunable(study), ignore=study.space.ignore)
+                          prunable=_prunable(study), ignore=study.space.ignore, log=log)
     layout, frozen = freeze_unprunable(model, example, layout, source=str(study.space_path))
     return data.to(device), model, layout, frozen
 
@@ -309,7 +309,7 @@ def prepare(study: Study, device: str | torch.device = "cpu", *, measure_referen
     threads = cfg.measure.threads or int(os.environ.get("AUTOPRUNE_THREADS", "0") or 0)
     if threads:
         torch.set_num_threads(threads)
-    data, model, layout, frozen = _data_and_model(study, device, given)
+    data, model, layout, frozen = _data_and_model(study, device, given, log)
     for line in frozen.values():
         log(line)
     if given is not None:

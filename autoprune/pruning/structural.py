@@ -12,8 +12,9 @@ import fnmatch
 import math
 import os
 import threading
+import time
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -81,13 +82,17 @@ def _ignored_layers(modules: Mapping[str, nn.Module], output_layer: str, prunabl
 
 
 def _group_roots(dg, modules: Mapping[str, nn.Module], ignored: Sequence[str], by: str,
-                 named: Mapping[str, Sequence[str]] | None) -> tuple[dict[str, list[str]], dict[str, int]]:
-    """Group name -> the root layers of torch-pruning's dependency groups it holds, and its channel count."""
+                 named: Mapping[str, Sequence[str]] | None, progress: dict | None = None
+                 ) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Group name -> the root layers of torch-pruning's dependency groups it holds, and its channel count
+    (``progress["groups"]`` counts the groups as torch-pruning yields them)."""
     names_of = {m: n for n, m in modules.items()}
     ignored_modules = [x for n in ignored for x in modules[n].modules()]
     roots: dict[str, list[str]] = {}
     channels: dict[str, int] = {}
     for group in dg.get_all_groups(ignored_layers=ignored_modules, root_module_types=list(ROOT_TYPES)):
+        if progress is not None:
+            progress["groups"] += 1
         root = group[0].dep.target.module
         members = [names_of[dep.target.module] for dep, _ in group
                    if dg.is_out_channel_pruning_fn(dep.handler) and dep.target.module in names_of]
@@ -107,34 +112,52 @@ def _group_roots(dg, modules: Mapping[str, nn.Module], ignored: Sequence[str], b
     return roots, channels
 
 
-GRAPH_SECONDS = 600.0  # the longest torch-pruning may take to build a model's dependency graph (AUTOPRUNE_GRAPH_SECONDS)
+GRAPH_SECONDS = 300.0  # the longest torch-pruning may take to build and group a model's dependency graph
+WAIT_NOTE_SECONDS = 15.0  # while it works, a line of progress this often
 
 
-def dependency_graph(model: nn.Module, example_inputs: torch.Tensor, seconds: float | None = None) -> tp.DependencyGraph:
-    """torch-pruning's dependency graph of ``model``, built within ``seconds`` (default ``GRAPH_SECONDS``, or the
-    environment's ``AUTOPRUNE_GRAPH_SECONDS``): a model it cannot trace, or one it takes longer over, is one
-    AutopruneError saying so (the build goes on in a background thread, which is left to finish)."""
+def _within(work: Callable[[dict], Any], model: nn.Module, seconds: float | None,
+            log: Callable[[str], None] | None) -> Any:
+    """``work(progress)`` run in a background thread for at most ``seconds`` (default ``GRAPH_SECONDS``, or the
+    environment's ``AUTOPRUNE_GRAPH_SECONDS``), a line of progress logged every ``WAIT_NOTE_SECONDS``. Past the
+    bound it is one AutopruneError saying so (the thread is left to finish; a command exits with the error). An
+    exception of ``work`` is raised here, in the caller's thread."""
     limit = seconds or float(os.environ.get("AUTOPRUNE_GRAPH_SECONDS") or GRAPH_SECONDS)
-    done: dict[str, object] = {}
+    progress: dict[str, Any] = {"groups": 0}
+    done: dict[str, Any] = {}
 
-    def build() -> None:
+    def run() -> None:
         try:
-            done["graph"] = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False,
-                                                                  customized_pruners=customized_pruners(model))
-        except Exception as exc:  # noqa: BLE001 - reported below, in the caller's thread
+            done["value"] = work(progress)
+        except BaseException as exc:  # noqa: BLE001 - reported below, in the caller's thread
             done["error"] = exc
 
-    worker = threading.Thread(target=build, daemon=True, name="autoprune-dependency-graph")
+    worker = threading.Thread(target=run, daemon=True, name="autoprune-dependency-graph")
+    t0 = time.monotonic()
     worker.start()
-    worker.join(limit)
+    while worker.is_alive() and time.monotonic() - t0 < limit:
+        worker.join(min(WAIT_NOTE_SECONDS, max(0.01, limit - (time.monotonic() - t0))))
+        if worker.is_alive() and log is not None and time.monotonic() - t0 < limit:
+            doing = f"grouping channels, {progress['groups']} groups so far" if "graph" in progress else "tracing"
+            log(f"torch-pruning: {doing} ({time.monotonic() - t0:.0f} s)")
     if worker.is_alive():
         n = sum(1 for _ in model.modules())
-        raise AutopruneError(f"torch-pruning's dependency graph of this model ({n} modules) took longer than {limit:g} "
-                             "s to build; set AUTOPRUNE_GRAPH_SECONDS to wait longer, or prune part of the model "
-                             "('prunable' in the search space)")
+        what = f"grouping its channels ({progress['groups']} groups so far)" if "graph" in progress else "tracing it"
+        raise AutopruneError(f"torch-pruning took longer than {limit:g} s over this model ({n} modules), {what}; set "
+                             "AUTOPRUNE_GRAPH_SECONDS to wait longer, or search part of the model ('prunable' or "
+                             "'ignore' in the search space)")
     if "error" in done:
-        raise AutopruneError(f"torch-pruning cannot trace the model: {first_line(done['error'])}") from None
-    return done["graph"]
+        raise done["error"]
+    return done["value"]
+
+
+def dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph of ``model``; a model it cannot trace is one AutopruneError."""
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False,
+                                                     customized_pruners=customized_pruners(model))
+    except Exception as exc:
+        raise AutopruneError(f"torch-pruning cannot trace the model: {first_line(exc)}") from None
 
 
 def build_layout(
@@ -144,6 +167,8 @@ def build_layout(
     named: Mapping[str, Sequence[str]] | None = None,
     prunable: Sequence[str] | None = None,
     ignore: Sequence[str] = (),
+    seconds: float | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> GroupLayout:
     """Name the pruning groups of ``model``.
 
@@ -156,16 +181,23 @@ def build_layout(
         prunable: module-name patterns of layers whose output channels may be pruned (None: the model's own
             ``autoprune_prunable`` attribute if it has one, else all).
         ignore: module-name patterns never pruned.
+        seconds, log: torch-pruning's tracing and grouping are bounded in time and report progress
+            (:func:`_within`).
 
     Raises:
-        AutopruneError: when nothing is left to prune, naming why.
+        AutopruneError: when nothing is left to prune, naming why; when torch-pruning cannot trace the model, or
+            takes longer than the bound.
     """
     output_layer = find_output_layer(model, example_inputs)
     modules = dict(model.named_modules())
     ignored = _ignored_layers(modules, output_layer, getattr(model, "autoprune_prunable", None)
                               if prunable is None else prunable, ignore)
-    dg = dependency_graph(model, example_inputs)
-    roots, channels = _group_roots(dg, modules, ignored, by, named)
+    def work(progress: dict) -> tuple[dict[str, list[str]], dict[str, int]]:
+        dg = dependency_graph(model, example_inputs)
+        progress["graph"] = True
+        return _group_roots(dg, modules, ignored, by, named, progress)
+
+    roots, channels = _within(work, model, seconds, log)
     if not roots:
         raise AutopruneError(
             "the model has no prunable groups (every conv/linear layer is the output layer, ignored, outside "
