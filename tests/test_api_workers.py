@@ -41,16 +41,27 @@ def test_two_local_worker_processes_run_a_search_from_python(tmp_path, monkeypat
     assert not (tmp_path / "run" / "given-workers.pkl").exists()  # the spec file is removed
 
 
-@pytest.mark.slow
-def test_the_ray_backend_runs_a_search_from_python(tmp_path, monkeypatch):
+def test_a_ray_worker_prepares_a_search_from_python_from_its_spec(tmp_path):
+    """What a Ray worker does with the spec the driver sends (the Ray backend itself is tested in test_ray.py):
+    the objects unpickled and the study prepared from them, the score closure scoring as in the driver."""
     pytest.importorskip("ray", reason="needs ray[tune]")
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    result = _search(tmp_path, backend="ray", workers=2, n_trials=5)
-    complete = [t for t in result.study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 5 and result.front
-    assert all(0 <= c.metrics["agreement"] <= 1 for c in result.front)
+    from autoprune.api.search import build_study, hand_over
+    from autoprune.engine.backends import ray_backend
+    from autoprune.engine.context import prepare
+
+    val = _blobs(48, 1)
+    x_val, y_val = val.tensors
+    given = hand_over(_net(), None, (_blobs(96, 0), val, None),
+                      lambda m: (m(x_val).argmax(1) == y_val).float().mean(), None, None, travels=True)
+    study = build_study(given.model, given.data, targets=[1.5, 2], n_trials=4, storage=None, study_name="ray-spec",
+                        seed=0, space=None, settings={"workdir": str(tmp_path / "run"), **FAST})
+    ctx = prepare(study, "cpu", given=given)
+    spec = ray_backend._worker_spec(ctx, "cpu", 1.0, tmp_path / "run")
+    ray_backend._WORKER_CTX.clear()
+    worker = ray_backend._worker_context(spec)
+    assert worker is not ctx and worker.given is not None and worker.score_name == "score"
+    assert worker.groups == ctx.groups and torch.equal(worker.base[0].weight, ctx.base[0].weight)
+    assert worker.score(worker.base) == ctx.score(ctx.base)  # the score closure travelled with its data
 
 
 def test_a_function_that_cannot_travel_is_an_error_naming_it_before_anything_is_written(tmp_path):
