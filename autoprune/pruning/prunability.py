@@ -29,9 +29,12 @@ def unknown_layers(model: nn.Module) -> list[str]:
 def _attempt(model: nn.Module, example_inputs: torch.Tensor, layout: GroupLayout, ratios: dict[str, float]
              ) -> str | None:
     """Why pruning ``model`` at ``ratios`` breaks it (torch-pruning's error, or the layer whose forward fails), or
-    None when the pruned copy runs."""
+    None when the pruned copy runs. The groups at ratio 0 are left out of torch-pruning's sight altogether (their
+    layers ignored), so a group it cannot handle does not fail the attempt of another."""
+    idle = {g: "" for g, r in ratios.items() if r == 0.0}
     try:
-        pruned, _ = prune_with_plan(model, example_inputs, ratios, "l1", layout=layout, check_forward=False)
+        pruned, _ = prune_with_plan(model, example_inputs, {g: r for g, r in ratios.items() if g not in idle}, "l1",
+                                    layout=without(layout, idle), check_forward=False)
     except AutopruneError as exc:
         return exc.message
     broken = failing_layer(pruned, example_inputs)
