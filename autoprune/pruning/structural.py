@@ -56,11 +56,19 @@ def _match(name: str, patterns: Iterable[str]) -> bool:
 
 def find_output_layer(model: nn.Module, example_inputs: torch.Tensor) -> str:
     """The name of the last conv/linear layer whose output width equals the model's output width."""
-    with torch.no_grad():
-        was_training = model.training
-        model.eval()
-        out = model(example_inputs)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(example_inputs)
+    except Exception as exc:  # noqa: BLE001 - the user's model: any error is a mismatch with the inputs
+        raise AutopruneError(f"the model fails on the example inputs ({list(example_inputs.shape)} "
+                             f"{example_inputs.dtype}): {first_line(exc, 300)}") from None
+    finally:
         model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise AutopruneError(f"the model returns a {type(out).__name__}; expected one tensor of logits (wrap it to "
+                             "return the tensor, as examples/segmentation.py does)")
     out_dim = out.shape[-1] if out.dim() == 2 else out.shape[1]
     candidates = [n for n, m in model.named_modules() if isinstance(m, ROOT_TYPES)
                   and (getattr(m, "out_features", None) or getattr(m, "out_channels", None)) == out_dim]
