@@ -22,6 +22,7 @@ from autoprune.config.study import GIVEN
 from autoprune.data.given import BatchAdapter, given_splits, item_split
 from autoprune.errors import AutopruneError, first_line
 from autoprune.metrics.scoring import Score, score_name
+from autoprune.models.fit_check import model_output
 from autoprune.train.distill import LossFn, kd_loss
 
 RESERVED = ("name", "model", "data", "search_space")  # set from the objects and arguments, not as settings
@@ -157,20 +158,8 @@ def _num_classes(model: nn.Module, val_data: Any, adapter: BatchAdapter | None) 
 
 def _forward(model: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
     """The model's output on ``x`` (eval mode, no gradients); an error naming the data when it does not fit."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(x)
-    except Exception as exc:  # noqa: BLE001 - the user's model: any error is a mismatch to report
-        raise AutopruneError(f"the model fails on a batch of {name} (inputs {list(x.shape)} {x.dtype}): "
-                             f"{first_line(exc, 300)}", field=name) from None
-    finally:
-        model.train(was_training)
-    if not isinstance(out, torch.Tensor):
-        raise AutopruneError(f"the model returns a {type(out).__name__} on a batch of {name}; expected one tensor "
-                             "(logits)", field=name)
-    return out
+    return model_output(model, x, f"the model fails on a batch of {name} (inputs {list(x.shape)} {x.dtype})",
+                        field=name)
 
 
 def check_fits(model: nn.Module, splits: Any, example_inputs: torch.Tensor | None, scorer: Score | None,

@@ -65,6 +65,35 @@ def _check_first_layer(model: nn.Module, example: torch.Tensor, model_name: str,
                              "model.kwargs)", source=source, field="data.name")
 
 
+def model_output(model: nn.Module, x: torch.Tensor, failed: str, advice: str = "", *, source: str | None = None,
+                 field: str | None = None) -> torch.Tensor:
+    """``model(x)`` in eval mode without gradients (every module's mode restored), checked to be one tensor; where
+    the forward raises, one AutopruneError: ``failed``, the error's first line, then ``advice``.
+
+    Example:
+        >>> model_output(nn.Linear(3, 2), torch.zeros(1, 4), "the model fails")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        autoprune.errors.AutopruneError: the model fails: RuntimeError: mat1 and mat2 shapes cannot be multiplied ...
+    """
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except AutopruneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's model or data: any error is theirs
+        raise AutopruneError(f"{failed}: {first_line(exc, 300)}" + (f" {advice}" if advice else ""), source=source,
+                             field=field) from None
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
+    if not isinstance(out, torch.Tensor):
+        raise AutopruneError(f"the model returns a {type(out).__name__}; expected one tensor of logits (wrap it to "
+                             "return the tensor, as examples/segmentation.py does)", source=source, field=field)
+    return out
+
+
 def check_model_fits(model: nn.Module, example: torch.Tensor, num_classes: int, model_name: str,
                      source: str | None = None) -> None:
     """Refuse a model whose first conv / linear layer does not take the data's channels, or whose output is not
@@ -82,16 +111,12 @@ def check_model_fits(model: nn.Module, example: torch.Tensor, num_classes: int, 
     try:
         with torch.no_grad():
             _check_first_layer(model, example, model_name, source)
-            out = model(example)
-    except AutopruneError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the user's model or data: any error is theirs
-        raise AutopruneError(f"the model's forward fails on one image of the data (shape {list(example.shape)}): "
-                             f"{first_line(exc, 200)} (check data.name against model.name / model.kwargs)",
-                             source=source, field="model.name") from None
     finally:
         for m, mode in modes.items():
             m.train(mode)
+    out = model_output(model, example, f"the model's forward fails on one image of the data (shape "
+                       f"{list(example.shape)})", "(check data.name against model.name / model.kwargs)", source=source,
+                       field="model.name")
     outputs = out.shape[-1] if isinstance(out, torch.Tensor) and out.ndim == 2 else None
     if outputs is not None and outputs != num_classes:
         raise AutopruneError(f"the data has {num_classes} classes but the model outputs {outputs} (the model was "

@@ -23,6 +23,7 @@ from torch import nn
 
 from autoprune.errors import AutopruneError, first_line
 from autoprune.models.copying import copy_model
+from autoprune.models.fit_check import model_output
 from autoprune.pruning.graph_hints import after_pruning, customized_pruners, failing_layer, pruner_kwargs
 from autoprune.pruning.scorers import resolve_scorer
 
@@ -56,19 +57,8 @@ def _match(name: str, patterns: Iterable[str]) -> bool:
 
 def find_output_layer(model: nn.Module, example_inputs: torch.Tensor) -> str:
     """The name of the last conv/linear layer whose output width equals the model's output width."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(example_inputs)
-    except Exception as exc:  # noqa: BLE001 - the user's model: any error is a mismatch with the inputs
-        raise AutopruneError(f"the model fails on the example inputs ({list(example_inputs.shape)} "
-                             f"{example_inputs.dtype}): {first_line(exc, 300)}") from None
-    finally:
-        model.train(was_training)
-    if not isinstance(out, torch.Tensor):
-        raise AutopruneError(f"the model returns a {type(out).__name__}; expected one tensor of logits (wrap it to "
-                             "return the tensor, as examples/segmentation.py does)")
+    out = model_output(model, example_inputs, f"the model fails on the example inputs ({list(example_inputs.shape)} "
+                       f"{example_inputs.dtype})")
     out_dim = out.shape[-1] if out.dim() == 2 else out.shape[1]
     candidates = [n for n, m in model.named_modules() if isinstance(m, ROOT_TYPES)
                   and (getattr(m, "out_features", None) or getattr(m, "out_channels", None)) == out_dim]
