@@ -1,0 +1,345 @@
+"""What a `search_vs_baselines.py` run's two searches say beyond its table (issue 24's benchmark v5 diagnostics).
+
+Reads the run's JSON and the studies its ``--workdir`` kept (``bench_<model>_autoprune``, ``bench_<model>_random``)
+and writes one JSON with the sections asked for:
+
+  candidates  every candidate of both searches: target, placed ratios, MACs, its score at every rung reached, warm
+              start or not (kept so that later analyses need neither the study files nor the pruned models)
+  curves      per target, the best rung-0 score so far against the number of rung-0 evaluations, both searches (both
+              score rung 0 on the same 1,000 validation images); with ``--plot`` drawn to a PNG
+  rescore     each search's 5 best candidates per target by rung-0 score, rebuilt, given the same BN re-calibration
+              (checked: the rung-0 score comes back to the digit) and scored on the reporting half of the test split,
+              5,000 images neither search saw: does the rung-0 leader stay ahead, or was it lucky on its subset?
+  oracle      (``--oracle N``) per target, the N best allocations by rung-0 score pooled from both searches, plus every
+              method's pick, each given the run's identical final recovery (the same stream and steps: one pick is
+              recomputed and must give the run's figure to the digit); the oracle is the best on the reporting half
+              (a ceiling: the maximum of noisy figures), and each method's share of the headroom between uniform L1
+              and the oracle
+  longer      (``--longer-epochs E``) every method's pick given E epochs of the same final recovery instead of the
+              run's one (for information: does the ordering survive a longer fine-tune?), paired against random
+              search on the same test images (McNemar)
+
+Usage:
+  python benchmarks/search_followup.py RUN.json --workdir runs/v5/w2 --checkpoint ../shared/weights/cifar10-resnet/resnet20.pt \\
+      --data-root ../shared/datasets/cifar10 --out benchmarks/results/v5_resnet20_seed2_followup.json \\
+      [--oracle 10] [--plot curves.png] [--longer-epochs 5 --methods autoprune random_adaptive_bn uniform_l1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import search_vs_baselines as bench  # noqa: E402
+
+from autoprune.engine.ask_tell import records  # noqa: E402
+from autoprune.engine.context import StudyContext, prepare  # noqa: E402
+from autoprune.engine.rebuild import rebuild  # noqa: E402
+from autoprune.engine.record import TrialRecord, heads  # noqa: E402
+from autoprune.engine.storage import load_optuna_study  # noqa: E402
+from autoprune.metrics.costs import correct  # noqa: E402
+from autoprune.metrics.mcnemar import decode_hits, paired  # noqa: E402
+from autoprune.train.distill import recalibrate_bn  # noqa: E402
+from autoprune.train.teacher_stream import build_stream  # noqa: E402
+
+SEARCHES = ("autoprune", "random_adaptive_bn")
+log = bench.log
+
+
+# ------------------------------------------------------------------------------------------------ pure summaries
+def best_so_far(scores: list[float]) -> list[float]:
+    """The running maximum of ``scores`` in the order they were evaluated.
+
+    >>> best_so_far([0.2, 0.1, 0.5, 0.4])
+    [0.2, 0.2, 0.5, 0.5]
+    """
+    out, best = [], float("-inf")
+    for s in scores:
+        best = max(best, s)
+        out.append(best)
+    return out
+
+
+def headroom_share(method: float, uniform: float, oracle: float) -> float | None:
+    """The share of the gap between uniform pruning and the oracle that ``method`` closes (None when the oracle
+    is not above uniform: no headroom to share).
+
+    >>> headroom_share(0.86, 0.84, 0.87), headroom_share(0.83, 0.84, 0.87), headroom_share(0.9, 0.9, 0.9)
+    (0.6667, -0.3333, None)
+    """
+    gap = oracle - uniform
+    return round((method - uniform) / gap, 4) if gap > 0 else None
+
+
+def pool(candidates: list[dict], target: float, n: int) -> list[dict]:
+    """The ``n`` best distinct allocations at ``target`` by rung-0 score, pooled over the searches (ties: the
+    earlier trial first).
+
+    >>> c = [{"target": 2.0, "rung0": s, "ratios": {"a": r}, "search": m, "number": i}
+    ...      for i, (s, r, m) in enumerate([(0.5, 0.1, "x"), (0.7, 0.2, "y"), (0.7, 0.2, "x"), (0.6, 0.3, "x")])]
+    >>> [(d["search"], d["number"]) for d in pool(c, 2.0, 2)]
+    [('y', 1), ('x', 3)]
+    """
+    seen, out = set(), []
+    for c in sorted((c for c in candidates if c["target"] == target), key=lambda c: (-c["rung0"], c["number"])):
+        key = tuple(sorted((g, round(r, 4)) for g, r in c["ratios"].items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+    return out[:n]
+
+
+# ------------------------------------------------------------------------------------------------ the studies
+def contexts(run: dict, args) -> dict[str, StudyContext]:
+    """Both searches' studies as the run prepared them (its seed, model, data and threads)."""
+    b = run["budget"]
+    ns = SimpleNamespace(seed=b["seed"], model=b["model"], checkpoint=args.checkpoint, data_root=args.data_root,
+                         threads=b["threads"], study=b.get("study") or str(bench.STUDY))
+    torch.set_num_threads(b["threads"])
+    workdir = Path(args.workdir)
+    random_overrides = {"sampler.name": "random", "fidelity.promote_steps": 0, "recovery.steps": 0}
+    out = {}
+    for search, name, extra in (("autoprune", "autoprune", None), ("random_adaptive_bn", "random", random_overrides)):
+        folder = workdir / f"bench_{b['model']}_{name}"
+        if not (folder / "study.db").is_file():
+            sys.exit(f"--workdir {workdir}: no study in {folder}")
+        out[search] = prepare(bench.load(ns, f"bench_{b['model']}_{name}", workdir, extra), b["device"],
+                              measure_reference=False, recovery_stream=False)
+    return out
+
+
+def lineages(ctx: StudyContext) -> list[tuple[TrialRecord, TrialRecord]]:
+    """(first trial, head) of every completed candidate, by trial number: the first holds the rung-0 model's plan
+    and seed, the head every rung's score."""
+    recs = records(load_optuna_study(ctx.study))
+    by_number = {r.number: r for r in recs}
+    out = []
+    for head in heads(recs):
+        if not head.completed or head.plan is None or head.plan.target is None or 0 not in head.fidelity.scores:
+            continue
+        first = head
+        while first.continues is not None:
+            first = by_number[first.continues]
+        out.append((first, head))
+    return sorted(out, key=lambda p: p[0].number)
+
+
+def candidates(ctxs: dict[str, StudyContext]) -> list[dict]:
+    out = []
+    for search, ctx in ctxs.items():
+        for first, head in lineages(ctx):
+            out.append({"search": search, "number": first.number, "head": head.number, "target": head.plan.target,
+                        "warm_start": head.warm_start, "ratios": {g: round(r, 5) for g, r in head.plan.ratios.items()},
+                        "macs": head.metrics.macs, "rung0": head.fidelity.scores[0],
+                        "scores": {str(k): v for k, v in sorted(head.fidelity.scores.items())}})
+    return out
+
+
+def curves(cands: list[dict]) -> dict[str, dict[str, list[float]]]:
+    """Per target and search, the best rung-0 score so far after each rung-0 evaluation (warm starts included:
+    they were evaluated too)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for c in sorted(cands, key=lambda c: c["number"]):
+        out.setdefault(f"{c['target']:g}", {}).setdefault(c["search"], []).append(c["rung0"])
+    return {t: {s: best_so_far(v) for s, v in per.items()} for t, per in out.items()}
+
+
+def rung0_model(ctx: StudyContext, first: TrialRecord):
+    """The candidate as its rung-0 trial scored it: its structure with the base weights, BN re-calibrated with the
+    trial's settings and seed."""
+    model = rebuild(ctx, first)[0].to(ctx.device)
+    rec = first.plan.recovery_settings(ctx.study.config.recovery)
+    torch.manual_seed(first.plan.seed)
+    gen = torch.Generator().manual_seed(first.plan.seed)
+    recalibrate_bn(model, ctx.data.train, rec.bn_recalibration_batches, rec.batch_size, generator=gen)
+    return model.eval()
+
+
+def rescore(ctxs: dict[str, StudyContext], top: int = 5) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for search, ctx in ctxs.items():
+        ranked: dict[float, list] = {}
+        for first, head in lineages(ctx):
+            ranked.setdefault(head.plan.target, []).append((head.fidelity.scores[0], first))
+        for t, v in sorted(ranked.items()):
+            rows = []
+            for score, first in sorted(v, key=lambda p: (-p[0], p[1].number))[:top]:
+                model = rung0_model(ctx, first)
+                again = float(correct(model, ctx.short_val, 500).float().mean())
+                unseen = float(correct(model, ctx.data.test, 500).float().mean())
+                rows.append({"number": first.number, "rung0": score, "rung0_again": round(again, 6),
+                             "unseen": round(unseen, 6)})
+                log(f"rescore {search} @ {t:g}x: trial {first.number} rung 0 {score:.4f} (again {again:.4f}), "
+                    f"unseen {unseen:.4f}")
+            out.setdefault(search, {})[f"{t:g}"] = {
+                "top": rows, "rung0_mean": round(statistics.mean(r["rung0"] for r in rows), 4),
+                "unseen_mean": round(statistics.mean(r["unseen"] for r in rows), 4),
+                "unseen_best": max(r["unseen"] for r in rows), "leader_unseen": rows[0]["unseen"]}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ the oracle
+def oracle(run: dict, ctxs: dict[str, StudyContext], cands: list[dict], n: int) -> dict:
+    ctx = ctxs["autoprune"]
+    b = run["budget"]
+    steps = int(b["final_epochs"] * (50000 // bench.BATCH))
+    stream = build_stream(ctx.base, ctx.data.train, steps, bench.BATCH, True, b["seed"] + 1)
+    picks = {m: {p["target"]: p for p in r["points"]} for m, r in run["methods"].items()}
+    check_pick = picks["autoprune"][bench.TARGETS[-1]]
+    first = {(s, f.number): f for s, c in ctxs.items() for f, _ in lineages(c)}
+    got = bench.final_recovery(ctx, rebuild(ctx, first[("autoprune", check_pick["trial"])])[0], stream, steps, {})
+    log(f"oracle check: autoprune's {bench.TARGETS[-1]:g}x pick recovered again: test {got['accuracy']:.4f}, "
+        f"the run's {check_pick['accuracy']:.4f}")
+    if got["accuracy"] != check_pick["accuracy"]:
+        sys.exit("the final recovery here does not reproduce the run's: another commit, thread count or machine")
+    out: dict = {"pool_size": n, "final_steps": steps, "check": [got["accuracy"], check_pick["accuracy"]],
+                 "targets": {}}
+    for t in bench.TARGETS:
+        picked = {(m, p.get("trial")) for m, per in picks.items() if m in SEARCHES and (p := per.get(t))}
+        rows = []
+        for c in pool(cands, t, n):
+            if (c["search"], c["number"]) in picked or (c["search"], c["head"]) in picked:
+                continue  # a method's pick: its figures are the run's own, below
+            model = rebuild(ctxs[c["search"]], first[(c["search"], c["number"])])[0]
+            r = bench.final_recovery(ctx, model, stream, steps, {})
+            rows.append({"search": c["search"], "number": c["number"], "rung0": c["rung0"],
+                         "test": r["accuracy"], "val": r["val_accuracy"],
+                         "reduction": round(run["base"]["macs"] / r["macs"], 4)})
+            log(f"oracle @ {t:g}x: {c['search']} trial {c['number']} (rung 0 {c['rung0']:.4f}) -> test "
+                f"{r['accuracy']:.4f}, val {r['val_accuracy']:.4f}")
+        for m, per in picks.items():
+            if (p := per.get(t)) is not None and abs(p["macs_reduction"] / t - 1) <= bench.TOLERANCE:
+                rows.append({"search": m, "number": p.get("trial"), "pick": True, "test": p["accuracy"],
+                             "val": p["val_accuracy"], "reduction": p["macs_reduction"]})
+        best = max(rows, key=lambda r: r["test"])
+        by_val = max(rows, key=lambda r: r["val"])
+        uniform = picks["uniform_l1"][t]["accuracy"]
+        out["targets"][f"{t:g}"] = {
+            "rows": rows, "oracle": best["test"], "oracle_from": [best["search"], best["number"]],
+            "val_selected": by_val["test"], "uniform": uniform,
+            "share": {m: headroom_share(p["accuracy"], uniform, best["test"]) for m, per in picks.items()
+                      if (p := per.get(t)) is not None and abs(p["macs_reduction"] / t - 1) <= bench.TOLERANCE}}
+        log(f"oracle @ {t:g}x: {best['test']:.4f} ({best['search']} {best['number']}); shares "
+            + ", ".join(f"{m} {s}" for m, s in out["targets"][f'{t:g}']["share"].items()))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ longer recovery
+def picked_models(run: dict, ctxs: dict[str, StudyContext], methods: list[str]) -> dict[tuple[str, float], object]:
+    """Every method's pick per target as the run recovered it: the searches' picks rebuilt from their studies,
+    the hand-set baselines placed again (checked: each has the run's MACs)."""
+    ctx = ctxs["autoprune"]
+    heads_to_first = {(s, h.number): f for s, c in ctxs.items() for f, h in lineages(c)}
+    hand = bench.baselines(ctx)[0] if set(methods) - set(SEARCHES) else {}
+    out = {}
+    for m in methods:
+        for p in run["methods"][m]["points"]:
+            t = p["target"]
+            model = (rebuild(ctxs[m], heads_to_first[(m, p["trial"])])[0] if m in SEARCHES
+                     else copy.deepcopy(hand[m][t][1]))
+            if (macs := bench.count_macs(model, ctx.example)) != p["macs"]:
+                sys.exit(f"{m} @ {t:g}x rebuilt has {macs:,} MACs, the run's pick {p['macs']:,}")
+            out[(m, t)] = model
+    return out
+
+
+def longer(run: dict, ctxs: dict[str, StudyContext], epochs: float, methods: list[str]) -> dict:
+    ctx = ctxs["autoprune"]
+    steps = int(epochs * (50000 // bench.BATCH))
+    stream = build_stream(ctx.base, ctx.data.train, steps, bench.BATCH, True, run["budget"]["seed"] + 1)
+    found: dict[str, dict] = {}
+    for (m, t), model in picked_models(run, ctxs, methods).items():
+        r = bench.final_recovery(ctx, model, stream, steps, {})
+        r.pop("_model")
+        one = next(p["accuracy"] for p in run["methods"][m]["points"] if p["target"] == t)
+        found.setdefault(m, {})[f"{t:g}"] = {"accuracy": r["accuracy"], "one_epoch": one,
+                                             "val_accuracy": r["val_accuracy"], "test_hits": r["test_hits"],
+                                             "test_images": r["test_images"], "finetune_s": r["finetune_s"]}
+        log(f"longer: {m} @ {t:g}x after {epochs:g} epochs: test {r['accuracy']:.4f} (one epoch {one:.4f})")
+    if "random_adaptive_bn" in found:
+        ref = found["random_adaptive_bn"]
+        for m, per in found.items():
+            for t, row in per.items():
+                if m != "random_adaptive_bn" and t in ref:
+                    row["vs_random"] = paired(decode_hits(row["test_hits"], row["test_images"]),
+                                              decode_hits(ref[t]["test_hits"], ref[t]["test_images"])).to_dict()
+    return {"epochs": epochs, "steps": steps, "methods": found}
+
+
+def plot_curves(found: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from autoprune.files import atomic_write
+
+    targets = sorted(found, key=float)
+    fig, axes = plt.subplots(1, len(targets), figsize=(3.2 * len(targets), 3.4), dpi=120)
+    for ax, t in zip(axes, targets):
+        for i, (search, v) in enumerate(sorted(found[t].items())):
+            ax.plot(range(1, len(v) + 1), [x * 100 for x in v], color=f"C{i}", label=search)
+        ax.set(title=f"@{t}x fewer MACs", xlabel="rung-0 evaluations")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("best rung-0 score so far (%)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path, help="the search_vs_baselines.py JSON")
+    ap.add_argument("--workdir", required=True, help="the run's --workdir (its two studies)")
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--data-root", required=True)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--oracle", type=int, default=0, metavar="N", help="also the oracle over the N best per target "
+                    "(N final recoveries per target, about 90 s each for ResNet-20 on 2 cores)")
+    ap.add_argument("--top", type=int, default=5, help="candidates re-scored per search and target "
+                    "(0: none)")
+    ap.add_argument("--plot", type=Path, help="draw the best-so-far curves to this PNG")
+    ap.add_argument("--longer-epochs", type=float, default=0, metavar="E", help="also every pick given E epochs of "
+                    "final recovery (one recovery per method and target)")
+    ap.add_argument("--methods", nargs="+", default=["autoprune", "random_adaptive_bn", "uniform_l1", "tp_global_l1",
+                    "sensitivity_knapsack"], help="the methods --longer-epochs recovers again")
+    args = ap.parse_args()
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    run = json.loads(args.run.read_text())
+    t0 = time.perf_counter()
+    ctxs = contexts(run, args)
+    cands = candidates(ctxs)
+    out = {"run": args.run.name, "seed": run["budget"]["seed"], "candidates": cands, "curves": curves(cands),
+           "rescore": rescore(ctxs, args.top) if args.top else None}
+    if args.oracle:
+        out["oracle"] = oracle(run, ctxs, cands, args.oracle)
+    if args.longer_epochs:
+        unknown = sorted(set(args.methods) - set(run["methods"]))
+        if unknown:
+            ap.error(f"--methods: {', '.join(unknown)} not in {args.run} (it has {', '.join(run['methods'])})")
+        out["longer"] = longer(run, ctxs, args.longer_epochs, args.methods)
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1))
+    if args.plot:
+        plot_curves(out["curves"], args.plot, f"{run['budget']['model']} seed {run['budget']['seed']}: best rung-0 "
+                    "score so far, same 1,000 validation images")
+    log(f"wrote {args.out} in {out['wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

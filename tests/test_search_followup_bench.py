@@ -1,0 +1,48 @@
+"""benchmarks/search_followup.py's pure parts: the best-so-far curve, the oracle's pool (distinct allocations,
+best rung-0 score first, pooled over both searches) and each method's share of the headroom over uniform."""
+
+from __future__ import annotations
+
+import doctest
+
+import pytest
+
+from tests.conftest import load_benchmark
+
+
+@pytest.fixture(scope="module")
+def follow():
+    return load_benchmark("search_followup")
+
+
+def test_helpers_doctests_pass(follow):
+    assert doctest.testmod(follow).failed == 0
+
+
+def _cand(search, number, target, rung0, a):
+    return {"search": search, "number": number, "head": number, "target": target, "rung0": rung0,
+            "ratios": {"a": a, "b": 0.5}}
+
+
+def test_the_pool_takes_each_targets_best_distinct_allocations_from_both_searches(follow):
+    cands = [_cand("autoprune", 0, 3.0, 0.30, 0.1), _cand("random_adaptive_bn", 1, 3.0, 0.35, 0.2),
+             _cand("random_adaptive_bn", 2, 3.0, 0.35, 0.2),  # the same allocation again: once
+             _cand("autoprune", 3, 2.0, 0.90, 0.3),            # another target: never pooled at 3x
+             _cand("autoprune", 4, 3.0, 0.20, 0.4)]
+    got = [(c["search"], c["number"]) for c in follow.pool(cands, 3.0, 10)]
+    assert got == [("random_adaptive_bn", 1), ("autoprune", 0), ("autoprune", 4)]
+    assert [c["number"] for c in follow.pool(cands, 3.0, 2)] == [1, 0]
+
+
+def test_curves_follow_each_search_and_target_in_trial_order(follow):
+    cands = [_cand("autoprune", 5, 2.0, 0.6, 0.1), _cand("autoprune", 1, 2.0, 0.5, 0.2),
+             _cand("random_adaptive_bn", 2, 2.0, 0.4, 0.3), _cand("autoprune", 3, 3.0, 0.2, 0.4),
+             _cand("autoprune", 4, 2.0, 0.55, 0.5)]
+    assert follow.curves(cands) == {"2": {"autoprune": [0.5, 0.55, 0.6], "random_adaptive_bn": [0.4]},
+                                    "3": {"autoprune": [0.2]}}
+
+
+def test_headroom_share_is_the_fraction_of_the_gap_closed(follow):
+    assert follow.headroom_share(0.855, 0.84, 0.86) == pytest.approx(0.75)
+    assert follow.headroom_share(0.86, 0.84, 0.86) == 1.0
+    assert follow.headroom_share(0.85, 0.86, 0.85) is None  # the oracle below uniform: nothing to share
