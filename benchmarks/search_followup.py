@@ -23,6 +23,8 @@ Usage:
   python benchmarks/search_followup.py RUN.json --workdir runs/v5/w2 --checkpoint ../shared/weights/cifar10-resnet/resnet20.pt \\
       --data-root ../shared/datasets/cifar10 --out benchmarks/results/v5_resnet20_seed2_followup.json \\
       [--oracle 10] [--plot curves.png] [--longer-epochs 5 --methods autoprune random_adaptive_bn uniform_l1]
+  python benchmarks/search_followup.py --aggregate RUN.json FOLLOWUP.json DIAGNOSTICS.json [RUN.json ...] \
+      [--plot curves.png]      (markdown over several seeds; DIAGNOSTICS from allocation_breadth.py --diagnostics)
 """
 
 from __future__ import annotations
@@ -276,6 +278,111 @@ def longer(run: dict, ctxs: dict[str, StudyContext], epochs: float, methods: lis
     return {"epochs": epochs, "steps": steps, "methods": found}
 
 
+# ------------------------------------------------------------------------------------------------ over seeds
+def _mean(values) -> float | None:
+    v = [x for x in values if x is not None]
+    return statistics.mean(v) if v else None
+
+
+def _f(x: float | None, scale: float = 100, digits: int = 2) -> str:
+    return "-" if x is None else f"{x * scale:.{digits}f}"
+
+
+def aggregate(triples: list[tuple[dict, dict, dict]]) -> str:
+    """Markdown tables over seeds, each seed given as (run JSON, follow-up JSON, allocation_breadth diagnostics):
+    the best rung-0 score so far, the top 5 re-scored on unseen images, the oracle's headroom, the spread per
+    phase, the surrogate's and the rungs' rank agreement, and the compute per method and phase (means)."""
+    keys = [f"{t:g}" for t in bench.TARGETS]
+    lines = [f"Seeds {', '.join(str(r['budget']['seed']) for r, _, _ in triples)}; means over them.", "",
+             "Best rung-0 score so far (same 1,000 validation images), % : autoprune after all its rung-0 evaluations"
+             " (n), random search after as many, and after all of its own (n)", "",
+             "| target | autoprune (n) | random at autoprune's n | random, all (n) |", "|---|---:|---:|---:|"]
+    for k in keys:
+        a, r_same, r_all, na, nr = [], [], [], [], []
+        for _, f, _ in triples:
+            ca, cr = f["curves"][k]["autoprune"], f["curves"][k]["random_adaptive_bn"]
+            a.append(ca[-1]), r_same.append(cr[min(len(ca), len(cr)) - 1]), r_all.append(cr[-1])
+            na.append(len(ca)), nr.append(len(cr))
+        lines.append(f"| {k}x | {_f(_mean(a))} ({_mean(na):.0f}) | {_f(_mean(r_same))} | {_f(_mean(r_all))} "
+                     f"({_mean(nr):.0f}) |")
+    lines += ["", "Each search's top 5 by rung-0 score, re-scored after the same BN re-calibration on the 5,000-image"
+              " reporting half neither search saw, %", "",
+              "| target | search | top-5 rung 0 | top-5 unseen | leader unseen | best of 5 unseen |",
+              "|---|---|---:|---:|---:|---:|"]
+    for k in keys:
+        for s in SEARCHES:
+            rows = [f["rescore"][s][k] for _, f, _ in triples if f.get("rescore")]
+            if rows:
+                lines.append(f"| {k}x | {s} | {_f(_mean(r['rung0_mean'] for r in rows))} | "
+                             f"{_f(_mean(r['unseen_mean'] for r in rows))} | "
+                             f"{_f(_mean(r['leader_unseen'] for r in rows))} | "
+                             f"{_f(_mean(r['unseen_best'] for r in rows))} |")
+    with_oracle = [(r, f) for r, f, _ in triples if f.get("oracle")]
+    if with_oracle:
+        lines += ["", f"Oracle ceiling ({len(with_oracle)} seeds: "
+                  f"{', '.join(str(r['budget']['seed']) for r, _ in with_oracle)}): the best after the identical final"
+                  " recovery among the pooled allocations and every pick, test %, and each method's share of the "
+                  "headroom over uniform L1 (of the means; per seed in brackets)", "",
+                  "| target | uniform | oracle | oracle picked on val | autoprune | random | autoprune share | "
+                  "random share |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for k in keys:
+            o = [f["oracle"]["targets"][k] for _, f in with_oracle]
+            ap = [r["methods"]["autoprune"]["acc_at"][k] for r, _ in with_oracle]
+            rn = [r["methods"]["random_adaptive_bn"]["acc_at"][k] for r, _ in with_oracle]
+            u, orc = _mean(x["uniform"] for x in o), _mean(x["oracle"] for x in o)
+            shares = {m: " ".join("-" if x["share"].get(m) is None else f"{x['share'][m]:.2f}" for x in o)
+                      for m in SEARCHES}
+            sa, sr = headroom_share(_mean(ap), u, orc), headroom_share(_mean(rn), u, orc)
+            lines.append(f"| {k}x | {_f(u)} | {_f(orc)} | {_f(_mean(x['val_selected'] for x in o))} | {_f(_mean(ap))} "
+                         f"| {_f(_mean(rn))} | {_f(sa, 1)} ({shares['autoprune']}) | "
+                         f"{_f(sr, 1)} ({shares['random_adaptive_bn']}) |")
+    lines += ["", "autoprune's diagnostics (allocation_breadth.py --diagnostics): median spread (CV of the placed "
+              "ratios) of its warm starts, screen and surrogate phases, random search's median spread, the "
+              "surrogate's held-out Kendall tau, and rung 0 against rung 20 (tau, share of pairs reversed)", "",
+              "| target | warm | screen | surrogate | random | surrogate tau | rung0-rung20 tau | reversed |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for k in keys:
+        ph, rnd, sur, tau, rev = [], [], [], [], []
+        for _, _, d in triples:
+            ap = next(v for f, v in d.items() if f.rstrip("/").endswith("_autoprune"))
+            rd = next(v for f, v in d.items() if f.rstrip("/").endswith("_random"))
+            ph.append(ap["spread_by_phase"].get(k, {})), rnd.append(rd["targets"][k]["median_spread"])
+            sur.append(ap["surrogate_holdout_tau"].get(k))
+            rr = ap["rung0_vs_rung20"].get(k, {})
+            tau.append(rr.get("kendall_tau")), rev.append(rr.get("reversed_pairs"))
+        cells = [_f(_mean(p.get(x) for p in ph), 1) for x in ("warm", "screen", "model")]
+        lines.append(f"| {k}x | " + " | ".join(cells) + f" | {_f(_mean(rnd), 1)} | {_f(_mean(sur), 1)} | "
+                     f"{_f(_mean(tau), 1)} | {_f(_mean(rev), 1)} |")
+    lines += ["", "Compute per method and phase (means; image units: a training image 1, a forward-only image 1/3)",
+              "", "| method | trials | candidates | forward-only units (BN, scoring, latency) | fine-tune images | "
+              "fine-tuned | taken further | trials' own clocks (s) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    ap = [r["autoprune"] for r, _, _ in triples]
+    rn = [r["random_adaptive_bn"] for r, _, _ in triples]
+    lines.append(f"| autoprune | {_mean(a['trials'] for a in ap):.0f} | {_mean(a['candidates'] for a in ap):.0f} | "
+                 f"{_mean(a['units'] - a['cost']['finetune_images'] for a in ap):,.0f} | "
+                 f"{_mean(a['cost']['finetune_images'] for a in ap):,.0f} | "
+                 f"{_mean(a['reached'].get('20', 0) for a in ap):.1f} (rung 20) | "
+                 f"{_mean(a['reached'].get('100', 0) for a in ap):.1f} (rung 100) | "
+                 f"{_mean(a['cost']['time_s']['total'] for a in ap):,.0f} |")
+    lines.append(f"| random_adaptive_bn | {_mean(a['trials'] for a in rn):.0f} | "
+                 f"{_mean(a['candidates'] for a in rn):.0f} | {_mean(a['units'] for a in rn):,.0f} | "
+                 f"{_mean(a['finetune_units'] for a in rn):,.0f} | {_mean(a['top_per_target'] for a in rn) * 3:.0f} "
+                 f"(149 steps) | - | {_mean(a['cost']['time_s']['total'] for a in rn):,.0f} (screen) |")
+    return "\n".join(lines)
+
+
+def plot_mean_curves(followups: list[dict], path: Path, title: str) -> None:
+    """The best-so-far curves averaged over seeds (each cut to the seeds' shortest), one panel per target."""
+    found = {}
+    for k in followups[0]["curves"]:
+        found[k] = {}
+        for s in SEARCHES:
+            curves = [f["curves"][k][s] for f in followups]
+            n = min(len(c) for c in curves)
+            found[k][s] = [statistics.mean(c[i] for c in curves) for i in range(n)]
+    plot_curves(found, path, title)
+
+
 def plot_curves(found: dict, path: Path, title: str) -> None:
     import matplotlib
 
@@ -301,11 +408,13 @@ def plot_curves(found: dict, path: Path, title: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run", type=Path, help="the search_vs_baselines.py JSON")
-    ap.add_argument("--workdir", required=True, help="the run's --workdir (its two studies)")
-    ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--data-root", required=True)
-    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("run", type=Path, nargs="?", help="the search_vs_baselines.py JSON")
+    ap.add_argument("--workdir", help="the run's --workdir (its two studies)")
+    ap.add_argument("--checkpoint")
+    ap.add_argument("--data-root")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--aggregate", nargs="+", type=Path, metavar="JSON", help="only the tables over seeds, from "
+                    "triples: run JSON, its follow-up JSON, its allocation_breadth diagnostics JSON")
     ap.add_argument("--oracle", type=int, default=0, metavar="N", help="also the oracle over the N best per target "
                     "(N final recoveries per target, about 90 s each for ResNet-20 on 2 cores)")
     ap.add_argument("--top", type=int, default=5, help="candidates re-scored per search and target "
@@ -316,6 +425,19 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["autoprune", "random_adaptive_bn", "uniform_l1", "tp_global_l1",
                     "sensitivity_knapsack"], help="the methods --longer-epochs recovers again")
     args = ap.parse_args()
+    if args.aggregate:
+        if len(args.aggregate) % 3:
+            ap.error("--aggregate takes triples: run JSON, follow-up JSON, diagnostics JSON per seed")
+        loaded = [json.loads(p.read_text()) for p in args.aggregate]
+        triples = [tuple(loaded[i:i + 3]) for i in range(0, len(loaded), 3)]
+        print(aggregate(triples))
+        if args.plot:
+            plot_mean_curves([f for _, f, _ in triples], args.plot, f"best rung-0 score so far, mean of "
+                             f"{len(triples)} seeds")
+        return
+    missing = [f"--{n.replace('_', '-')}" for n in ("workdir", "checkpoint", "data_root", "out") if not getattr(args, n)]
+    if args.run is None or missing:
+        ap.error(f"the following arguments are required: {', '.join((['RUN'] if args.run is None else []) + missing)}")
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
