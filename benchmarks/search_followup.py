@@ -1,7 +1,8 @@
 """What a `search_vs_baselines.py` run's two searches say beyond its table (issue 24's benchmark v5 diagnostics).
 
-Reads the run's JSON and the studies its ``--workdir`` kept (``bench_<model>_autoprune``, ``bench_<model>_random``)
-and writes one JSON with the sections asked for:
+Reads the run's JSON and the studies its ``--workdir`` kept (``bench_<model>_autoprune``, ``bench_<model>_random``;
+or the two study databases a run's ``v5_<model>_seed<N>_studies.tar.gz`` keeps, extracted into a new folder: the
+pruned models are then rebuilt from their recorded plans) and writes one JSON with the sections asked for:
 
   candidates  every candidate of both searches: target, placed ratios, MACs, its score at every rung reached, warm
               start or not (kept so that later analyses need neither the study files nor the pruned models)

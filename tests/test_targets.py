@@ -39,6 +39,28 @@ def test_shares_give_a_target_more_turns_spread_over_each_round(write_study):
         load_study(write_study({"targets": {"macs_reduction": [1.5, 3], "shares": [1]}}))
 
 
+def test_promotions_do_not_take_the_places_of_other_targets_new_candidates():
+    """With ``targets.balance``, a continuation keeps its candidate's target and the new candidates still share the
+    targets evenly; by trial number (the default), the 1.5x promotions below take every place of the 3x target."""
+    from optuna.distributions import FloatDistribution
+
+    from autoprune.engine.ask_tell import ask, enqueued_attrs
+
+    dists = {"alloc.g": FloatDistribution(0.05, 1.0)}
+    for balance in (True, False):
+        ost = optuna.create_study()
+        new = []
+        for n in range(30):
+            if n % 3 == 2:  # a promotion of the first 1.5x candidate waits whenever trial n would be 3x's by number
+                ost.enqueue_trial({"alloc.g": 0.5}, user_attrs=enqueued_attrs(1.5, None, continues=0))
+            asked = ask(ost.ask(), dists, [1.5, 2.0, 3.0], seed=0, balance=balance)
+            if asked.continues is None:
+                new.append(asked.target)
+        assert asked.continues == 0 and len(new) == 20
+        counts = [new.count(t) for t in (1.5, 2.0, 3.0)]
+        assert counts in ([7, 7, 6], [7, 6, 7], [6, 7, 7]) if balance else counts == [10, 10, 0]
+
+
 def test_with_targets_the_space_samples_allocations_and_a_target():
     space = SearchSpaceConfig()
     d = distributions(space, ["a", "b"], targets=[1.5, 2.0])

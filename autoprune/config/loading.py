@@ -65,7 +65,8 @@ class Study:
                                                         else None),
             # settings added since (bn_rung, min_distance) count only when set, so older studies keep their fingerprint
             "fidelity": _without_defaults(self.config.fidelity.model_dump(), _ADDED_FIDELITY),
-            **({"targets": self.config.targets.model_dump(exclude_none=True)} if self.config.targets else {}),
+            **({"targets": _without_defaults(self.config.targets.model_dump(exclude_none=True), _ADDED_TARGETS)}
+               if self.config.targets else {}),
         }
 
     def fingerprint(self) -> str:
@@ -81,6 +82,7 @@ class Study:
 # so a study stored before they existed resumes (tests/test_record.py: a legacy study).
 _ADDED_SPACE = {("warm_start", "anchors"): []}
 _ADDED_FIDELITY = {("bn_rung",): False, ("min_distance",): 0.0}
+_ADDED_TARGETS = {("balance",): False}
 
 
 def _without_defaults(dump: dict[str, Any], added: dict[tuple[str, ...], Any]) -> dict[str, Any]:

@@ -174,6 +174,10 @@ class TargetsConfig(_Strict):
     # trials per turn of each target, in increasing order of the targets (None: one each): [1, 1, 2] gives 3x
     # twice the trials of 1.5x and 2x, where the allocation matters most
     shares: list[int] | None = None
+    # True: a new candidate goes to the target whose new candidates fall furthest below its share (promotions do not
+    # count); False: targets in turn by trial number, where a promotion takes the place of the target whose turn it
+    # was (benchmark v5: 26 / 20 / 17 candidates at 1.5x / 2x / 3x). Off until benchmark v6 measures it.
+    balance: bool = False
 
     @field_validator("macs_reduction", "latency_reduction")
     @classmethod

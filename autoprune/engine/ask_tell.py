@@ -21,7 +21,7 @@ from autoprune.engine.allocation_sampler import Placing
 from autoprune.engine.fidelity import due, rung_ladder
 from autoprune.engine.record import Failure, TrialRecord
 from autoprune.engine.samplers import make_sampler
-from autoprune.engine.space import trial_target
+from autoprune.engine.space import balanced_target, trial_target
 from autoprune.engine.storage import records
 
 if TYPE_CHECKING:
@@ -67,10 +67,10 @@ class Asked:
 
 
 def ask(trial: optuna.Trial, dists: dict[str, BaseDistribution], targets: Sequence[float] | None,
-        seed: int) -> Asked:
+        seed: int, balance: bool = False) -> Asked:
     """Everything a running ``trial`` is to do: its parameters (sampled, or an enqueued trial's fixed ones), its
     cost target (stored on the trial as the user attribute ``target``), its seed (``seed`` plus the trial number)
-    and the candidate it continues. Both backends ask here.
+    and the candidate it continues (``balance``: the study's ``targets.balance``). Both backends ask here.
 
     Example:
         >>> ost = optuna.create_study()
@@ -78,7 +78,7 @@ def ask(trial: optuna.Trial, dists: dict[str, BaseDistribution], targets: Sequen
         >>> sorted(asked.params), asked.target, asked.seed, asked.continues
         (['ratio.g', 'target'], 2.0, 10, None)
     """
-    target = _trial_target(trial, targets)  # first: a sampler may read it (the allocation sampler does)
+    target = _trial_target(trial, targets, balance)  # first: a sampler may read it (the allocation sampler does)
     params = _suggest_all(trial, dists)
     if target is not None:
         params["target"] = target
@@ -99,15 +99,34 @@ def _suggest_all(trial: optuna.Trial, dists: dict[str, BaseDistribution]) -> dic
     return dict(trial.params)
 
 
-def _trial_target(trial: optuna.Trial, targets: Sequence[float] | None) -> float | None:
-    """The cost target of ``trial`` (:func:`autoprune.engine.space.trial_target`: a sampler told accuracy and MACs
-    would otherwise crowd the cheapest target), stored on the trial as ``target``."""
+def _trial_target(trial: optuna.Trial, targets: Sequence[float] | None, balance: bool = False) -> float | None:
+    """The cost target of ``trial``, stored on it as the user attribute ``target``: an enqueued trial's own (a warm
+    start, a continuation, a retry), else with ``balance`` the target whose new candidates are furthest below its
+    share (:func:`autoprune.engine.space.balanced_target`), without it the targets in turn by trial number
+    (:func:`autoprune.engine.space.trial_target`): a sampler told accuracy and MACs would otherwise crowd the
+    cheapest target."""
     if not targets:
         return None
-    target = trial_target(trial.number, trial.user_attrs, targets)
-    if trial.user_attrs.get("target") is None:
-        trial.set_user_attr("target", target)
+    given = trial.user_attrs.get("target")
+    if given is not None:
+        return float(given)
+    if balance:
+        target = balanced_target(new_candidates(trial.study.get_trials(deepcopy=False), trial.number), targets)
+    else:
+        target = trial_target(trial.number, trial.user_attrs, targets)
+    trial.set_user_attr("target", target)
     return target
+
+
+def new_candidates(trials: Sequence[optuna.trial.FrozenTrial], asking: int) -> dict[float, int]:
+    """Per cost target, the trials other than ``asking`` that started a candidate there (every state: a failed
+    trial had its turn); continuations and trials not yet labelled with a target are not counted."""
+    counts: dict[float, int] = {}
+    for t in trials:
+        target = t.user_attrs.get("target")
+        if t.number != asking and target is not None and _continued(t) is None:
+            counts[float(target)] = counts.get(float(target), 0) + 1
+    return counts
 
 
 def tell_result(trial: optuna.Trial, record: TrialRecord, study: Study) -> list[float]:

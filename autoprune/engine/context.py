@@ -133,6 +133,12 @@ class StudyContext:
         t = self.study.config.targets
         return t.turns if t else None
 
+    @property
+    def balance(self) -> bool:
+        """Whether new candidates go to the target furthest below its share (``targets.balance``)."""
+        t = self.study.config.targets
+        return bool(t and t.balance)
+
     def distributions(self) -> dict:
         """The Optuna distributions of this study's searchable parameters (see :mod:`autoprune.engine.space`)."""
         return distributions(self.study.space, self.groups, self.droppable, self.ratio_highs, self.targets)

@@ -146,7 +146,7 @@ def _objective(ctx: StudyContext, ost: optuna.Study, n_trials: int, seed: int, t
                 trial.set_user_attr("skipped", "budget reached by other workers")
                 ost.stop()
                 raise optuna.TrialPruned("budget reached by other workers")
-            asked = ask(trial, dists, ctx.turns, seed)
+            asked = ask(trial, dists, ctx.turns, seed, ctx.balance)
             tally.ran += 1
             with interrupts.interruptible():
                 if asked.continues is None:

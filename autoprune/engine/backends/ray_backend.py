@@ -103,6 +103,7 @@ def _searcher_class(Searcher):
                              mode=["max" if d == "maximize" else "min" for d in study.directions])
             self._ost, self._study, self._dists, self._base_seed, self._driver = ost, study, dists, seed, driver
             self._targets = study.config.targets.turns if study.config.targets else None
+            self._balance = bool(study.config.targets and study.config.targets.balance)
             self._asked: dict[str, optuna.Trial] = {}
 
         def suggest(self, trial_id: str) -> dict[str, Any]:
@@ -110,7 +111,7 @@ def _searcher_class(Searcher):
             if trial is None:
                 trial = self._asked[trial_id] = self._ost.ask()
             trial.set_user_attr("driver", self._driver)
-            asked = ask(trial, self._dists, self._targets, self._base_seed)
+            asked = ask(trial, self._dists, self._targets, self._base_seed, self._balance)
             return {**asked.params, "_seed": asked.seed, "_continues": asked.continues}
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
