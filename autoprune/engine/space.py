@@ -38,8 +38,9 @@ Placer = Callable[[Mapping[str, float], float, int | None], Mapping[str, float]]
 def trial_target(number: int, user_attrs: Mapping[str, Any], targets: Sequence[float]) -> float:
     """The cost target of trial ``number``: the one it was given (a warm start or continuation is enqueued with
     its own, and :func:`autoprune.engine.ask_tell.ask` stores every trial's as the user attribute ``target``), else
-    ``targets`` in turn by trial number (the study's ``targets.turns``): the fallback for a trial another worker has
-    just asked for and not yet labelled. :func:`balanced_target` is the rule a new trial's target is chosen by.
+    ``targets`` in turn by trial number (the study's ``targets.turns``): the rule a new trial's target is chosen by
+    unless the study sets ``targets.balance`` (then :func:`balanced_target`), and the fallback for a trial another
+    worker has just asked for and not yet labelled.
 
     >>> trial_target(4, {}, [1.5, 2.0, 3.0]), trial_target(4, {"target": 3}, [1.5, 2.0, 3.0])
     (2.0, 3.0)
