@@ -348,16 +348,24 @@ def extra_kd_rows(ctx: StudyContext, bis: dict, search_used: float, final_steps:
     return rows, spent_by
 
 
+def earlier_run(args, flag: str) -> dict:
+    """The earlier run a ``--*-of`` mode completes: its JSON, refused when it is another model or device; its seed,
+    threads and final epochs become this run's."""
+    path = getattr(args, flag.lstrip("-").replace("-", "_"))
+    old = json.loads(Path(path).read_text())
+    b = old["budget"]
+    if b["model"] != args.model or b["device"] != args.device:
+        sys.exit(f"{flag} {path}: a {b['model']} run on {b['device']}, not {args.model} on {args.device}")
+    args.seed, args.threads, args.final_epochs = b["seed"], b["threads"], b["final_epochs"]
+    torch.set_num_threads(args.threads)
+    return old
+
+
 def extra_kd_of(args) -> None:
     """``--extra-kd-of JSON``: only the ``--extra-kd`` rows for an earlier run (its seed, threads, final epochs and
     the compute its search spent), beside that run's own baselines and search, written to ``--out``."""
-    old = json.loads(Path(args.extra_kd_of).read_text())
+    old = earlier_run(args, "--extra-kd-of")
     b = old["budget"]
-    if b["model"] != args.model or b["device"] != args.device:
-        sys.exit(f"--extra-kd-of {args.extra_kd_of}: a {b['model']} run on {b['device']}, not {args.model} on "
-                 f"{args.device}")
-    args.seed, args.threads, args.final_epochs = b["seed"], b["threads"], b["final_epochs"]
-    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="autoprune-bench-"))
     ctx = prepare(load(args, f"bench_{args.model}_extra_kd", workdir), args.device)
@@ -443,12 +451,7 @@ def run_methods(args, ctx: StudyContext, rctx: StudyContext, budget: float) -> t
             methods[name].append({**final_recovery(ctx, model, stream, final_steps, cache), "target": t,
                                   "ratio": round(ratio, 4)})
         if t in ap:
-            r = ap[t]
-            vs = compare_at(r, uniform_baseline(heads(ap_recs), t)) if r.warm_start != "uniform" else None
-            methods["autoprune"].append({**final_recovery(ctx, rebuild(ctx, r)[0], stream, final_steps, cache),
-                                         "target": t, "trial": r.number, "warm_start": r.warm_start,
-                                         "rung": r.fidelity.steps, "search_val_accuracy": r.metrics.accuracy,
-                                         "ratios": r.plan.ratios, "vs_uniform_on_validation": vs})
+            methods["autoprune"].append(autoprune_point(ctx, ap[t], ap_recs, stream, final_steps, cache))
         if t in eagle:
             r = eagle[t]["record"]
             methods["random_adaptive_bn"].append({**final_recovery(ctx, rebuild(rctx, r)[0], stream, final_steps, cache),
@@ -468,6 +471,59 @@ def run_methods(args, ctx: StudyContext, rctx: StudyContext, budget: float) -> t
                "random_adaptive_bn": {**_study_summary(rnd_recs, rnd_screen, rnd_failed), "finetune_units": rnd_tune,
                                       "top_per_target": args.eagle_top}}
     return methods, {"spent": spent_by, "studies": studies}
+
+
+def autoprune_point(ctx: StudyContext, r: TrialRecord, recs: list[TrialRecord], stream, steps: int,
+                    cache: dict) -> dict:
+    """autoprune's pick at its target after the final recovery, with what the search knew of it."""
+    t = r.plan.target
+    vs = compare_at(r, uniform_baseline(heads(recs), t)) if r.warm_start != "uniform" else None
+    return {**final_recovery(ctx, rebuild(ctx, r)[0], stream, steps, cache), "target": t, "trial": r.number,
+            "warm_start": r.warm_start, "rung": r.fidelity.steps, "search_val_accuracy": r.metrics.accuracy,
+            "ratios": r.plan.ratios, "vs_uniform_on_validation": vs}
+
+
+def autoprune_of(args) -> None:
+    """``--autoprune-of JSON``: only autoprune's search, run with ``--study`` (another configuration of it), for an
+    earlier run's seed, threads, budget and final epochs; the earlier run's other rows are kept and its autoprune
+    row moves to ``autoprune_earlier``. Random search's row was searched with the earlier autoprune's spend, so both
+    spends are written. Refused unless uniform_l1 at the first target, recovered here, gives the earlier run's
+    figures to the digit (the same arithmetic: every final recovery comparable)."""
+    old = earlier_run(args, "--autoprune-of")
+    b = old["budget"]
+    t0 = time.perf_counter()
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="autoprune-bench-"))
+    if workdir.exists() and any(workdir.iterdir()):
+        sys.exit(f"--workdir {workdir} is not empty (one work folder per run)")
+    ctx = prepare(load(args, f"bench_{args.model}_autoprune", workdir), args.device)
+    final_steps = int(args.final_epochs * (50000 // BATCH))
+    stream = build_stream(ctx.base, ctx.data.train, final_steps, BATCH, True, args.seed + 1)
+    cache: dict = {}
+    check = final_recovery(ctx, uniform_placed(ctx, TARGETS[0])[1], stream, final_steps, cache)
+    stored = next(p for p in old["methods"]["uniform_l1"]["points"] if p["target"] == TARGETS[0])
+    if (check["accuracy"], check["val_accuracy"]) != (stored["accuracy"], stored["val_accuracy"]):
+        sys.exit(f"--autoprune-of: uniform_l1 @ {TARGETS[0]:g}x recovered here gives {check['accuracy']:.4f}, the "
+                 f"earlier run {stored['accuracy']:.4f}: another code path or machine, the rows would not compare")
+    log(f"uniform_l1 @ {TARGETS[0]:g}x recovered here = the earlier run's {stored['accuracy']:.4f}")
+    recs, used, failed = search_until(ctx, b["budget_images"], 2, "autoprune")
+    points = [autoprune_point(ctx, r, recs, stream, final_steps, cache) for r in autoprune_picks(ctx).values()]
+    for p in points:
+        log(f"autoprune @ {p['target']:g}x: test {p['accuracy']:.4f} (trial {p['trial']}, {p['warm_start']})")
+    x = torch.randn(BATCH, *ctx.example.shape[1:])
+    for p, lat in zip(points, paired_speedups(ctx.base, [p.pop("_model") for p in points], x)):
+        p.update(lat)
+    out = {**old, "budget": {**b, "autoprune_of": Path(args.autoprune_of).name, "study": str(args.study),
+                             "autoprune_date": time.strftime("%Y-%m-%d")},
+           "methods": {**old["methods"], "autoprune": summarise(points, old["base"]["macs"], used),
+                       "autoprune_earlier": old["methods"]["autoprune"]},
+           "autoprune": _study_summary(recs, used, failed), "autoprune_earlier": old["autoprune"],
+           "spend_vs_random": {"autoprune": round(used), "earlier_autoprune": old["autoprune"]["units"],
+                               "random_adaptive_bn": old["methods"]["random_adaptive_bn"]["compute_images"]},
+           "autoprune_wall_s": round(time.perf_counter() - t0, 1)}
+    out["paired_vs_random"] = paired_against(out["methods"])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2, default=str))
+    table(out)
 
 
 def _study_summary(recs: list[TrialRecord], used: float, failed: int) -> dict:
@@ -501,6 +557,8 @@ def main() -> None:
                     "threads, final epochs and search compute), with its other rows, to --out")
     ap.add_argument("--knapsack-of", metavar="JSON", help="only the sensitivity_knapsack rows for this earlier run "
                     "(its seed, threads and final epochs), added to its rows in --out")
+    ap.add_argument("--autoprune-of", metavar="JSON", help="only autoprune's search, with --study, for this earlier "
+                    "run (its seed, threads, budget and final epochs), beside its other rows, to --out")
     ap.add_argument("--aggregate", nargs="+", metavar="JSON", help="only print the mean and spread of saved runs "
                     "(with --plot: draw them, every seed and the mean with its standard deviation, per target)")
     args = ap.parse_args()
@@ -516,6 +574,10 @@ def main() -> None:
     if args.knapsack_of:
         require("checkpoint", "data_root", "out")
         knapsack_of(args)
+        return
+    if args.autoprune_of:
+        require("checkpoint", "data_root", "out")
+        autoprune_of(args)
         return
     if args.aggregate:
         print(aggregate(args.aggregate))
