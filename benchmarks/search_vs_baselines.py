@@ -63,7 +63,7 @@ from autoprune.engine.knapsack import sensitivity_allocation  # noqa: E402
 from autoprune.engine.rebuild import rebuild  # noqa: E402
 from autoprune.engine.record import TrialRecord, heads  # noqa: E402
 from autoprune.engine.sensitivity import scan  # noqa: E402
-from autoprune.engine.storage import front, get_record  # noqa: E402
+from autoprune.engine.storage import front, get_record, load_optuna_study  # noqa: E402
 from autoprune.engine.warm_start import global_at, global_prune  # noqa: E402
 from autoprune.metrics.costs import accuracy, correct, count_macs  # noqa: E402
 from autoprune.metrics.latency import paired_latency  # noqa: E402
@@ -78,6 +78,7 @@ TARGETS = (1.5, 2.0, 3.0)
 BATCH = 128
 FORWARD = 1 / 3  # a forward-only image, in training images
 STUDY = ROOT / "studies" / "cifar10_resnet20_targets.yaml"
+RANDOM_OVERRIDES = {"sampler.name": "random", "fidelity.promote_steps": 0, "recovery.steps": 0}  # its BN-only screen
 
 
 def log(msg: str) -> None:
@@ -483,6 +484,38 @@ def autoprune_point(ctx: StudyContext, r: TrialRecord, recs: list[TrialRecord], 
             "ratios": r.plan.ratios, "vs_uniform_on_validation": vs}
 
 
+def recover_again(args, ctx: StudyContext, old: dict, stream, steps: int, cache: dict) -> dict[str, list[dict]]:
+    """The earlier run's random-search and autoprune picks (rebuilt from its studies in ``--earlier-studies``) and
+    uniform L1, given the final recovery again on this code, so that every row compared was recovered alike (the
+    other baselines, far behind, are left in ``earlier_methods``). Each rebuilt pick must have the earlier MACs."""
+    folder = Path(args.earlier_studies)
+    out: dict[str, list[dict]] = {"uniform_l1": []}
+    for t in TARGETS:
+        ratio, model = uniform_placed(ctx, t)
+        out["uniform_l1"].append({**final_recovery(ctx, model, stream, steps, cache), "target": t,
+                                  "ratio": round(ratio, 4)})
+    for method, name, extra in (("random_adaptive_bn", "random", RANDOM_OVERRIDES), ("autoprune", "autoprune", None)):
+        if not (folder / f"bench_{args.model}_{name}" / "study.db").is_file():
+            sys.exit(f"--earlier-studies {folder}: no bench_{args.model}_{name}/study.db")
+        earlier = copy.copy(args)
+        earlier.study = str(STUDY)  # the shipped study the earlier run searched with
+        ectx = prepare(load(earlier, f"bench_{args.model}_{name}", folder, extra), args.device,
+                       measure_reference=False, recovery_stream=False)
+        ost = load_optuna_study(ectx.study)
+        key = method if method != "autoprune" else "autoprune_earlier"
+        out[key] = []
+        for p in old["methods"][method]["points"]:
+            model = rebuild(ectx, get_record(ost, p["trial"]))[0]
+            if count_macs(model, ctx.example) != p["macs"]:
+                sys.exit(f"{method} @ {p['target']:g}x rebuilt has other MACs than the earlier run's pick")
+            keep = {k: p[k] for k in ("trial", "ratios", "warm_start") if k in p}
+            out[key].append({**final_recovery(ctx, model, stream, steps, cache), "target": p["target"], **keep,
+                             "earlier_accuracy": p["accuracy"]})
+    for m, pts in out.items():
+        log(f"{m} recovered again: " + ", ".join(f"{p['target']:g}x {p['accuracy']:.4f}" for p in pts))
+    return out
+
+
 def autoprune_of(args) -> None:
     """``--autoprune-of JSON``: only autoprune's search, run with ``--study`` (another configuration of it), for an
     earlier run's seed, threads, budget and final epochs; the earlier run's other rows are kept and its autoprune
@@ -501,21 +534,30 @@ def autoprune_of(args) -> None:
     cache: dict = {}
     check = final_recovery(ctx, uniform_placed(ctx, TARGETS[0])[1], stream, final_steps, cache)
     stored = next(p for p in old["methods"]["uniform_l1"]["points"] if p["target"] == TARGETS[0])
-    if (check["accuracy"], check["val_accuracy"]) != (stored["accuracy"], stored["val_accuracy"]):
+    same = (check["accuracy"], check["val_accuracy"]) == (stored["accuracy"], stored["val_accuracy"])
+    log(f"uniform_l1 @ {TARGETS[0]:g}x recovered here: {check['accuracy']:.4f}, the earlier run "
+        f"{stored['accuracy']:.4f}")
+    if not same and not args.earlier_studies:
         sys.exit(f"--autoprune-of: uniform_l1 @ {TARGETS[0]:g}x recovered here gives {check['accuracy']:.4f}, the "
-                 f"earlier run {stored['accuracy']:.4f}: another code path or machine, the rows would not compare")
-    log(f"uniform_l1 @ {TARGETS[0]:g}x recovered here = the earlier run's {stored['accuracy']:.4f}")
+                 f"earlier run {stored['accuracy']:.4f}: another code path or machine, the rows would not compare "
+                 f"(give --earlier-studies, the earlier run's two studies, to recover its picks again here)")
+    again = {} if same else recover_again(args, ctx, old, stream, final_steps, cache)
     recs, used, failed = search_until(ctx, b["budget_images"], 2, "autoprune")
     points = [autoprune_point(ctx, r, recs, stream, final_steps, cache) for r in autoprune_picks(ctx).values()]
     for p in points:
         log(f"autoprune @ {p['target']:g}x: test {p['accuracy']:.4f} (trial {p['trial']}, {p['warm_start']})")
     x = torch.randn(BATCH, *ctx.example.shape[1:])
-    for p, lat in zip(points, paired_speedups(ctx.base, [p.pop("_model") for p in points], x)):
+    timed = points + [p for pts in again.values() for p in pts]
+    for p, lat in zip(timed, paired_speedups(ctx.base, [p.pop("_model") for p in timed], x)):
         p.update(lat)
+    compute = {m: r["compute_images"] for m, r in old["methods"].items()}
+    kept = {m: r for m, r in old["methods"].items() if m != "autoprune"}
+    methods = ({**kept, "autoprune_earlier": old["methods"]["autoprune"]} if same else
+               {m: summarise(pts, old["base"]["macs"], compute[m.removesuffix("_earlier")]) for m, pts in again.items()})
     out = {**old, "budget": {**b, "autoprune_of": Path(args.autoprune_of).name, "study": str(args.study),
-                             "autoprune_date": time.strftime("%Y-%m-%d")},
-           "methods": {**old["methods"], "autoprune": summarise(points, old["base"]["macs"], used),
-                       "autoprune_earlier": old["methods"]["autoprune"]},
+                             "autoprune_date": time.strftime("%Y-%m-%d"), "recovered_again": not same},
+           "methods": {"autoprune": summarise(points, old["base"]["macs"], used), **methods},
+           **({} if same else {"earlier_methods": old["methods"]}),
            "autoprune": _study_summary(recs, used, failed), "autoprune_earlier": old["autoprune"],
            "spend_vs_random": {"autoprune": round(used), "earlier_autoprune": old["autoprune"]["units"],
                                "random_adaptive_bn": old["methods"]["random_adaptive_bn"]["compute_images"]},
@@ -559,6 +601,8 @@ def main() -> None:
                     "(its seed, threads and final epochs), added to its rows in --out")
     ap.add_argument("--autoprune-of", metavar="JSON", help="only autoprune's search, with --study, for this earlier "
                     "run (its seed, threads, budget and final epochs), beside its other rows, to --out")
+    ap.add_argument("--earlier-studies", metavar="DIR", help="with --autoprune-of: the earlier run's two studies "
+                    "(its --workdir, or its studies archive extracted), to recover its picks again on this code")
     ap.add_argument("--aggregate", nargs="+", metavar="JSON", help="only print the mean and spread of saved runs "
                     "(with --plot: draw them, every seed and the mean with its standard deviation, per target)")
     args = ap.parse_args()
@@ -591,8 +635,7 @@ def main() -> None:
     if workdir.exists() and any(workdir.iterdir()):
         ap.error(f"--workdir {workdir} is not empty (one work folder per run)")
     ctx = prepare(load(args, f"bench_{args.model}_autoprune", workdir), args.device)
-    rctx = prepare(load(args, f"bench_{args.model}_random", workdir, {
-        "sampler.name": "random", "fidelity.promote_steps": 0, "recovery.steps": 0}), args.device)
+    rctx = prepare(load(args, f"bench_{args.model}_random", workdir, RANDOM_OVERRIDES), args.device)
     budget = args.budget_epochs * 50000
     base = ctx.reference
     log(f"base: val {base['accuracy']:.4f}, MACs {base['macs']:,}; budget {budget:,.0f} image units")
@@ -636,7 +679,7 @@ def aggregate(paths: list[str]) -> str:
     accuracy at each target, of the hypervolume within the targets and of the compute spent, and the mean gap
     to the best baseline at each target, per run (+: above it)."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
-    methods = list(runs[0]["methods"])
+    methods = list(dict.fromkeys(m for r in runs for m in r["methods"]))  # a method some runs lack: n= shows it
     keys = [f"{t:g}" for t in TARGETS]
 
     def ms(values: list) -> str:
@@ -655,9 +698,10 @@ def aggregate(paths: list[str]) -> str:
     lines = ["| method | " + " | ".join(f"@{k}x (%)" for k in keys) + " | HV<=3x | compute (image units) |",
              "|---|" + "---:|" * (len(keys) + 2)]
     for m in methods:
-        accs = [ms([_pct(r["methods"][m]["acc_at"][k]) for r in runs]) for k in keys]
-        hv = ms([r["methods"][m]["hypervolume_within_targets"] * 100 for r in runs])
-        comp = statistics.mean(r["methods"][m]["compute_images"] for r in runs)
+        rows = [r["methods"].get(m) for r in runs]
+        accs = [ms([_pct(x["acc_at"][k]) if x else None for x in rows]) for k in keys]
+        hv = ms([x["hypervolume_within_targets"] * 100 if x else None for x in rows])
+        comp = statistics.mean(x["compute_images"] for x in rows if x)
         lines.append(f"| {m} | " + " | ".join(accs) + f" | {hv} (x100) | {comp:,.0f} |")
     gaps = []
     for k in keys:
@@ -704,11 +748,11 @@ def plot_aggregate(runs: list[dict], path: Path) -> None:
 
     from autoprune.files import atomic_write
 
-    methods = list(runs[0]["methods"])
+    methods = list(dict.fromkeys(m for r in runs for m in r["methods"]))  # a method some runs lack: n= shows it
     fig, axes = plt.subplots(1, len(TARGETS), figsize=(3.0 * len(TARGETS), 3.6), dpi=120)
     for ax, t in zip(axes, TARGETS):
         for i, m in enumerate(methods):
-            v = [r["methods"][m]["acc_at"][f"{t:g}"] for r in runs]
+            v = [r["methods"][m]["acc_at"][f"{t:g}"] for r in runs if m in r["methods"]]
             v = [a * 100 for a in v if a is not None]
             if not v:
                 continue

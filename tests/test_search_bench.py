@@ -33,7 +33,7 @@ def _old_run(uniform_acc: float) -> dict:
             "methods": {"autoprune": row(0.8), "uniform_l1": row(uniform_acc), "random_adaptive_bn": row(0.85)}}
 
 
-def _autoprune_of(tmp_path, monkeypatch, uniform_acc: float) -> dict:
+def _autoprune_of(tmp_path, monkeypatch, uniform_acc: float, earlier_studies: str | None = None) -> dict:
     import json
     from types import SimpleNamespace
 
@@ -57,7 +57,7 @@ def _autoprune_of(tmp_path, monkeypatch, uniform_acc: float) -> dict:
     monkeypatch.setattr(bench, "_study_summary", lambda recs, used, failed: {"units": round(used)})
     args = SimpleNamespace(autoprune_of=str(old), model="resnet20", device="cpu", seed=0, threads=1,
                            final_epochs=5.0, workdir=str(tmp_path / "w"), study="v6.yaml",
-                           out=str(tmp_path / "new.json"))
+                           out=str(tmp_path / "new.json"), earlier_studies=earlier_studies)
     bench.autoprune_of(args)
     return {**json.loads((tmp_path / "new.json").read_text()), "_seen": seen}
 
@@ -75,6 +75,18 @@ def test_autoprune_of_reruns_only_autoprune_with_the_earlier_runs_settings_and_k
 def test_autoprune_of_refuses_when_the_baseline_recovered_here_differs_from_the_earlier_runs(tmp_path, monkeypatch):
     import pytest
 
-    with pytest.raises(SystemExit, match="another code path or machine"):
+    with pytest.raises(SystemExit, match="another code path or machine.*--earlier-studies"):
         _autoprune_of(tmp_path, monkeypatch, uniform_acc=0.8999)
     assert not (tmp_path / "new.json").exists()
+
+
+def test_autoprune_of_recovers_the_earlier_picks_again_when_this_code_recovers_differently(tmp_path, monkeypatch):
+    again = {"uniform_l1": [{"target": 3.0, "accuracy": 0.84, "macs": 33.4, "_model": None}],
+             "random_adaptive_bn": [{"target": 3.0, "accuracy": 0.86, "macs": 33.4, "_model": None}],
+             "autoprune_earlier": [{"target": 3.0, "accuracy": 0.84, "macs": 33.4, "_model": None}]}
+    monkeypatch.setattr(bench, "recover_again", lambda *a: again)
+    out = _autoprune_of(tmp_path, monkeypatch, uniform_acc=0.8999, earlier_studies=str(tmp_path))
+    assert set(out["methods"]) == {"autoprune", "uniform_l1", "random_adaptive_bn", "autoprune_earlier"}
+    assert out["methods"]["random_adaptive_bn"]["acc_at"]["3"] == 0.86  # recovered here, not the earlier 0.85
+    assert out["methods"]["random_adaptive_bn"]["compute_images"] == 1000  # what its search spent, kept
+    assert out["earlier_methods"]["random_adaptive_bn"]["acc_at"]["3"] == 0.85 and out["budget"]["recovered_again"]
