@@ -80,12 +80,12 @@ def test_autoprune_of_refuses_when_the_baseline_recovered_here_differs_from_the_
     assert not (tmp_path / "new.json").exists()
 
 
-def test_autoprune_of_recovers_the_earlier_picks_again_when_this_code_recovers_differently(tmp_path, monkeypatch):
+def test_autoprune_of_recovers_the_earlier_picks_again_here_when_given_their_studies(tmp_path, monkeypatch):
     again = {"uniform_l1": [{"target": 3.0, "accuracy": 0.84, "macs": 33.4, "_model": None}],
              "random_adaptive_bn": [{"target": 3.0, "accuracy": 0.86, "macs": 33.4, "_model": None}],
              "autoprune_earlier": [{"target": 3.0, "accuracy": 0.84, "macs": 33.4, "_model": None}]}
     monkeypatch.setattr(bench, "recover_again", lambda *a: again)
-    out = _autoprune_of(tmp_path, monkeypatch, uniform_acc=0.8999, earlier_studies=str(tmp_path))
+    out = _autoprune_of(tmp_path, monkeypatch, uniform_acc=0.9, earlier_studies=str(tmp_path))  # even where one matches
     assert set(out["methods"]) == {"autoprune", "uniform_l1", "random_adaptive_bn", "autoprune_earlier"}
     assert out["methods"]["random_adaptive_bn"]["acc_at"]["3"] == 0.86  # recovered here, not the earlier 0.85
     assert out["methods"]["random_adaptive_bn"]["compute_images"] == 1000  # what its search spent, kept
