@@ -542,7 +542,7 @@ def autoprune_of(args) -> None:
         sys.exit(f"--autoprune-of: uniform_l1 @ {TARGETS[0]:g}x recovered here gives {check['accuracy']:.4f}, the "
                  f"earlier run {stored['accuracy']:.4f}: another code path or machine, the rows would not compare "
                  f"(give --earlier-studies, the earlier run's two studies, to recover its picks again here)")
-    # one model recovered alike does not show that every other one is (seeds 2-4 of benchmark v6: 5 of 18 models
+    # one model recovered alike does not show that every other one is (benchmark v6, seeds 2 and 3: 5 of 18 models
     # came out the same on two commits, the rest up to 0.36 points apart): given the studies, recover them all here
     same = same and not args.earlier_studies
     again = {} if same else recover_again(args, ctx, old, stream, final_steps, cache)
