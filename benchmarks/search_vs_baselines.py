@@ -495,8 +495,6 @@ def recover_again(args, ctx: StudyContext, old: dict, stream, steps: int, cache:
         out["uniform_l1"].append({**final_recovery(ctx, model, stream, steps, cache), "target": t,
                                   "ratio": round(ratio, 4)})
     for method, name, extra in (("random_adaptive_bn", "random", RANDOM_OVERRIDES), ("autoprune", "autoprune", None)):
-        if not (folder / f"bench_{args.model}_{name}" / "study.db").is_file():
-            sys.exit(f"--earlier-studies {folder}: no bench_{args.model}_{name}/study.db")
         earlier = copy.copy(args)
         earlier.study = str(STUDY)  # the shipped study the earlier run searched with
         ectx = prepare(load(earlier, f"bench_{args.model}_{name}", folder, extra), args.device,
@@ -525,6 +523,10 @@ def autoprune_of(args) -> None:
     gives the earlier run's figures to the digit."""
     old = earlier_run(args, "--autoprune-of")
     b = old["budget"]
+    missing = [n for n in ("random", "autoprune") if args.earlier_studies
+               and not (Path(args.earlier_studies) / f"bench_{args.model}_{n}" / "study.db").is_file()]
+    if missing:  # before minutes of preparation and recovery, not after
+        sys.exit(f"--earlier-studies {args.earlier_studies}: no bench_{args.model}_{missing[0]}/study.db")
     t0 = time.perf_counter()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="autoprune-bench-"))
     if workdir.exists() and any(workdir.iterdir()):

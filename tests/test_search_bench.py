@@ -85,8 +85,18 @@ def test_autoprune_of_recovers_the_earlier_picks_again_here_when_given_their_stu
              "random_adaptive_bn": [{"target": 3.0, "accuracy": 0.86, "macs": 33.4, "_model": None}],
              "autoprune_earlier": [{"target": 3.0, "accuracy": 0.84, "macs": 33.4, "_model": None}]}
     monkeypatch.setattr(bench, "recover_again", lambda *a: again)
+    for name in ("random", "autoprune"):  # the earlier run's two studies, as its workdir keeps them
+        (tmp_path / f"bench_resnet20_{name}").mkdir()
+        (tmp_path / f"bench_resnet20_{name}" / "study.db").touch()
     out = _autoprune_of(tmp_path, monkeypatch, uniform_acc=0.9, earlier_studies=str(tmp_path))  # even where one matches
     assert set(out["methods"]) == {"autoprune", "uniform_l1", "random_adaptive_bn", "autoprune_earlier"}
     assert out["methods"]["random_adaptive_bn"]["acc_at"]["3"] == 0.86  # recovered here, not the earlier 0.85
     assert out["methods"]["random_adaptive_bn"]["compute_images"] == 1000  # what its search spent, kept
     assert out["earlier_methods"]["random_adaptive_bn"]["acc_at"]["3"] == 0.85 and out["budget"]["recovered_again"]
+
+
+def test_autoprune_of_refuses_earlier_studies_without_both_studies_before_any_work(tmp_path, monkeypatch):
+    import pytest
+
+    with pytest.raises(SystemExit, match="no bench_resnet20_random/study.db"):
+        _autoprune_of(tmp_path, monkeypatch, uniform_acc=0.9, earlier_studies=str(tmp_path / "missing"))
