@@ -110,15 +110,20 @@ def contexts(run: dict, args) -> dict[str, StudyContext]:
                          threads=b["threads"], study=b.get("study") or str(bench.STUDY))
     torch.set_num_threads(b["threads"])
     workdir = Path(args.workdir)
-    random_overrides = {"sampler.name": "random", "fidelity.promote_steps": 0, "recovery.steps": 0}
-    out = {}
-    for search, name, extra in (("autoprune", "autoprune", None), ("random_adaptive_bn", "random", random_overrides)):
-        folder = workdir / f"bench_{b['model']}_{name}"
-        if not (folder / "study.db").is_file():
-            sys.exit(f"--workdir {workdir}: no study in {folder}")
-        out[search] = prepare(bench.load(ns, f"bench_{b['model']}_{name}", workdir, extra), b["device"],
-                              measure_reference=False, recovery_stream=False)
-    return out
+    studies = [("autoprune", workdir, "autoprune", None, ns),
+               ("random_adaptive_bn", workdir, "random", bench.RANDOM_OVERRIDES, ns)]
+    if "autoprune_earlier" in run["methods"]:  # an --autoprune-of run: the earlier search's candidates join the pool
+        if not args.earlier_studies:
+            sys.exit(f"{args.run} re-searched autoprune over an earlier run: give that run's studies, "
+                     "--earlier-studies DIR")
+        studies.append(("autoprune_earlier", Path(args.earlier_studies), "autoprune", None,
+                        SimpleNamespace(**{**vars(ns), "study": str(bench.STUDY)})))
+    for _, folder, name, _, _ in studies:
+        if not (folder / f"bench_{b['model']}_{name}" / "study.db").is_file():
+            sys.exit(f"{folder}: no bench_{b['model']}_{name}/study.db")
+    return {search: prepare(bench.load(spec, f"bench_{b['model']}_{name}", folder, extra), b["device"],
+                            measure_reference=False, recovery_stream=False)
+            for search, folder, name, extra, spec in studies}
 
 
 def lineages(ctx: StudyContext) -> list[tuple[TrialRecord, TrialRecord]]:
@@ -208,7 +213,7 @@ def oracle(run: dict, ctxs: dict[str, StudyContext], cands: list[dict], n: int) 
     out: dict = {"pool_size": n, "final_steps": steps, "check": [got["accuracy"], check_pick["accuracy"]],
                  "targets": {}}
     for t in bench.TARGETS:
-        picked = {(m, p.get("trial")) for m, per in picks.items() if m in SEARCHES and (p := per.get(t))}
+        picked = {(m, p.get("trial")) for m, per in picks.items() if m in ctxs and (p := per.get(t))}
         rows = []
         for c in pool(cands, t, n):
             if (c["search"], c["number"]) in picked or (c["search"], c["head"]) in picked:
@@ -243,12 +248,12 @@ def picked_models(run: dict, ctxs: dict[str, StudyContext], methods: list[str]) 
     the hand-set baselines placed again (checked: each has the run's MACs)."""
     ctx = ctxs["autoprune"]
     heads_to_first = {(s, h.number): f for s, c in ctxs.items() for f, h in lineages(c)}
-    hand = bench.baselines(ctx)[0] if set(methods) - set(SEARCHES) else {}
+    hand = bench.baselines(ctx)[0] if set(methods) - set(ctxs) else {}
     out = {}
     for m in methods:
         for p in run["methods"][m]["points"]:
             t = p["target"]
-            model = (rebuild(ctxs[m], heads_to_first[(m, p["trial"])])[0] if m in SEARCHES
+            model = (rebuild(ctxs[m], heads_to_first[(m, p["trial"])])[0] if m in ctxs
                      else copy.deepcopy(hand[m][t][1]))
             if (macs := bench.count_macs(model, ctx.example)) != p["macs"]:
                 sys.exit(f"{m} @ {t:g}x rebuilt has {macs:,} MACs, the run's pick {p['macs']:,}")
@@ -411,6 +416,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path, nargs="?", help="the search_vs_baselines.py JSON")
     ap.add_argument("--workdir", help="the run's --workdir (its two studies)")
+    ap.add_argument("--earlier-studies", help="for a run made with --autoprune-of: the earlier run's studies (its "
+                    "autoprune candidates join the oracle's pool)")
     ap.add_argument("--checkpoint")
     ap.add_argument("--data-root")
     ap.add_argument("--out", type=Path)

@@ -46,3 +46,35 @@ def test_headroom_share_is_the_fraction_of_the_gap_closed(follow):
     assert follow.headroom_share(0.855, 0.84, 0.86) == pytest.approx(0.75)
     assert follow.headroom_share(0.86, 0.84, 0.86) == 1.0
     assert follow.headroom_share(0.85, 0.86, 0.85) is None  # the oracle below uniform: nothing to share
+
+
+def _studies(folder, *names):
+    for name in names:
+        (folder / f"bench_resnet20_{name}").mkdir(parents=True)
+        (folder / f"bench_resnet20_{name}" / "study.db").touch()
+
+
+def test_an_autoprune_of_run_pools_the_earlier_search_too_and_needs_its_studies_first(follow, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    run = {"budget": {"seed": 2, "model": "resnet20", "threads": 2, "device": "cpu", "study": "v6.yaml"},
+           "methods": {"autoprune": {}, "random_adaptive_bn": {}, "uniform_l1": {}, "autoprune_earlier": {}}}
+    _studies(tmp_path / "w", "autoprune", "random")
+    loaded = []
+    monkeypatch.setattr(follow.bench, "load", lambda spec, name, folder, extra: loaded.append(
+        (spec.study, name, folder.name, extra)) or name)
+    monkeypatch.setattr(follow, "prepare", lambda study, *a, **k: study)
+    args = SimpleNamespace(run="v6.json", workdir=str(tmp_path / "w"), checkpoint="c", data_root="d",
+                           earlier_studies=None)
+    with pytest.raises(SystemExit, match="--earlier-studies DIR"):
+        follow.contexts(run, args)
+    args.earlier_studies = str(tmp_path / "e")
+    with pytest.raises(SystemExit, match="no bench_resnet20_autoprune/study.db"):
+        follow.contexts(run, args)
+    assert loaded == []  # refused before any study was prepared
+    _studies(tmp_path / "e", "autoprune")
+    ctxs = follow.contexts(run, args)
+    assert list(ctxs) == ["autoprune", "random_adaptive_bn", "autoprune_earlier"]
+    assert loaded[0][:3] == ("v6.yaml", "bench_resnet20_autoprune", "w")
+    assert loaded[1][2:] == ("w", follow.bench.RANDOM_OVERRIDES)
+    assert loaded[2][:3] == (str(follow.bench.STUDY), "bench_resnet20_autoprune", "e")  # the study it searched with
