@@ -204,7 +204,7 @@ def oracle(run: dict, ctxs: dict[str, StudyContext], cands: list[dict], n: int) 
     stream = build_stream(ctx.base, ctx.data.train, steps, bench.BATCH, True, b["seed"] + 1)
     picks = {m: {p["target"]: p for p in r["points"]} for m, r in run["methods"].items()}
     check_pick = picks["autoprune"][bench.TARGETS[-1]]
-    first = {(s, f.number): f for s, c in ctxs.items() for f, _ in lineages(c)}
+    first = {(s, n): f for s, c in ctxs.items() for f, h in lineages(c) for n in (f.number, h.number)}  # by either
     got = bench.final_recovery(ctx, rebuild(ctx, first[("autoprune", check_pick["trial"])])[0], stream, steps, {})
     log(f"oracle check: autoprune's {bench.TARGETS[-1]:g}x pick recovered again: test {got['accuracy']:.4f}, "
         f"the run's {check_pick['accuracy']:.4f}")
