@@ -248,6 +248,37 @@ def test_due_takes_each_rungs_best_within_one_target_whenever_they_arrive():
     assert pick([early[0], cont, early[1]]) is None  # one lineage at rung 20, one place at rung 0, taken
 
 
+def test_a_factor_per_promotion_keeps_few_off_rung_0_and_more_of_those_further():
+    from autoprune.engine.fidelity import due
+
+    # 12 candidates at rung 0, 3 of them (0-2) already at rung 20
+    done = [_rec(i, {0: 0.9 - i / 100, **({20: 0.5 + i / 100} if i < 3 else {})}, 3.0) for i in range(12)]
+
+    def pick(eta, claimed=()):
+        r = due(done, [0, 20, 100], ["accuracy"], ["maximize"], eta, 3.0, claimed)
+        return None if r is None else r.number
+
+    assert pick(12) is None  # one factor: floor(12 / 12) = 1 place at rung 0 (taken), floor(3 / 12) = 0 at rung 20
+    assert pick([12, 2]) == 2  # floor(3 / 2) = 1 place at rung 20: the best there goes on to rung 100
+    assert pick([4, 2], claimed=[2]) is None  # rung 0's floor(12 / 4) = 3 places are all taken already
+    assert pick([3, 2], claimed=[2]) == 3  # a fourth place at rung 0: the next best there
+
+
+def test_eta_is_one_factor_or_one_per_promotion_of_the_ladder():
+    from pydantic import ValidationError
+
+    from autoprune.config import StudyConfig
+
+    base = {"name": "s", "model": {"name": "resnet20"}, "data": {"name": "cifar10"}, "search_space": "space.yaml",
+            "recovery": {"steps": 20}}
+    ok = StudyConfig.model_validate({**base, "fidelity": {"bn_rung": True, "promote_steps": 80, "eta": [12, 2]}})
+    assert ok.fidelity.eta == [12, 2]
+    with pytest.raises(ValidationError, match="lists 2 factors; this ladder \\[20, 100\\] has 1 promotion"):
+        StudyConfig.model_validate({**base, "fidelity": {"promote_steps": 80, "eta": [12, 2]}})
+    with pytest.raises(ValidationError, match="eta must be above 1"):
+        StudyConfig.model_validate({**base, "fidelity": {"bn_rung": True, "promote_steps": 80, "eta": [12, 1]}})
+
+
 def test_at_a_target_a_less_accurate_candidate_never_goes_up_past_a_better_one_by_being_slightly_cheaper():
     from autoprune.engine.fidelity import due
 

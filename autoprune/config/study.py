@@ -130,7 +130,16 @@ class FidelityConfig(_Strict):
     non-dominated rank is continued one rung further by a later trial (:func:`autoprune.engine.fidelity.due`)."""
 
     promote_steps: int = Field(0, ge=0)
-    eta: float = Field(3.0, gt=1)
+    # one factor for every promotion, or one per promotion, lowest rung first ([12, 2]: the best twelfth of rung 0
+    # go up to the short recovery, the best half of those to the longer one)
+    eta: float | list[float] = 3.0
+
+    @field_validator("eta")
+    @classmethod
+    def _eta_above_one(cls, v: float | list[float]) -> float | list[float]:
+        if not all(e > 1 for e in (v if isinstance(v, list) else [v])) or v == []:
+            raise ValueError(f"eta must be above 1 (one number, or one per promotion): {v}")
+        return v
     # Rung 0: every candidate is first scored after BatchNorm re-calibration alone (a few forward passes), and
     # only the best 1/eta of each target's rung-0 candidates are continued with the short recovery.
     bn_rung: bool = False
@@ -274,6 +283,16 @@ class StudyConfig(_Strict):
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
     targets: TargetsConfig | None = None  # cost targets: exact-cost candidates (None: candidates anywhere)
+
+    @model_validator(mode="after")
+    def _one_eta_per_promotion(self) -> StudyConfig:
+        from autoprune.engine.fidelity import rung_ladder
+
+        promotions = len(rung_ladder(self)) - 1
+        if isinstance(self.fidelity.eta, list) and len(self.fidelity.eta) != promotions:
+            raise ValueError(f"fidelity.eta lists {len(self.fidelity.eta)} factors; this ladder "
+                             f"{rung_ladder(self)} has {promotions} promotion(s): give one factor per promotion")
+        return self
 
     @model_validator(mode="after")
     def _allocation_needs_targets(self) -> StudyConfig:

@@ -41,31 +41,32 @@ def rung_ladder(config: StudyConfig) -> list[int]:
 
 
 def due(records: Sequence[TrialRecord], ladder: Sequence[int], objectives: Sequence[str],
-        directions: Sequence[Direction | str], eta: float, target: float | None,
+        directions: Sequence[Direction | str], eta: float | Sequence[float], target: float | None,
         claimed: Iterable[int] = (), pinned: str | None = "macs",
         denoised: Mapping[int, float] | None = None, min_distance: float = 0.0) -> TrialRecord | None:
     """The candidate at ``target`` to take one rung further next, or None (asynchronous successive halving with
     deferred promotion, as ASHA: a rung's best go up whenever a worker asks, not only when they arrive).
 
     From the highest rung down: among the candidates of ``target`` that reached rung ``r`` (each lineage once,
-    :func:`autoprune.engine.record.heads`), the best ``floor(n / eta)`` by non-dominated rank (accuracy at ``r``, then
-    trial number) are due; the first of them that is still at ``r`` and not ``claimed`` (a continuation of it is
-    already waiting or running) is returned. So early arrivals do not use up a rung's places: as candidates
-    accumulate, every one that is ever in its rung's best ``1/eta`` goes up. At a cost target the objective the
-    targets pin (``pinned``: ``macs``, or ``latency_ms`` for latency targets) is left out of the rank
-    (:func:`ranked_objectives`), so a candidate that goes up is never below one left at its rung (the warm
-    starts, which arrive first, included). ``denoised``: trial number -> a de-noised first-rung accuracy (the
-    allocation sampler's surrogate mean, :meth:`~autoprune.engine.allocation_sampler.AllocationSampler.denoised`),
-    ranked in place of the raw first-rung score where given (the warm starts, outside the model, keep theirs).
+    :func:`autoprune.engine.record.heads`), the best ``floor(n / eta)`` by non-dominated rank (accuracy at ``r``,
+    then trial number) are due (``eta``: one factor, or one per promotion, lowest rung first); the first of them
+    that is still at ``r`` and not ``claimed`` (a continuation of it is already waiting or running) is returned. So
+    early arrivals do not use up a rung's places: as candidates accumulate, every one that is ever in its rung's
+    best ``1/eta`` goes up. At a cost target the objective the targets pin (``pinned``: ``macs``, or ``latency_ms``
+    for latency targets) is left out of the rank (:func:`ranked_objectives`), so a candidate that goes up is never
+    below one left at its rung (the warm starts, which arrive first, included). ``denoised``: trial number -> a
+    de-noised first-rung accuracy (the allocation sampler's surrogate mean,
+    :meth:`~autoprune.engine.allocation_sampler.AllocationSampler.denoised`), ranked in place of the raw first-rung
+    score where given (the warm starts, outside the model, keep theirs).
     ``min_distance``: a rung's places go to a diverse set (:func:`diverse`): a candidate whose ratios lie closer
     than this to a better-ranked one already given a place is passed over.
     """
     claimed = set(claimed)
     objectives, directions = ranked_objectives(objectives, directions, target, pinned)
     at = [r for r in heads(records) if r.completed and r.fidelity and r.target == target]
-    for rung in reversed(list(ladder)[:-1]):
+    for promotion, rung in reversed(list(enumerate(ladder))[:-1]):
         peers = [r for r in at if r.fidelity.score(rung) is not None]
-        places = math.floor(len(peers) / eta + 1e-9)
+        places = math.floor(len(peers) / factor(eta, promotion) + 1e-9)
         if not places:
             continue
         smooth = (denoised or {}) if rung == ladder[0] else {}
@@ -77,6 +78,15 @@ def due(records: Sequence[TrialRecord], ladder: Sequence[int], objectives: Seque
             if peers[i].fidelity.steps == rung and peers[i].number not in claimed:
                 return peers[i]
     return None
+
+
+def factor(eta: float | Sequence[float], promotion: int) -> float:
+    """The reduction factor of the ``promotion``-th promotion (0: out of the lowest rung).
+
+    >>> factor(3, 1), factor([12, 2], 0), factor([12, 2], 1)
+    (3, 12, 2)
+    """
+    return eta[promotion] if isinstance(eta, Sequence) else eta
 
 
 def diverse(order: Sequence[int], ratios: Sequence[Mapping[str, float]], places: int,
