@@ -294,6 +294,32 @@ def _f(x: float | None, scale: float = 100, digits: int = 2) -> str:
     return "-" if x is None else f"{x * scale:.{digits}f}"
 
 
+def oracle_table(seeds: list[tuple[dict, dict]], keys: list[str]) -> list[str]:
+    """The oracle's markdown table over seeds, each given as (run JSON, follow-up JSON): per target the means of
+    uniform L1, the oracle, the row the validation half would pick, the pooled allocations' own mean, and each
+    method's pick with its share of the headroom (of the means; per seed in brackets)."""
+    methods = [m for m in seeds[0][0]["methods"] if m != "uniform_l1" and m in seeds[0][1]["oracle"]["targets"][
+        keys[-1]]["share"]]
+    lines = [f"Oracle ceiling ({len(seeds)} seeds: {', '.join(str(r['budget']['seed']) for r, _ in seeds)}; the "
+             f"{seeds[0][1]['oracle']['pool_size']} best allocations per target by rung-0 score pooled over the "
+             "searches, plus every pick): the best after the identical final recovery, test %, and each method's "
+             "pick with its share of the headroom over uniform L1 (of the means; per seed in brackets)", "",
+             "| target | uniform | oracle | oracle picked on val | pooled, mean | "
+             + " | ".join(f"{m} (share)" for m in methods) + " |", "|---|---:|---:|---:|---:|" + "---:|" * len(methods)]
+    for k in keys:
+        o = [f["oracle"]["targets"][k] for _, f in seeds]
+        u, orc = _mean(x["uniform"] for x in o), _mean(x["oracle"] for x in o)
+        pooled = _mean(_mean(row["test"] for row in x["rows"] if not row.get("pick")) for x in o)
+        cells = []
+        for m in methods:
+            pick = _mean(r["methods"][m]["acc_at"][k] for r, _ in seeds)
+            per = " ".join("-" if x["share"].get(m) is None else f"{x['share'][m]:.2f}" for x in o)
+            cells.append(f"{_f(pick)} ({_f(headroom_share(pick, u, orc), 1)}; {per})")
+        lines.append(f"| {k}x | {_f(u)} | {_f(orc)} | {_f(_mean(x['val_selected'] for x in o))} | {_f(pooled)} | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
 def aggregate(triples: list[tuple[dict, dict, dict]]) -> str:
     """Markdown tables over seeds, each seed given as (run JSON, follow-up JSON, allocation_breadth diagnostics):
     the best rung-0 score so far, the top 5 re-scored on unseen images, the oracle's headroom, the spread per
@@ -325,23 +351,7 @@ def aggregate(triples: list[tuple[dict, dict, dict]]) -> str:
                              f"{_f(_mean(r['unseen_best'] for r in rows))} |")
     with_oracle = [(r, f) for r, f, _ in triples if f.get("oracle")]
     if with_oracle:
-        lines += ["", f"Oracle ceiling ({len(with_oracle)} seeds: "
-                  f"{', '.join(str(r['budget']['seed']) for r, _ in with_oracle)}): the best after the identical final"
-                  " recovery among the pooled allocations and every pick, test %, and each method's share of the "
-                  "headroom over uniform L1 (of the means; per seed in brackets)", "",
-                  "| target | uniform | oracle | oracle picked on val | autoprune | random | autoprune share | "
-                  "random share |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for k in keys:
-            o = [f["oracle"]["targets"][k] for _, f in with_oracle]
-            ap = [r["methods"]["autoprune"]["acc_at"][k] for r, _ in with_oracle]
-            rn = [r["methods"]["random_adaptive_bn"]["acc_at"][k] for r, _ in with_oracle]
-            u, orc = _mean(x["uniform"] for x in o), _mean(x["oracle"] for x in o)
-            shares = {m: " ".join("-" if x["share"].get(m) is None else f"{x['share'][m]:.2f}" for x in o)
-                      for m in SEARCHES}
-            sa, sr = headroom_share(_mean(ap), u, orc), headroom_share(_mean(rn), u, orc)
-            lines.append(f"| {k}x | {_f(u)} | {_f(orc)} | {_f(_mean(x['val_selected'] for x in o))} | {_f(_mean(ap))} "
-                         f"| {_f(_mean(rn))} | {_f(sa, 1)} ({shares['autoprune']}) | "
-                         f"{_f(sr, 1)} ({shares['random_adaptive_bn']}) |")
+        lines += ["", *oracle_table(with_oracle, keys)]
     lines += ["", "autoprune's diagnostics (allocation_breadth.py --diagnostics): median spread (CV of the placed "
               "ratios) of its warm starts, screen and surrogate phases, random search's median spread, the "
               "surrogate's held-out Kendall tau, and rung 0 against rung 20 (tau, share of pairs reversed)", "",
@@ -423,6 +433,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--aggregate", nargs="+", type=Path, metavar="JSON", help="only the tables over seeds, from "
                     "triples: run JSON, its follow-up JSON, its allocation_breadth diagnostics JSON")
+    ap.add_argument("--oracle-table", nargs="+", type=Path, metavar="JSON", help="only the oracle's table over seeds, "
+                    "from pairs: run JSON, its follow-up JSON made with --oracle")
     ap.add_argument("--oracle", type=int, default=0, metavar="N", help="also the oracle over the N best per target "
                     "(N final recoveries per target, about 90 s each for ResNet-20 on 2 cores)")
     ap.add_argument("--top", type=int, default=5, help="candidates re-scored per search and target "
@@ -442,6 +454,12 @@ def main() -> None:
         if args.plot:
             plot_mean_curves([f for _, f, _ in triples], args.plot, f"best rung-0 score so far, mean of "
                              f"{len(triples)} seeds")
+        return
+    if args.oracle_table:
+        loaded = [json.loads(p.read_text()) for p in args.oracle_table]
+        if len(loaded) % 2 or not all(f.get("oracle") for f in loaded[1::2]):
+            ap.error("--oracle-table takes pairs: run JSON, then its follow-up JSON made with --oracle")
+        print("\n".join(oracle_table(list(zip(loaded[::2], loaded[1::2])), [f"{t:g}" for t in bench.TARGETS])))
         return
     missing = [f"--{n.replace('_', '-')}" for n in ("workdir", "checkpoint", "data_root", "out") if not getattr(args, n)]
     if args.run is None or missing:

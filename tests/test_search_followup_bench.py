@@ -78,3 +78,19 @@ def test_an_autoprune_of_run_pools_the_earlier_search_too_and_needs_its_studies_
     assert loaded[0][:3] == ("v6.yaml", "bench_resnet20_autoprune", "w")
     assert loaded[1][2:] == ("w", follow.bench.RANDOM_OVERRIDES)
     assert loaded[2][:3] == (str(follow.bench.STUDY), "bench_resnet20_autoprune", "e")  # the study it searched with
+
+
+def test_the_oracle_table_gives_each_methods_pick_and_share_of_the_mean_headroom(follow):
+    def seed(n, uniform, oracle, pick, pooled):
+        targets = {k: {"uniform": uniform, "oracle": oracle, "val_selected": pooled[0],
+                       "rows": [{"test": p} for p in pooled] + [{"test": pick, "pick": True}],
+                       "share": {"autoprune": follow.headroom_share(pick, uniform, oracle), "uniform_l1": 0.0}}
+                   for k in ("1.5", "2", "3")}
+        run = {"budget": {"seed": n}, "methods": {"uniform_l1": {}, "autoprune": {"acc_at": {k: pick for k in targets}}}}
+        return run, {"oracle": {"pool_size": 2, "targets": targets}}
+
+    lines = follow.oracle_table([seed(2, 0.84, 0.86, 0.85, [0.86, 0.84]), seed(3, 0.84, 0.88, 0.87, [0.88, 0.86])],
+                                ["1.5", "2", "3"])
+    assert "autoprune (share)" in lines[2] and "uniform_l1" not in lines[2]
+    # means: uniform 84, oracle 87, pick 86 -> share 2/3; per seed 0.50 and 0.75; pooled mean (85 + 87) / 2 = 86
+    assert lines[-1] == "| 3x | 84.00 | 87.00 | 87.00 | 86.00 | 86.00 (0.67; 0.50 0.75) |"
