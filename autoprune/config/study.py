@@ -140,6 +140,12 @@ class FidelityConfig(_Strict):
         if not all(e > 1 for e in (v if isinstance(v, list) else [v])) or v == []:
             raise ValueError(f"eta must be above 1 (one number, or one per promotion): {v}")
         return v
+
+    def ladder(self, steps: int) -> list[int]:
+        """The rungs as cumulative fine-tune steps, given the short recovery's ``steps``
+        (:func:`autoprune.engine.fidelity.rung_ladder` reads a study's from here)."""
+        return sorted(set(([0] if self.bn_rung else []) + [steps] + ([steps + self.promote_steps]
+                                                                       if self.promote_steps else [])))
     # Rung 0: every candidate is first scored after BatchNorm re-calibration alone (a few forward passes), and
     # only the best 1/eta of each target's rung-0 candidates are continued with the short recovery.
     bn_rung: bool = False
@@ -286,12 +292,10 @@ class StudyConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_eta_per_promotion(self) -> StudyConfig:
-        from autoprune.engine.fidelity import rung_ladder
-
-        promotions = len(rung_ladder(self)) - 1
-        if isinstance(self.fidelity.eta, list) and len(self.fidelity.eta) != promotions:
-            raise ValueError(f"fidelity.eta lists {len(self.fidelity.eta)} factors; this ladder "
-                             f"{rung_ladder(self)} has {promotions} promotion(s): give one factor per promotion")
+        ladder = self.fidelity.ladder(self.recovery.steps)
+        if isinstance(self.fidelity.eta, list) and len(self.fidelity.eta) != len(ladder) - 1:
+            raise ValueError(f"fidelity.eta lists {len(self.fidelity.eta)} factors; this ladder {ladder} has "
+                             f"{len(ladder) - 1} promotion(s): give one factor per promotion")
         return self
 
     @model_validator(mode="after")

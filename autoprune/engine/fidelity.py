@@ -24,9 +24,10 @@ if TYPE_CHECKING:
 
 def rung_ladder(config: StudyConfig) -> list[int]:
     """The study's rungs, as cumulative fine-tune steps: BN re-calibration only (0) with ``fidelity.bn_rung``, the
-    short recovery (``recovery.steps``), and the longer one (``fidelity.promote_steps`` more) if set. The one place
-    a study's fine-tune budgets are decided: a trial's first rung, the rung a promotion goes to and the length of
-    the teacher stream (the top rung) are all read from here.
+    short recovery (``recovery.steps``), and the longer one (``fidelity.promote_steps`` more) if set, as
+    :meth:`autoprune.config.FidelityConfig.ladder` decides them. The engine reads a study's fine-tune budgets from
+    here alone: a trial's first rung, the rung a promotion goes to and the length of the teacher stream (the top
+    rung).
 
     >>> from autoprune.config import FidelityConfig, RecoveryConfig, StudyConfig
     >>> def ladder(steps, promote, bn):
@@ -35,9 +36,7 @@ def rung_ladder(config: StudyConfig) -> list[int]:
     >>> ladder(20, 200, True), ladder(20, 0, False), ladder(0, 5, True)
     ([0, 20, 220], [20], [0, 5])
     """
-    steps, fid = config.recovery.steps, config.fidelity
-    ladder = ([0] if fid.bn_rung else []) + [steps] + ([steps + fid.promote_steps] if fid.promote_steps else [])
-    return sorted(set(ladder))
+    return config.fidelity.ladder(config.recovery.steps)
 
 
 def due(records: Sequence[TrialRecord], ladder: Sequence[int], objectives: Sequence[str],
