@@ -249,8 +249,10 @@ def test_two_workers_share_one_screen_and_the_ray_backend_asks_the_same_sampler(
                                 timeout=400, env=env)
         assert result.returncode == 0, result.stderr[-3000:]
         ost = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
-        # the baselines once (2 shapes x 2 targets), however many workers started together
-        assert sum(not is_model_trial(t) for t in ost.get_trials()) == 4
+        # the baselines once (2 shapes x 2 targets), however many workers started together, on either backend
+        # (the Ray backend's placement on targets is checked here too: every candidate within 1 % of its target)
+        kinds = [TrialRecord.from_frozen(t).warm_start for t in ost.get_trials() if not is_model_trial(t)]
+        assert sorted(kinds) == ["global", "global", "uniform", "uniform"]
         _check_screen_and_targets(ost, groups, ost.user_attrs["base"]["macs"], serial=workers == 1)
 
 

@@ -197,28 +197,6 @@ def test_the_shipped_targets_study_validates():
 
 
 @pytest.mark.slow
-def test_the_ray_backend_places_candidates_on_targets_too(write_study, tmp_path):
-    pytest.importorskip("ray", reason="the Ray backend needs ray[tune] (pip install -e '.[test]')")
-    import os
-    import subprocess
-    import sys
-
-    model = {"name": "quickstart_cnn", "kwargs": {"width": 32}, "base_training": {"epochs": 2, "lr": 0.05, "batch_size": 64}}
-    path = write_study({"targets": TARGETS, "budget": {"n_trials": 4}, "model": model,
-                        "fidelity": {"bn_rung": True, "promote_steps": 3, "eta": 2}})
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    result = subprocess.run([sys.executable, "-m", "autoprune.cli", "search", str(path), "--backend", "ray"],
-                            capture_output=True, text=True, timeout=400, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ost = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
-    recs = [TrialRecord.from_frozen(t) for t in ost.get_trials(states=(optuna.trial.TrialState.COMPLETE,))]
-    base = ost.user_attrs["base"]["macs"]
-    assert len(recs) == 4 and {r.warm_start for r in recs} == {"uniform", "global"}
-    for r in recs:
-        assert base / r.metrics.macs == pytest.approx(r.plan.target, rel=TOLERANCE) and 0 in r.fidelity.scores
-
-
-@pytest.mark.slow
 def test_a_targets_study_resumes_without_enqueueing_its_baselines_again(write_study, tmp_path):
     model = {"name": "quickstart_cnn", "kwargs": {"width": 32}, "base_training": {"epochs": 2, "lr": 0.05, "batch_size": 64}}
     study = load_study(write_study({"targets": TARGETS, "model": model, "fidelity": {"bn_rung": True, "eta": 2}}))
