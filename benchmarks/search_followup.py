@@ -26,6 +26,9 @@ Usage:
       [--oracle 10] [--plot curves.png] [--longer-epochs 5 --methods autoprune random_adaptive_bn uniform_l1]
   python benchmarks/search_followup.py --aggregate RUN.json FOLLOWUP.json DIAGNOSTICS.json [RUN.json ...] \
       [--plot curves.png]      (markdown over several seeds; DIAGNOSTICS from allocation_breadth.py --diagnostics)
+  python benchmarks/search_followup.py --oracle-table RUN.json FOLLOWUP.json [RUN.json FOLLOWUP.json ...]
+A run made with ``search_vs_baselines.py --autoprune-of`` also needs ``--earlier-studies DIR``, the earlier run's
+two studies: its autoprune candidates join the oracle's pool and its pick gets a share (``autoprune_earlier``).
 """
 
 from __future__ import annotations
