@@ -60,7 +60,9 @@ def _records(folder: Path) -> tuple[optuna.Study, list[TrialRecord]]:
     url = f"sqlite:///{(folder / 'study.db').resolve()}"
     summaries = optuna.get_all_study_summaries(url)
     if len(summaries) != 1:
-        sys.exit(f"{folder}: expected one study in study.db, found {len(summaries)}")
+        print(f"allocation_breadth.py: error: {folder}: expected one study in study.db, found {len(summaries)}",
+              file=sys.stderr)
+        raise SystemExit(2)
     study = optuna.load_study(study_name=summaries[0].study_name, storage=url)
     return study, [TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)
                    if t.state == optuna.trial.TrialState.COMPLETE]
@@ -139,7 +141,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     missing = [str(f) for f in args.folders if not (f / "study.db").is_file()]
     if missing:
-        sys.exit(f"no study.db in {', '.join(missing)}")
+        ap.error(f"no study.db in {', '.join(missing)}")
     found = {str(f): breadth(f) for f in args.folders}
     if args.diagnostics:
         more = {}

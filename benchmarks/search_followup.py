@@ -117,13 +117,13 @@ def contexts(run: dict, args) -> dict[str, StudyContext]:
                ("random_adaptive_bn", workdir, "random", bench.RANDOM_OVERRIDES, ns)]
     if "autoprune_earlier" in run["methods"]:  # an --autoprune-of run: the earlier search's candidates join the pool
         if not args.earlier_studies:
-            sys.exit(f"{args.run} re-searched autoprune over an earlier run: give that run's studies, "
-                     "--earlier-studies DIR")
+            bench.refuse(f"{args.run} re-searched autoprune over an earlier run: give that run's studies, "
+                         "--earlier-studies DIR")
         studies.append(("autoprune_earlier", Path(args.earlier_studies), "autoprune", None,
                         SimpleNamespace(**{**vars(ns), "study": str(bench.STUDY)})))
     for _, folder, name, _, _ in studies:
         if not (folder / f"bench_{b['model']}_{name}" / "study.db").is_file():
-            sys.exit(f"{folder}: no bench_{b['model']}_{name}/study.db")
+            bench.refuse(f"{folder}: no bench_{b['model']}_{name}/study.db")
     return {search: prepare(bench.load(spec, f"bench_{b['model']}_{name}", folder, extra), b["device"],
                             measure_reference=False, recovery_stream=False)
             for search, folder, name, extra, spec in studies}

@@ -47,6 +47,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -83,6 +84,12 @@ RANDOM_OVERRIDES = {"sampler.name": "random", "fidelity.promote_steps": 0, "reco
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def refuse(msg: str) -> NoReturn:
+    """Bad input: one line naming what was wrong, exit code 2 (as argparse), before anything is written."""
+    print(f"{Path(sys.argv[0]).name}: error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 # ------------------------------------------------------------------------------------------------------ compute
@@ -311,12 +318,12 @@ def reuse_final(args, ctx: StudyContext, bis: dict, stream, steps: int, cache: d
     same = {k: (old["budget"].get(k), v) for k, v in (("model", args.model), ("seed", args.seed), ("threads",
             args.threads), ("final_epochs", args.final_epochs), ("device", args.device))}
     if any(a != b for a, b in same.values()):
-        sys.exit(f"--reuse-final {args.reuse_final}: another run's settings {same}")
+        refuse(f"--reuse-final {args.reuse_final}: another run's settings {same}")
     stored = {(m, p["target"]): p for m in bis if m in old["methods"] for p in old["methods"][m]["points"]}
     for (name, t), p in stored.items():
         ratio, model = bis[name][t]
         if round(ratio, 4) != p["ratio"] or count_macs(model, ctx.example) != p["macs"]:
-            sys.exit(f"--reuse-final: {name} @ {t}x differs from the earlier run's (ratio {ratio:.4f}, MACs)")
+            refuse(f"--reuse-final: {name} @ {t}x differs from the earlier run's (ratio {ratio:.4f}, MACs)")
     first = ("uniform_l1", TARGETS[0])
     check = final_recovery(ctx, copy.deepcopy(bis[first[0]][first[1]][1]), stream, steps, cache)
     got = (check["accuracy"], check["val_accuracy"])
@@ -356,7 +363,7 @@ def earlier_run(args, flag: str) -> dict:
     old = json.loads(Path(path).read_text())
     b = old["budget"]
     if b["model"] != args.model or b["device"] != args.device:
-        sys.exit(f"{flag} {path}: a {b['model']} run on {b['device']}, not {args.model} on {args.device}")
+        refuse(f"{flag} {path}: a {b['model']} run on {b['device']}, not {args.model} on {args.device}")
     args.seed, args.threads, args.final_epochs = b["seed"], b["threads"], b["final_epochs"]
     torch.set_num_threads(args.threads)
     return old
@@ -374,7 +381,7 @@ def extra_kd_of(args) -> None:
     for name in bis:  # the same structures as the earlier run's, or the rows would answer another question
         for p in old["methods"].get(name, {}).get("points", []):
             if round(bis[name][p["target"]][0], 4) != p["ratio"]:
-                sys.exit(f"--extra-kd-of: {name} @ {p['target']:g}x is not the earlier run's structure")
+                refuse(f"--extra-kd-of: {name} @ {p['target']:g}x is not the earlier run's structure")
     final_steps = int(args.final_epochs * (50000 // BATCH))
     rows, spent_by = extra_kd_rows(ctx, bis, old["methods"]["autoprune"]["compute_images"], final_steps,
                                    args.seed, {})
@@ -526,11 +533,11 @@ def autoprune_of(args) -> None:
     missing = [n for n in ("random", "autoprune") if args.earlier_studies
                and not (Path(args.earlier_studies) / f"bench_{args.model}_{n}" / "study.db").is_file()]
     if missing:  # before minutes of preparation and recovery, not after
-        sys.exit(f"--earlier-studies {args.earlier_studies}: no bench_{args.model}_{missing[0]}/study.db")
+        refuse(f"--earlier-studies {args.earlier_studies}: no bench_{args.model}_{missing[0]}/study.db")
     t0 = time.perf_counter()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="autoprune-bench-"))
     if workdir.exists() and any(workdir.iterdir()):
-        sys.exit(f"--workdir {workdir} is not empty (one work folder per run)")
+        refuse(f"--workdir {workdir} is not empty (one work folder per run)")
     ctx = prepare(load(args, f"bench_{args.model}_autoprune", workdir), args.device)
     final_steps = int(args.final_epochs * (50000 // BATCH))
     stream = build_stream(ctx.base, ctx.data.train, final_steps, BATCH, True, args.seed + 1)
@@ -541,9 +548,9 @@ def autoprune_of(args) -> None:
     log(f"uniform_l1 @ {TARGETS[0]:g}x recovered here: {check['accuracy']:.4f}, the earlier run "
         f"{stored['accuracy']:.4f}")
     if not same and not args.earlier_studies:
-        sys.exit(f"--autoprune-of: uniform_l1 @ {TARGETS[0]:g}x recovered here gives {check['accuracy']:.4f}, the "
-                 f"earlier run {stored['accuracy']:.4f}: another code path or machine, the rows would not compare "
-                 f"(give --earlier-studies, the earlier run's two studies, to recover its picks again here)")
+        refuse(f"--autoprune-of: uniform_l1 @ {TARGETS[0]:g}x recovered here gives {check['accuracy']:.4f}, the "
+               f"earlier run {stored['accuracy']:.4f}: another code path or machine, the rows would not compare "
+               f"(give --earlier-studies, the earlier run's two studies, to recover its picks again here)")
     # one model recovered alike does not show that every other one is (benchmark v6, seeds 2 and 3: 5 of 18 models
     # came out the same on two commits, the rest up to 0.36 points apart): given the studies, recover them all here
     same = same and not args.earlier_studies

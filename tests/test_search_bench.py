@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from autoprune.metrics.mcnemar import encode_hits
 from tests.conftest import load_benchmark
 
@@ -72,12 +74,14 @@ def test_autoprune_of_reruns_only_autoprune_with_the_earlier_runs_settings_and_k
     assert out["budget"]["study"] == "v6.yaml" and out["budget"]["autoprune_of"] == "old.json"
 
 
-def test_autoprune_of_refuses_when_the_baseline_recovered_here_differs_from_the_earlier_runs(tmp_path, monkeypatch):
+def test_autoprune_of_refuses_when_the_baseline_recovered_here_differs_from_the_earlier_runs(
+        tmp_path, monkeypatch, capsys):
     import pytest
 
-    with pytest.raises(SystemExit, match="another code path or machine.*--earlier-studies"):
+    with pytest.raises(SystemExit) as refused:
         _autoprune_of(tmp_path, monkeypatch, uniform_acc=0.8999)
-    assert not (tmp_path / "new.json").exists()
+    assert refused.value.code == 2 and not (tmp_path / "new.json").exists()
+    assert re.search("error: .*another code path or machine.*--earlier-studies", capsys.readouterr().err)
 
 
 def test_autoprune_of_recovers_the_earlier_picks_again_here_when_given_their_studies(tmp_path, monkeypatch):
@@ -95,8 +99,9 @@ def test_autoprune_of_recovers_the_earlier_picks_again_here_when_given_their_stu
     assert out["earlier_methods"]["random_adaptive_bn"]["acc_at"]["3"] == 0.85 and out["budget"]["recovered_again"]
 
 
-def test_autoprune_of_refuses_earlier_studies_without_both_studies_before_any_work(tmp_path, monkeypatch):
+def test_autoprune_of_refuses_earlier_studies_without_both_studies_before_any_work(tmp_path, monkeypatch, capsys):
     import pytest
 
-    with pytest.raises(SystemExit, match="no bench_resnet20_random/study.db"):
+    with pytest.raises(SystemExit) as refused:
         _autoprune_of(tmp_path, monkeypatch, uniform_acc=0.9, earlier_studies=str(tmp_path / "missing"))
+    assert refused.value.code == 2 and "no bench_resnet20_random/study.db" in capsys.readouterr().err

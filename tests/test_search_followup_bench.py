@@ -54,7 +54,8 @@ def _studies(folder, *names):
         (folder / f"bench_resnet20_{name}" / "study.db").touch()
 
 
-def test_an_autoprune_of_run_pools_the_earlier_search_too_and_needs_its_studies_first(follow, tmp_path, monkeypatch):
+def test_an_autoprune_of_run_pools_the_earlier_search_too_and_needs_its_studies_first(follow, tmp_path, monkeypatch,
+                                                                                      capsys):
     from types import SimpleNamespace
 
     run = {"budget": {"seed": 2, "model": "resnet20", "threads": 2, "device": "cpu", "study": "v6.yaml"},
@@ -66,11 +67,11 @@ def test_an_autoprune_of_run_pools_the_earlier_search_too_and_needs_its_studies_
     monkeypatch.setattr(follow, "prepare", lambda study, *a, **k: study)
     args = SimpleNamespace(run="v6.json", workdir=str(tmp_path / "w"), checkpoint="c", data_root="d",
                            earlier_studies=None)
-    with pytest.raises(SystemExit, match="--earlier-studies DIR"):
-        follow.contexts(run, args)
-    args.earlier_studies = str(tmp_path / "e")
-    with pytest.raises(SystemExit, match="no bench_resnet20_autoprune/study.db"):
-        follow.contexts(run, args)
+    for earlier, says in ((None, "--earlier-studies DIR"), (str(tmp_path / "e"), "no bench_resnet20_autoprune/study.db")):
+        args.earlier_studies = earlier
+        with pytest.raises(SystemExit) as refused:
+            follow.contexts(run, args)
+        assert refused.value.code == 2 and says in capsys.readouterr().err
     assert loaded == []  # refused before any study was prepared
     _studies(tmp_path / "e", "autoprune")
     ctxs = follow.contexts(run, args)
