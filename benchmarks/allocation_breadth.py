@@ -6,12 +6,14 @@ Reads the studies a `search_vs_baselines.py --workdir DIR` run leaves (``DIR/ben
 ``DIR/bench_<model>_random``, the random search scored at the same rung 0), or any study folders given.
 
 Usage: python benchmarks/allocation_breadth.py /tmp/v4/w1/bench_resnet20_autoprune /tmp/v4/w1/bench_resnet20_random
-       [--json] [--diagnostics --screen 12]
+       [--json] [--diagnostics --screen 12] [--promotions]
 
 ``--diagnostics`` adds, per study and target (issue 24's benchmark v5): the median spread of each phase (warm
 starts, the screen, the surrogate's candidates), Kendall's tau and the share of reversed pairs between the rung-0
 and rung-20 scores of the candidates that reached both, and the surrogate's held-out rank correlation (each model
 candidate predicted by the Gaussian process fitted on those that completed before it).
+``--promotions`` shows, per study and target, which candidates the fine-tune places went to, ranked by the
+target's final rung-0 scores, and where the pick stood there.
 """
 
 from __future__ import annotations
@@ -104,6 +106,39 @@ def reversals(recs: list[TrialRecord], first: int = 0, second: int = 20) -> dict
     return out
 
 
+def promotions(recs: list[TrialRecord]) -> dict[str, dict]:
+    """Per target, how the fine-tune places were spent: the candidates scored at rung 0, those taken to the top rung
+    (each with its trial number, its rung-0 rank among the target's candidates at the end of the search, 1 the best
+    raw score, its
+    rung-0 and top-rung scores, and whether it is a warm start), the pick (the best at the top rung) and its rung-0
+    rank, and how many of the promoted are in the final rung-0 top ``len(promoted)``. A pick ranked below that
+    shows what a shortlist fixed at the end of rung 0 would have missed."""
+    from scipy.stats import kendalltau
+
+    out = {}
+    cands = [r for r in heads(recs) if r.fidelity and 0 in r.fidelity.scores and r.plan and r.plan.target]
+    top = max((s for r in cands for s in r.fidelity.scores), default=0)
+    for t in sorted({r.plan.target for r in cands}):
+        at = sorted((r for r in cands if r.plan.target == t), key=lambda r: (-r.fidelity.scores[0], r.number))
+        rank = {r.number: i + 1 for i, r in enumerate(at)}
+        up = sorted((r for r in at if top and top in r.fidelity.scores), key=_first)
+        pick = max(up, key=lambda r: r.fidelity.scores[top], default=None)
+        tau = (kendalltau([r.fidelity.scores[0] for r in up], [r.fidelity.scores[top] for r in up]).statistic
+               if len(up) >= 3 else None)
+        out[f"{t:g}"] = {"candidates": len(at), "top_rung": top, "promoted": [
+            {"number": _first(r), "rung0_rank": rank[r.number], "rung0": r.fidelity.scores[0],
+             "top": r.fidelity.scores[top], "warm_start": r.warm_start} for r in up],
+            "pick_rung0_rank": rank[pick.number] if pick else None,
+            "in_final_top": sum(rank[r.number] <= len(up) for r in up),
+            "kendall_tau": None if tau is None else round(float(tau), 3)}
+    return out
+
+
+def _first(head: TrialRecord) -> int:
+    """The trial number of a lineage's first trial (the candidate), from its head."""
+    return head.number if head.continues is None else head.continues
+
+
 def surrogate_holdout(study: optuna.Study, start: int = 12) -> dict[str, float | None]:
     """The allocation sampler's surrogate judged on candidates it had not seen: each model candidate after the
     first ``start`` of the study is predicted by the Gaussian process fitted on the candidates that completed
@@ -137,11 +172,16 @@ def main() -> None:
     ap.add_argument("--diagnostics", action="store_true", help="also the spread per phase, rank reversals between "
                     "rungs 0 and 20 and the surrogate's held-out rank correlation (JSON)")
     ap.add_argument("--screen", type=int, default=12, help="the study's screen per target (n_startup_trials)")
+    ap.add_argument("--promotions", action="store_true", help="only how each target's fine-tune places were spent: "
+                    "the promoted candidates' final rung-0 ranks and the pick's (JSON)")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     missing = [str(f) for f in args.folders if not (f / "study.db").is_file()]
     if missing:
         ap.error(f"no study.db in {', '.join(missing)}")
+    if args.promotions:
+        print(json.dumps({str(f): promotions(_records(f)[1]) for f in args.folders}, indent=2))
+        return
     found = {str(f): breadth(f) for f in args.folders}
     if args.diagnostics:
         more = {}

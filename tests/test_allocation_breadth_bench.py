@@ -70,3 +70,22 @@ def test_reversals_count_the_pairs_the_longer_recovery_reordered(bench):
     got = bench.reversals(recs)["3"]
     assert got["candidates"] == 3 and got["reversed_pairs"] == 0.333
     assert got["kendall_tau"] == 0.333
+
+
+def test_promotions_rank_the_promoted_by_the_targets_final_rung0_scores_and_find_the_pick(bench):
+    r = {"a": 0.5, "b": 0.5}
+    recs = _recs([(r, 3.0, {0: 0.30}, "uniform", None),           # 0: warm start, rung-0 rank 3
+                  (r, 3.0, {0: 0.35}, None, None),                # 1: rank 1, promoted
+                  (r, 3.0, {0: 0.35, 100: 0.78}, None, 1),        # its continuation
+                  (r, 3.0, {0: 0.32}, None, None),                # 2: rank 2, never promoted
+                  (r, 3.0, {0: 0.30, 100: 0.80}, "uniform", 0),   # the warm start promoted: the pick
+                  (r, 3.0, {0: 0.20}, None, None),                # 5: rank 4
+                  (r, 1.5, {0: 0.80}, None, None)])               # another target, nothing promoted
+    found = bench.promotions(recs)
+    three = found["3"]
+    assert three["candidates"] == 4 and three["top_rung"] == 100
+    assert [(p["number"], p["rung0_rank"], p["top"], p["warm_start"]) for p in three["promoted"]] == [
+        (0, 3, 0.80, "uniform"), (1, 1, 0.78, None)]
+    assert three["pick_rung0_rank"] == 3            # the best at rung 100, third at rung 0
+    assert three["in_final_top"] == 1               # of the two promoted, only trial 1 is in the final top 2
+    assert found["1.5"]["promoted"] == [] and found["1.5"]["pick_rung0_rank"] is None
