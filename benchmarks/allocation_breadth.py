@@ -109,10 +109,9 @@ def reversals(recs: list[TrialRecord], first: int = 0, second: int = 20) -> dict
 def promotions(recs: list[TrialRecord]) -> dict[str, dict]:
     """Per target, how the fine-tune places were spent: the candidates scored at rung 0, those taken to the top rung
     (each with its trial number, its rung-0 rank among the target's candidates at the end of the search, 1 the best
-    raw score, its
-    rung-0 and top-rung scores, and whether it is a warm start), the pick (the best at the top rung) and its rung-0
-    rank, and how many of the promoted are in the final rung-0 top ``len(promoted)``. A pick ranked below that
-    shows what a shortlist fixed at the end of rung 0 would have missed."""
+    raw score, its rung-0 and top-rung scores, and whether it is a warm start), the pick (the best at the top rung)
+    and its rung-0 rank, and how many of the promoted are in the final rung-0 top ``len(promoted)``. A pick ranked
+    below that shows what a shortlist fixed at the end of rung 0 would have missed."""
     from scipy.stats import kendalltau
 
     out = {}

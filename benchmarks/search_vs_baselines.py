@@ -87,7 +87,7 @@ def log(msg: str) -> None:
 
 
 def refuse(msg: str) -> NoReturn:
-    """Bad input: one line naming what was wrong, exit code 2 (as argparse), before anything is written."""
+    """Bad input: one line naming what was wrong, and exit code 2, as argparse refuses a bad flag."""
     print(f"{Path(sys.argv[0]).name}: error: {msg}", file=sys.stderr)
     raise SystemExit(2)
 
