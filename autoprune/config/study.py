@@ -141,11 +141,6 @@ class FidelityConfig(_Strict):
             raise ValueError(f"eta must be above 1 (one number, or one per promotion): {v}")
         return v
 
-    def ladder(self, steps: int) -> list[int]:
-        """The rungs as cumulative fine-tune steps, given the short recovery's ``steps``
-        (:func:`autoprune.engine.fidelity.rung_ladder` reads a study's from here)."""
-        return sorted(set(([0] if self.bn_rung else []) + [steps] + ([steps + self.promote_steps]
-                                                                       if self.promote_steps else [])))
     # Rung 0: every candidate is first scored after BatchNorm re-calibration alone (a few forward passes), and
     # only the best 1/eta of each target's rung-0 candidates are continued with the short recovery.
     bn_rung: bool = False
@@ -155,6 +150,12 @@ class FidelityConfig(_Strict):
     # a rung's places go to candidates whose ratios lie at least this far apart (Euclidean over the groups; 0: off),
     # so promotion does not spend its places on near-copies of one allocation
     min_distance: float = Field(0.0, ge=0)
+
+    def ladder(self, steps: int) -> list[int]:
+        """The rungs as cumulative fine-tune steps, given the short recovery's ``steps``
+        (:func:`autoprune.engine.fidelity.rung_ladder` reads a study's from here)."""
+        return sorted(set(([0] if self.bn_rung else []) + [steps] + ([steps + self.promote_steps]
+                                                                       if self.promote_steps else [])))
 
 
 class MeasureConfig(_Strict):
